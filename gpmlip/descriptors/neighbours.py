@@ -1,0 +1,164 @@
+"""Linear-scaling neighbour search with periodic images, for any cell and any ``pbc``.
+
+Every image of every atom that lies within ``cutoff`` of a centre is returned as its own pair,
+including images of the centre itself (small cells), so that the local cluster built from the pairs
+reproduces the periodic environment exactly.  The search uses a k-d tree over the images that can
+reach the cell, so time and memory grow linearly with the number of atoms.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from gpmlip.errors import StructureError
+
+
+@dataclass(frozen=True)
+class NeighbourPairs:
+    """Centre-neighbour pairs, sorted by centre.
+
+    Attributes
+    ----------
+    centre : ndarray of int, shape (n_pairs,)
+        Index of the centre atom.
+    neighbour : ndarray of int, shape (n_pairs,)
+        Index of the real atom the neighbour is (an image of).
+    vector : ndarray of float, shape (n_pairs, 3)
+        ``r_neighbour_image - r_centre`` in Å.
+    start : ndarray of int, shape (n_atoms + 1,)
+        Pairs of centre ``i`` are ``start[i]:start[i + 1]``.
+    """
+
+    centre: np.ndarray
+    neighbour: np.ndarray
+    vector: np.ndarray
+    start: np.ndarray
+
+    @property
+    def distance(self) -> np.ndarray:
+        """Pair distances in Å, shape (n_pairs,)."""
+        return np.linalg.norm(self.vector, axis=1)
+
+
+def _full_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Return a non-singular cell: periodic vectors kept, missing ones completed orthogonally."""
+    cell = np.array(cell, dtype=float)
+    for k in range(3):
+        if pbc[k] and np.linalg.norm(cell[k]) < 1e-8:
+            raise StructureError(
+                f"the structure is periodic along axis {k} but its cell vector {k} is zero; "
+                "set a cell (atoms.set_cell) or make that axis non-periodic (atoms.pbc)"
+            )
+    if not pbc.any():
+        return np.eye(3)
+    from ase.geometry import complete_cell
+
+    full = complete_cell(cell)
+    # Non-periodic axes: any non-degenerate completion works; replace by an orthogonal unit vector
+    # when the given vector would make the cell singular.
+    if abs(np.linalg.det(full)) < 1e-10:
+        raise StructureError(
+            "the periodic cell has (nearly) zero volume; check atoms.cell: its periodic vectors "
+            "must be linearly independent"
+        )
+    return full
+
+
+def wrap(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Wrap positions into the cell along periodic axes.
+
+    Returns
+    -------
+    full_cell : ndarray, shape (3, 3)
+        The cell, completed to be non-singular along non-periodic axes.
+    frac : ndarray, shape (n_atoms, 3)
+        Fractional coordinates, in [0, 1) along periodic axes.
+    wrapped : ndarray, shape (n_atoms, 3)
+        Cartesian wrapped positions.
+    """
+    pbc = np.asarray(pbc, dtype=bool)
+    full = _full_cell(cell, pbc)
+    frac = np.linalg.solve(full.T, np.asarray(positions, dtype=float).T).T
+    frac[:, pbc] -= np.floor(frac[:, pbc])
+    return full, frac, frac @ full
+
+
+def find_neighbours(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> NeighbourPairs:
+    """Find every (image of an) atom within ``cutoff`` of each atom.
+
+    Parameters
+    ----------
+    positions : ndarray, shape (n_atoms, 3)
+        Cartesian positions in Å (need not be wrapped into the cell).
+    cell : ndarray, shape (3, 3)
+        Cell vectors as rows; only the periodic ones are used.
+    pbc : array of bool, shape (3,)
+        Periodicity along each cell vector.
+    cutoff : float
+        Search radius in Å.
+
+    Returns
+    -------
+    NeighbourPairs
+        All pairs with distance ``< cutoff``, excluding an atom's zero-shift self pair.
+    """
+    pbc = np.asarray(pbc, dtype=bool)
+    n_atoms = len(positions)
+    full, frac, wrapped = wrap(positions, cell, pbc)
+
+    # Perpendicular heights of the cell give how many images can reach the cutoff sphere.
+    volume = abs(np.linalg.det(full))
+    heights = np.array(
+        [volume / np.linalg.norm(np.cross(full[(k + 1) % 3], full[(k + 2) % 3])) for k in range(3)]
+    )
+    reach = np.where(pbc, cutoff / heights, 0.0)
+    n_rep = np.where(pbc, np.ceil(reach).astype(int), 0)
+
+    image_pos, image_atom, image_zero = [], [], []
+    for shift in itertools.product(*(range(-n, n + 1) for n in n_rep)):
+        shift = np.array(shift, dtype=float)
+        f = frac + shift
+        keep = np.all((f >= -reach) & (f < 1.0 + reach), axis=1) | ~pbc.any()
+        if not keep.any():
+            continue
+        idx = np.nonzero(keep)[0]
+        image_pos.append(f[idx] @ full)
+        image_atom.append(idx)
+        image_zero.append(np.full(len(idx), not shift.any()))
+    img_pos = np.concatenate(image_pos)
+    img_atom = np.concatenate(image_atom)
+    img_zero = np.concatenate(image_zero)
+
+    pairs = cKDTree(wrapped).sparse_distance_matrix(
+        cKDTree(img_pos), cutoff, output_type="ndarray"
+    )
+    i = pairs["i"].astype(np.int64)
+    k = pairs["j"].astype(np.int64)
+    not_self = ~(img_zero[k] & (img_atom[k] == i))
+    # sparse_distance_matrix drops exact zero distances (its sparse format cannot store them);
+    # coincident atoms are rejected by the caller before we get here.
+    i, k = i[not_self], k[not_self]
+    vec = img_pos[k] - wrapped[i]
+    order = np.lexsort((np.linalg.norm(vec, axis=1), i))
+    i, k, vec = i[order], k[order], vec[order]
+    start = np.searchsorted(i, np.arange(n_atoms + 1))
+    return NeighbourPairs(centre=i, neighbour=img_atom[k], vector=vec, start=start)
+
+
+def min_distance(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, probe: float) -> float:
+    """Smallest interatomic distance, periodic images included, if below ``probe``; else ``inf``."""
+    _, _, wrapped = wrap(positions, cell, pbc)
+    if len(wrapped) > 1:
+        d, _ = cKDTree(wrapped).query(wrapped, k=2)
+        if (d[:, 1] == 0.0).any():  # the k-d tree pair search drops exact zeros
+            return 0.0
+    pairs = find_neighbours(positions, cell, pbc, probe)
+    return float(pairs.distance.min()) if len(pairs.centre) else float("inf")

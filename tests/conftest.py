@@ -1,0 +1,64 @@
+"""Shared test structures: small, deterministic, covering every kind of cell."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+
+import gpmlip
+
+CU_SETTINGS = dict(species=["Cu"], r_cut=5.0, n_max=8, l_max=6, sigma=0.5)
+MULTI_SETTINGS = dict(species=["H", "C", "O", "Al", "Si"], r_cut=3.5, n_max=4, l_max=3, sigma=0.5)
+
+
+def cu_bulk(repeat: int = 2, seed: int = 1) -> Atoms:
+    """Rattled cubic fcc Cu, 4 * repeat**3 atoms."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def cu_single() -> Atoms:
+    """A 1-atom primitive fcc cell: every neighbour is an image of the atom itself."""
+    return bulk("Cu", "fcc", a=3.61)
+
+
+def cu_slab() -> Atoms:
+    """A rattled Cu(111) slab, periodic in-plane, vacuum along z."""
+    atoms = fcc111("Cu", (2, 2, 3), vacuum=6.0)
+    atoms.rattle(0.05, seed=2)
+    return atoms
+
+
+def ethanol() -> Atoms:
+    """An isolated molecule, no cell, no periodicity."""
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.02, seed=3)
+    return atoms
+
+
+def triclinic_three_species() -> Atoms:
+    """A rattled 3-species triclinic cell much smaller than the cutoff sphere."""
+    cell = np.array([[3.1, 0.0, 0.0], [0.9, 3.3, 0.0], [0.7, 0.6, 3.6]])
+    frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.45, 0.5], [0.2, 0.7, 0.25]])
+    atoms = Atoms("AlSiO", scaled_positions=frac, cell=cell, pbc=True)
+    atoms.rattle(0.05, seed=4)
+    return atoms
+
+
+SYSTEMS = {
+    "cu_bulk": (cu_bulk, CU_SETTINGS),
+    "cu_single": (cu_single, CU_SETTINGS),
+    "cu_slab": (cu_slab, CU_SETTINGS),
+    "molecule": (ethanol, MULTI_SETTINGS),
+    "triclinic": (triclinic_three_species, MULTI_SETTINGS),
+}
+
+
+@pytest.fixture(params=sorted(SYSTEMS))
+def system(request):
+    """(name, atoms, gpmlip.SOAP, settings) for each kind of cell."""
+    build, settings = SYSTEMS[request.param]
+    return request.param, build(), gpmlip.SOAP(**settings), settings

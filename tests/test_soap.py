@@ -1,0 +1,124 @@
+"""SOAP features and Jacobians: against dscribe, finite differences and symmetry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dscribe.descriptors import SOAP as DscribeSOAP
+
+import gpmlip
+from gpmlip.testing import (
+    check_features,
+    check_invariances,
+    check_jacobian,
+    check_strain_jacobian,
+)
+
+from conftest import CU_SETTINGS, cu_bulk
+
+
+def dscribe_reference(atoms, settings) -> np.ndarray:
+    """dscribe's own periodic create (non-periodic for a structure without a cell)."""
+    periodic = bool(atoms.pbc.any())
+    return DscribeSOAP(periodic=periodic, **settings).create(atoms)
+
+
+def test_features_match_dscribe(system):
+    name, atoms, soap, settings = system
+    err = check_features(soap, atoms, dscribe_reference(atoms, settings), rtol=1e-8)
+    assert err < 1e-8
+
+
+def test_features_match_dscribe_periodic_on_molecule_in_a_box():
+    from conftest import MULTI_SETTINGS, ethanol
+
+    atoms = ethanol()
+    atoms.set_cell([12.0, 12.0, 12.0])
+    atoms.center()
+    ref = DscribeSOAP(periodic=True, **MULTI_SETTINGS).create(atoms)
+    check_features(gpmlip.SOAP(**MULTI_SETTINGS), atoms, ref)
+
+
+def test_features_108_atoms_match_dscribe():
+    atoms = cu_bulk(3)
+    check_features(gpmlip.SOAP(**CU_SETTINGS), atoms, dscribe_reference(atoms, CU_SETTINGS))
+
+
+def test_jacobian_matches_finite_differences(system):
+    name, atoms, soap, _ = system
+    # Displacing every atom of the 32-atom bulk costs 192 descriptor calls: a spread subset is
+    # enough there, every atom elsewhere.
+    subset = [0, 7, 13, 31] if len(atoms) > 20 else None
+    check_jacobian(soap, atoms, rtol=1e-6, atom_indices=subset)
+
+
+def test_jacobian_includes_own_periodic_images():
+    """In a 1-atom cell all neighbours are images of the centre: the Jacobian must be zero
+    (moving the only atom translates the crystal) and the strain Jacobian must not be."""
+    from conftest import cu_single
+
+    soap = gpmlip.SOAP(**CU_SETTINGS)
+    env = soap.describe(cu_single(), gradients=True)
+    assert env.jacobian.shape[0] == 1
+    scale = np.abs(env.strain_jacobian).max()
+    assert scale > 1e-3
+    assert np.abs(env.jacobian).max() < 1e-10 * scale
+
+
+def test_strain_jacobian_matches_finite_differences(system):
+    name, atoms, soap, _ = system
+    check_strain_jacobian(soap, atoms, rtol=1e-6)
+
+
+def test_invariances(system):
+    name, atoms, soap, _ = system
+    errors = check_invariances(soap, atoms, tol=1e-10)
+    assert set(errors) >= {"translation", "rotation", "permutation"}
+
+
+def test_jacobian_storage_is_linear_in_atoms():
+    """One Jacobian row per (centre, distinct neighbour atom): O(N * neighbours), never N^2."""
+    from gpmlip.descriptors import find_neighbours
+
+    soap = gpmlip.SOAP(**CU_SETTINGS)
+    atoms = cu_bulk(4)  # 256 atoms: the cell is wider than two cutoff spheres
+    env = soap.describe(atoms, gradients=True)
+    pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc, soap.neighbour_cutoff)
+    assert len(env.pair_centre) == len(pairs.centre) + len(atoms)
+    per_atom = len(env.pair_centre) / len(atoms)
+    assert per_atom < 150  # fcc Cu has 134 atoms within r_cut + padding = 6.86 Å
+    # the neighbour count per atom does not grow with the cell
+    big = cu_bulk(8)  # 2048 atoms
+    big_pairs = find_neighbours(big.positions, big.cell.array, big.pbc, soap.neighbour_cutoff)
+    assert abs(len(big_pairs.centre) / len(big) - len(pairs.centre) / len(atoms)) < 3
+
+
+def test_parallel_equals_serial():
+    atoms = cu_bulk(3)
+    serial = gpmlip.SOAP(**CU_SETTINGS).describe(atoms, gradients=True)
+    soap = gpmlip.SOAP(**CU_SETTINGS, n_jobs=2)
+    try:
+        parallel = soap.describe(atoms, gradients=True)
+    finally:
+        soap.close()
+    np.testing.assert_array_equal(parallel.pair_atom, serial.pair_atom)
+    np.testing.assert_allclose(parallel.jacobian, serial.jacobian, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(parallel.strain_jacobian, serial.strain_jacobian, atol=1e-14)
+
+
+def test_vector_jacobian_products_match_dense():
+    atoms = cu_bulk(2)
+    env = gpmlip.SOAP(**CU_SETTINGS).describe(atoms, gradients=True)
+    g = np.random.default_rng(0).normal(size=env.features.shape)
+    dense = env.dense_jacobian()
+    np.testing.assert_allclose(env.position_vjp(g), np.einsum("if,ijaf->ja", g, dense),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(env.strain_vjp(g), np.einsum("if,iabf->ab", g,
+                                                            env.strain_jacobian))
+
+
+def test_settings_round_trip():
+    soap = gpmlip.SOAP(**CU_SETTINGS)
+    again = gpmlip.SOAP.from_dict(soap.to_dict())
+    assert again.settings == soap.settings
+    assert again.n_features == soap.n_features == 252

@@ -1,0 +1,9 @@
+"""Labelled data in: loading, validation, reference energies and splits."""
+
+from gpmlip.data.dataset import Dataset, LabelKeys, load_frames
+from gpmlip.data.frames import Frame
+from gpmlip.data.reference import ReferenceEnergies, reference_energies
+from gpmlip.data.split import train_test_split
+
+__all__ = ["Frame", "Dataset", "LabelKeys", "load_frames", "ReferenceEnergies",
+           "reference_energies", "train_test_split"]

@@ -106,6 +106,34 @@ def test_parallel_equals_serial():
     np.testing.assert_allclose(parallel.strain_jacobian, serial.strain_jacobian, atol=1e-14)
 
 
+def test_foreign_executor_equals_serial():
+    """A user-supplied executor (possibly remote) gets its results back by value."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    atoms = cu_bulk(2)
+    soap = gpmlip.SOAP(**CU_SETTINGS)
+    serial = soap.describe(atoms, gradients=True)
+    with ThreadPoolExecutor(2) as pool:
+        other = soap.describe(atoms, gradients=True, executor=pool)
+    np.testing.assert_array_equal(other.jacobian, serial.jacobian)
+    np.testing.assert_array_equal(other.strain_jacobian, serial.strain_jacobian)
+
+
+def test_no_shared_memory_files_left_behind():
+    import os
+
+    from gpmlip.descriptors.shared import SHM_DIR
+
+    before = {f for f in os.listdir(SHM_DIR) if f.startswith("gpmlip-")}
+    soap = gpmlip.SOAP(**CU_SETTINGS, n_jobs=2)
+    try:
+        soap.describe(cu_bulk(2), gradients=True)
+    finally:
+        soap.close()
+    after = {f for f in os.listdir(SHM_DIR) if f.startswith("gpmlip-")}
+    assert after <= before
+
+
 def test_vector_jacobian_products_match_dense():
     atoms = cu_bulk(2)
     env = gpmlip.SOAP(**CU_SETTINGS).describe(atoms, gradients=True)

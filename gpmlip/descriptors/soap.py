@@ -24,6 +24,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import find_neighbours, min_distance, wrap
+from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,13 @@ def _describe_clusters(
             first = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
             np.add.reduceat(d[order], first, axis=0, out=target)
     return out
+
+
+def _describe_clusters_shared(spec: SharedSpec, rows: tuple[int, int, int, int], *args) -> None:
+    """Worker entry point: compute a block and write it straight into shared memory."""
+    a, b, pa, pb = rows
+    out = (spec.view("features", a, b), spec.view("strain", a, b), spec.view("jacobian", pa, pb))
+    _describe_clusters(*args, out=out)
 
 
 BLOCK_SIZE = 32
@@ -327,14 +335,8 @@ class SOAP:
         pair_start = np.searchsorted(pair_centre, np.arange(n_atoms + 1))
 
         n_feat = self.n_features
-        env = Environments(
-            features=np.empty((n_atoms, n_feat)),
-            species=atoms.numbers.copy(),
-            pair_centre=pair_centre,
-            pair_atom=pair_atom,
-            jacobian=np.empty((len(keys), 3, n_feat)),
-            strain_jacobian=np.empty((n_atoms, 3, 3, n_feat)),
-        )
+        shapes = {"features": (n_atoms, n_feat), "strain": (n_atoms, 3, 3, n_feat),
+                  "jacobian": (len(keys), 3, n_feat)}
         blocks = [(a, min(a + BLOCK_SIZE, n_atoms)) for a in range(0, n_atoms, BLOCK_SIZE)]
         args = [
             (self.settings, numbers[offsets[a]:offsets[b]], positions[offsets[a]:offsets[b]],
@@ -342,18 +344,37 @@ class SOAP:
              pair_start[a:b + 1] - pair_start[a])
             for a, b in blocks
         ]
+        own_pool = executor is None
         pool = executor if executor is not None else self._executor(len(blocks))
-        if pool is None:
-            for (a, b), arg in zip(blocks, args):
-                out = (env.features[a:b], env.strain_jacobian[a:b],
-                       env.jacobian[pair_start[a]:pair_start[b]])
-                _describe_clusters(*arg, out=out)
-            return env
-        for (a, b), (feat, strain, jac) in zip(blocks, pool.map(_describe_clusters, *zip(*args))):
-            env.features[a:b] = feat
-            env.strain_jacobian[a:b] = strain
-            env.jacobian[pair_start[a]:pair_start[b]] = jac
-        return env
+        n_bytes = 8 * sum(int(np.prod(s)) for s in shapes.values())
+        if pool is not None and own_pool and shared_memory_available(n_bytes):
+            # Our own workers share this machine's memory: they write the blocks in place.
+            spec, arrays = allocate(shapes)
+            try:
+                rows = [(a, b, pair_start[a], pair_start[b]) for a, b in blocks]
+                list(pool.map(_describe_clusters_shared, [spec] * len(blocks), rows,
+                              *zip(*args)))
+            finally:
+                release(spec)
+        else:
+            arrays = {name: np.empty(shape) for name, shape in shapes.items()}
+            outs = [(arrays["features"][a:b], arrays["strain"][a:b],
+                     arrays["jacobian"][pair_start[a]:pair_start[b]]) for a, b in blocks]
+            if pool is None:
+                for arg, out in zip(args, outs):
+                    _describe_clusters(*arg, out=out)
+            else:  # a foreign executor (maybe remote): results travel back by value
+                for out, result in zip(outs, pool.map(_describe_clusters, *zip(*args))):
+                    for target, value in zip(out, result):
+                        target[...] = value
+        return Environments(
+            features=arrays["features"],
+            species=atoms.numbers.copy(),
+            pair_centre=pair_centre,
+            pair_atom=pair_atom,
+            jacobian=arrays["jacobian"],
+            strain_jacobian=arrays["strain"],
+        )
 
     def _executor(self, n_blocks: int) -> Executor | None:
         if self.n_jobs == 1 or n_blocks < 2:

@@ -1,0 +1,111 @@
+"""Kernels on per-atom descriptors: values, diagonal and the gradient with respect to the descriptor.
+
+Knows nothing about ASE or structures: inputs are descriptor rows and their species.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpmlip.errors import SettingsError, UnknownSpeciesError
+
+
+@dataclass
+class NormalizedDotProduct:
+    """``k(q, x) = delta(z_q, z_x) sigma_z^2 (q_hat . x_hat)^zeta``, the SOAP kernel of GAP.
+
+    Parameters
+    ----------
+    zeta : int
+        Exponent (GAP uses 4; 2 is cheaper and smoother).
+    signal_variance : dict
+        Atomic number -> sigma_z^2 in eV^2.  Different species never correlate.
+
+    References
+    ----------
+    A. P. Bartók, R. Kondor, G. Csányi, Phys. Rev. B 87, 184115 (2013), eq. (33).
+    """
+
+    zeta: int = 4
+    signal_variance: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if int(self.zeta) != self.zeta or self.zeta < 1:
+            raise SettingsError(f"zeta={self.zeta}: use a positive integer (2 or 4 are usual)")
+        for z, v in self.signal_variance.items():
+            if not np.isfinite(v) or v <= 0:
+                raise SettingsError(f"signal variance {v} for Z={z}: use a positive number")
+
+    def _variance(self, species: np.ndarray) -> np.ndarray:
+        try:
+            return np.array([self.signal_variance[int(z)] for z in species], dtype=float)
+        except KeyError as exc:
+            raise UnknownSpeciesError(
+                f"the kernel has no signal variance for Z={exc.args[0]}; the model was not "
+                "built for this species"
+            ) from None
+
+    @staticmethod
+    def _normalise(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        norm = np.linalg.norm(q, axis=-1, keepdims=True)
+        if (norm == 0).any():
+            raise SettingsError("a descriptor vector is zero: the atom has no neighbours at all "
+                                "and the normalised kernel is undefined; increase r_cut")
+        return q / norm, norm
+
+    def __call__(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray) -> np.ndarray:
+        """Kernel matrix, shape (len(q), len(x)).
+
+        Parameters
+        ----------
+        q : ndarray, shape (n, n_features)
+        zq : ndarray of int, shape (n,)
+        x : ndarray, shape (m, n_features)
+        zx : ndarray of int, shape (m,)
+        """
+        qh, _ = self._normalise(q)
+        xh, _ = self._normalise(x)
+        same = zq[:, None] == zx[None, :]
+        return same * self._variance(zq)[:, None] * (qh @ xh.T) ** self.zeta
+
+    def diag(self, q: np.ndarray, zq: np.ndarray) -> np.ndarray:
+        """``k(q_i, q_i) = sigma_{z_i}^2``, shape (n,)."""
+        return self._variance(zq)
+
+    def gradient(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray) -> np.ndarray:
+        """``d k(q_i, x_m) / d q_i``, shape (n, m, n_features).
+
+        With c = q_hat . x_hat: ``dk/dq = sigma^2 zeta c^(zeta-1) (x_hat - c q_hat) / |q|``.
+        """
+        qh, qn = self._normalise(q)
+        xh, _ = self._normalise(x)
+        c = qh @ xh.T
+        same = zq[:, None] == zx[None, :]
+        pref = same * self._variance(zq)[:, None] * self.zeta * c ** (self.zeta - 1)
+        return pref[:, :, None] * (xh[None, :, :] - c[:, :, None] * qh[:, None, :]) / qn[:, :, None]
+
+    def gradient_dot(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray,
+                     weights: np.ndarray) -> np.ndarray:
+        """``sum_m weights_m d k(q_i, x_m) / d q_i``, shape (n, n_features), without the
+        (n, m, n_features) intermediate: what forces from fitted weights need."""
+        qh, qn = self._normalise(q)
+        xh, _ = self._normalise(x)
+        c = qh @ xh.T
+        same = zq[:, None] == zx[None, :]
+        w = same * self._variance(zq)[:, None] * self.zeta * c ** (self.zeta - 1) * weights[None, :]
+        return (w @ xh - (w * c).sum(axis=1, keepdims=True) * qh) / qn
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings."""
+        return {"type": "NormalizedDotProduct", "zeta": int(self.zeta),
+                "signal_variance": {str(z): float(v) for z, v in self.signal_variance.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NormalizedDotProduct:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("type") != "NormalizedDotProduct":
+            raise SettingsError(f"kernel type {data.get('type')!r} is not NormalizedDotProduct")
+        return cls(zeta=int(data["zeta"]),
+                   signal_variance={int(z): float(v) for z, v in data["signal_variance"].items()})

@@ -37,7 +37,7 @@ def cu_cell(n_atoms: int):
     atoms.rattle(0.1, seed=0)
     if n_atoms <= 256:  # a few EMT steps for a thermal-looking structure; rattle suffices beyond
         atoms.calc = EMT()
-        Langevin(atoms, 2 * units.fs, temperature_K=800, friction=0.02, rng=np.random.default_rng(0)).run(20)
+        Langevin(atoms, 2 * units.fs, temperature_K=800, friction=0.02, fixcm=False, rng=np.random.default_rng(0)).run(20)
     return atoms
 
 

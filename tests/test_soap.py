@@ -134,6 +134,19 @@ def test_no_shared_memory_files_left_behind():
     assert after <= before
 
 
+def test_orphaned_shared_memory_is_removed():
+    """A file left by a killed process (its pid no longer exists) is cleaned up by the next run."""
+    import os
+
+    from gpmlip.descriptors import shared
+
+    orphan = os.path.join(shared.SHM_DIR, f"{shared.PREFIX}999999999-test")
+    open(orphan, "wb").close()
+    spec, _ = shared.allocate({"x": (2, 3)})
+    shared.release(spec)
+    assert not os.path.exists(orphan)
+
+
 def test_vector_jacobian_products_match_dense():
     atoms = cu_bulk(2)
     env = gpmlip.SOAP(**CU_SETTINGS).describe(atoms, gradients=True)

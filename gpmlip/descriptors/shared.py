@@ -3,7 +3,8 @@
 Pickling Jacobian blocks back from worker processes costs as much as computing them; a file in
 ``/dev/shm`` (RAM-backed) mapped by the parent and by each worker avoids that copy.  The file is
 unlinked as soon as the workers are done; the parent's mapping keeps the memory alive for as long as
-the arrays are referenced.
+the arrays are referenced.  A file left by a process killed mid-computation is named after its
+process id and removed by the next allocation once that process is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,24 @@ from dataclasses import dataclass
 import numpy as np
 
 SHM_DIR = "/dev/shm"
+PREFIX = "gpmlip-"
+
+
+def _remove_orphans() -> None:
+    """Remove files left by gpmlip processes that were killed while their workers ran."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except OSError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -46,11 +65,12 @@ def allocate(shapes: dict[str, tuple[int, ...]]) -> tuple[SharedSpec, dict[str, 
 
     Returns the spec for the workers and the parent's arrays (plain ndarrays over the mapping).
     """
+    _remove_orphans()
     layout, offset = {}, 0
     for name, shape in shapes.items():
         layout[name] = (offset, tuple(int(s) for s in shape))
         offset += int(np.prod(shape, dtype=np.int64)) * 8
-    fd, path = tempfile.mkstemp(prefix="gpmlip-", dir=SHM_DIR)
+    fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=SHM_DIR)
     try:
         os.ftruncate(fd, max(offset, 8))
     finally:

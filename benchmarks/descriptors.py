@@ -70,6 +70,8 @@ def measure(mode: str, n_atoms: int, repeat: int) -> dict:
         soap.close()
         out = {"seconds": float(np.median(times)), "best_seconds": min(times),
                "jacobian_mb": env.nbytes / 1e6}
+        # With worker processes the Jacobian lives in /dev/shm, which the parent's RSS misses.
+        out["shared_mb"] = env.nbytes / 1e6 if gradients and n_jobs > 1 else 0.0
         if gradients:
             out["pairs_per_atom"] = pairs / n_atoms
     out.update(mode=mode, n_atoms=n_atoms,

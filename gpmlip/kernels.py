@@ -74,27 +74,28 @@ class NormalizedDotProduct:
         """``k(q_i, q_i) = sigma_{z_i}^2``, shape (n,)."""
         return self._variance(zq)
 
+    def _gradient_terms(self, q, zq, x, zx):
+        """Normalised inputs, cosines c and ``delta(z) sigma^2 zeta c^(zeta-1)``, shape (n, m)."""
+        qh, qn = self._normalise(q)
+        xh, _ = self._normalise(x)
+        c = qh @ xh.T
+        same = zq[:, None] == zx[None, :]
+        return qh, qn, xh, c, same * self._variance(zq)[:, None] * self.zeta * c ** (self.zeta - 1)
+
     def gradient(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray) -> np.ndarray:
         """``d k(q_i, x_m) / d q_i``, shape (n, m, n_features).
 
         With c = q_hat . x_hat: ``dk/dq = sigma^2 zeta c^(zeta-1) (x_hat - c q_hat) / |q|``.
         """
-        qh, qn = self._normalise(q)
-        xh, _ = self._normalise(x)
-        c = qh @ xh.T
-        same = zq[:, None] == zx[None, :]
-        pref = same * self._variance(zq)[:, None] * self.zeta * c ** (self.zeta - 1)
+        qh, qn, xh, c, pref = self._gradient_terms(q, zq, x, zx)
         return pref[:, :, None] * (xh[None, :, :] - c[:, :, None] * qh[:, None, :]) / qn[:, :, None]
 
     def gradient_dot(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray,
                      weights: np.ndarray) -> np.ndarray:
         """``sum_m weights_m d k(q_i, x_m) / d q_i``, shape (n, n_features), without the
         (n, m, n_features) intermediate: what forces from fitted weights need."""
-        qh, qn = self._normalise(q)
-        xh, _ = self._normalise(x)
-        c = qh @ xh.T
-        same = zq[:, None] == zx[None, :]
-        w = same * self._variance(zq)[:, None] * self.zeta * c ** (self.zeta - 1) * weights[None, :]
+        qh, qn, xh, c, pref = self._gradient_terms(q, zq, x, zx)
+        w = pref * weights[None, :]
         return (w @ xh - (w * c).sum(axis=1, keepdims=True) * qh) / qn
 
     def to_dict(self) -> dict:

@@ -164,15 +164,9 @@ def _frame_from_atoms(atoms: Atoms, index: int, source: str, keys: LabelKeys) ->
         if forces.shape != (n, 3):
             raise ValueError(f"forces have shape {forces.shape}; expected ({n}, 3)")
     if stress is not None:
-        try:
-            stress = as_stress_3x3(stress)
-        except ValueError as exc:
-            raise ValueError(f"stress {exc}") from None
+        stress = as_stress_3x3(stress, "stress")
     elif virial is not None:
-        try:
-            virial = as_stress_3x3(virial)
-        except ValueError as exc:
-            raise ValueError(f"virial {exc}") from None
+        virial = as_stress_3x3(virial, "virial")
         volume = abs(atoms.cell.volume)
         if volume < 1e-8:
             raise ValueError("has a virial but no cell volume to turn it into a stress")

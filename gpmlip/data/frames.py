@@ -97,9 +97,10 @@ class Frame:
         return atoms
 
 
-def as_stress_3x3(value) -> np.ndarray:
+def as_stress_3x3(value, name: str = "stress") -> np.ndarray:
     """Accept a stress or virial given as 3x3, 9 values (row-major) or 6 Voigt values (ASE order
-    xx yy zz yz xz xy) and return a 3x3 array.  Raises ``ValueError`` on any other shape."""
+    xx yy zz yz xz xy) and return a 3x3 array.  Raises ``ValueError`` naming ``name`` on any
+    other shape."""
     arr = np.asarray(value, dtype=float)
     if arr.shape == (3, 3):
         return arr.copy()
@@ -107,4 +108,4 @@ def as_stress_3x3(value) -> np.ndarray:
         return arr.reshape(3, 3).copy()
     if arr.size == 6:
         return voigt_6_to_full_3x3_stress(arr.reshape(6))
-    raise ValueError(f"has shape {arr.shape}; expected 3x3, 9 or 6 (Voigt) values")
+    raise ValueError(f"{name} has shape {arr.shape}; expected 3x3, 9 or 6 (Voigt) values")

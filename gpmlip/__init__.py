@@ -8,6 +8,7 @@ from gpmlip.data import (
     reference_energies,
     train_test_split,
 )
+from gpmlip.calculator import GPCalculator
 from gpmlip.descriptors import SOAP, Environments
 from gpmlip.errors import (
     DataError,
@@ -16,13 +17,21 @@ from gpmlip.errors import (
     NumericalError,
     SettingsError,
     StructureError,
+    ModelFileError,
     UnknownSpeciesError,
 )
+from gpmlip.gp import Prediction, SparseGP
+from gpmlip.io import load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SOAP",
+    "SparseGP",
+    "Prediction",
+    "GPCalculator",
+    "load_model",
+    "ModelFileError",
     "Environments",
     "Dataset",
     "Frame",

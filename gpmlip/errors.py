@@ -34,3 +34,7 @@ class NotFittedError(GpmlipError, RuntimeError):
 
 class NumericalError(GpmlipError, ArithmeticError):
     """A linear-algebra step failed (e.g. a matrix would not factorise)."""
+
+
+class ModelFileError(GpmlipError, ValueError):
+    """A model file is damaged, of another format version, or not a gpmlip model."""

@@ -192,3 +192,31 @@ def check_invariances(
     bad = {k: v for k, v in errors.items() if v > tol}
     assert not bad, f"invariance broken beyond {tol}: {bad}"
     return errors
+
+
+def check_forces(predict: Callable[[Atoms], object], atoms: Atoms, rtol: float = 1e-5,
+                 h: float = 1e-4) -> float:
+    """Forces equal minus the finite-difference gradient of the energy.
+
+    ``predict(atoms)`` returns an object with ``energy`` and ``forces`` (e.g. ``model.predict``).
+    """
+    forces = predict(atoms).forces
+    grad = finite_difference_jacobian(lambda a: np.array(predict(a).energy), atoms, h)
+    err = _relative_error(forces, -grad)
+    if err > rtol:
+        raise AssertionError(f"forces differ from -dE/dr (finite differences) by {err:.2e} "
+                             f"relative (> {rtol:g})")
+    return err
+
+
+def check_stress(predict: Callable[[Atoms], object], atoms: Atoms, rtol: float = 1e-5,
+                 h: float = 1e-5) -> float:
+    """Stress (3x3, ASE sign) equals ``(1/V) dE/d eps`` by finite differences under strain."""
+    stress = predict(atoms).stress
+    expected = finite_difference_strain(lambda a: np.array(predict(a).energy), atoms, h)
+    expected = expected / abs(atoms.cell.volume)
+    err = _relative_error(stress, 0.5 * (expected + expected.T))
+    if err > rtol:
+        raise AssertionError(f"stress differs from (1/V) dE/d(strain) (finite differences) by "
+                             f"{err:.2e} relative (> {rtol:g})")
+    return err

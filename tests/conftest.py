@@ -62,3 +62,30 @@ def system(request):
     """(name, atoms, gpmlip.SOAP, settings) for each kind of cell."""
     build, settings = SYSTEMS[request.param]
     return request.param, build(), gpmlip.SOAP(**settings), settings
+
+
+SMALL_CU = dict(species=["Cu"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5)
+SMALL_MULTI = dict(species=["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5)
+
+
+def emt_frames(n: int, seed: int, *, repeat: int = 2, rattle: float = 0.1, strain: float = 0.01,
+               alloy: bool = False, labels=("energy", "forces", "stress")):
+    """Rattled, strained fcc Cu (or CuAu) cells labelled with EMT, labels on a SinglePointCalculator."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.7 if alloy else 3.61, cubic=True).repeat(repeat)
+        if alloy:
+            atoms.numbers[rng.permutation(len(atoms))[: len(atoms) // 2]] = 79
+        eps = strain * rng.standard_normal((3, 3))
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.5 * (eps + eps.T)), scale_atoms=True)
+        atoms.positions += rattle * rng.standard_normal(atoms.positions.shape)
+        atoms.calc = EMT()
+        values = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(),
+                  "stress": atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **{k: values[k] for k in labels})
+        out.append(atoms)
+    return out

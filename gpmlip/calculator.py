@@ -1,0 +1,78 @@
+"""ASE calculator over a fitted :class:`gpmlip.SparseGP`."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+UNCERTAINTY_RESULTS = {
+    "local_variance": "per-atom predictive variance of the local energy, eV^2",
+    "local_variance_normalised": "the same over the species' signal variance, in [0, 1]",
+    "max_uncertainty": "max over atoms of sqrt(local_variance_normalised) (what OTF thresholds)",
+    "force_std": "per-component force standard deviation, eV/Å (only with force_std=True)",
+}
+"""Extra entries of ``calc.results`` and what they mean."""
+
+
+class GPCalculator(Calculator):
+    """Energies, forces, stress, local energies and uncertainties from a sparse GP model.
+
+    Parameters
+    ----------
+    model : gpmlip.SparseGP
+        A fitted model.  When it changes (``fit``/``update``/hyper-parameters), cached results
+        are dropped on the next call.
+    force_std : bool, default False
+        Also compute force uncertainties (one kernel-row contraction per sparse point: slower).
+
+    Notes
+    -----
+    ``results`` holds, besides ASE's properties, the entries of :data:`UNCERTAINTY_RESULTS`.
+    Read them with ``calc.get_property("local_variance_normalised", atoms)`` or after any
+    property call from ``calc.results``.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
+                              "local_variance", "local_variance_normalised", "max_uncertainty",
+                              "force_std"]
+
+    def __init__(self, model, *, force_std: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+        self.force_std = force_std
+        self._model_version = model.version
+
+    def check_state(self, atoms, tol: float = 1e-15):
+        """ASE's change detection, plus: a model that changed invalidates everything."""
+        if self.model.version != self._model_version:
+            self._model_version = self.model.version
+            self.reset()
+        return super().check_state(atoms, tol)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Fill ``self.results`` for ``atoms`` (see ASE's ``Calculator.calculate``)."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        if "force_std" in properties and not self.force_std:
+            raise PropertyNotImplementedError("create the calculator with force_std=True to get "
+                                              "force uncertainties")
+        has_volume = atoms.pbc.all() and abs(atoms.cell.volume) > 1e-8
+        if "stress" in properties and not has_volume:
+            raise PropertyNotImplementedError("stress needs a periodic cell with a volume")
+        pred = self.model.predict(atoms, forces=True, stress=has_volume,
+                                  force_std=self.force_std)
+        self.results = {
+            "energy": pred.energy,
+            "free_energy": pred.energy,
+            "energies": pred.energies,
+            "forces": pred.forces,
+            "local_variance": pred.local_variance,
+            "local_variance_normalised": pred.local_variance_normalised,
+            "max_uncertainty": pred.max_uncertainty,
+        }
+        if pred.stress is not None:
+            s = pred.stress
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2],
+                                               s[0, 1]])
+        if pred.force_std is not None:
+            self.results["force_std"] = pred.force_std

@@ -1,0 +1,144 @@
+"""The chain rule, written once: local kernel + descriptor Jacobians -> energy, force, stress rows.
+
+Every observation of a structure is linear in its local energies: the total energy is their sum,
+forces are minus their position derivatives and the stress is their strain derivative over the
+volume.  So the covariance between an observation and a sparse point ``x_m`` is the same linear
+operator applied to ``k(q_i, x_m)``.  This module computes those rows for *unit* signal variance
+(``sigma_z = 1``); the model scales them per species.
+
+With ``c_im = q_hat_i . x_hat_m`` (zero when the species differ) and ``k = c^zeta``:
+
+- energy row:  ``sum_i c_im^zeta``
+- force row:   ``-sum_i dk_im/dq_i . dq_i/dr_j``
+- stress row:  ``(1/V) sum_i dk_im/dq_i . dq_i/deps_ab`` (Voigt order xx, yy, zz, yz, xz, xy)
+
+with ``dk_im/dq_i = zeta c_im^(zeta-1) (x_hat_m - c_im q_hat_i) / |q_i|``.  Forces need the Jacobian
+only through products ``J @ x_hat`` computed block by block, never a dense (n, m, F) array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse as sp
+
+from gpmlip.descriptors.environments import Environments
+from gpmlip.errors import SettingsError
+
+VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+"""Stress components used as observations, in Voigt order."""
+
+PAIR_BLOCK = 4096
+"""Jacobian pairs contracted at once (bounds the (pairs, 3, m) intermediate)."""
+
+
+@dataclass
+class SparseSet:
+    """Sparse (inducing) environments: normalised descriptors and species.
+
+    Attributes
+    ----------
+    features : ndarray, shape (m, n_features)
+        Descriptor vectors, normalised to unit length.
+    species : ndarray of int, shape (m,)
+    """
+
+    features: np.ndarray
+    species: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.features = normalise(np.asarray(self.features, dtype=float))
+        self.species = np.asarray(self.species, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.species)
+
+    def columns(self, z: int) -> np.ndarray:
+        """Indices of the sparse points of species ``z``."""
+        return np.flatnonzero(self.species == z)
+
+
+def normalise(q: np.ndarray) -> np.ndarray:
+    """Rows divided by their norm; a zero row (an atom with no neighbours) is an error."""
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    if (norm == 0).any():
+        raise SettingsError("a descriptor vector is zero: the atom has no neighbour within the "
+                            "cutoff and the normalised kernel is undefined; increase r_cut")
+    return q / norm
+
+
+def cosines(features: np.ndarray, species: np.ndarray, sparse: SparseSet) -> np.ndarray:
+    """``c_im = q_hat_i . x_hat_m`` for same-species pairs, 0 otherwise; shape (n, m)."""
+    c = normalise(features) @ sparse.features.T
+    c[species[:, None] != sparse.species[None, :]] = 0.0
+    return c
+
+
+def local_kernel(features: np.ndarray, species: np.ndarray, sparse: SparseSet,
+                 zeta: int) -> np.ndarray:
+    """Unit-variance kernel ``k(q_i, x_m) = c_im^zeta``, shape (n, m)."""
+    return cosines(features, species, sparse) ** zeta
+
+
+def energy_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
+    """Covariance of the total energy with every sparse point, shape (m,)."""
+    return local_kernel(env.features, env.species, sparse, zeta).sum(axis=0)
+
+
+def _prefactor(env: Environments, sparse: SparseSet, zeta: int):
+    """``zeta c^(zeta-1) / |q_i|`` (n, m), the cosines (n, m) and q_hat (n, F)."""
+    norm = np.linalg.norm(env.features, axis=1)
+    qh = env.features / norm[:, None]
+    c = cosines(env.features, env.species, sparse)
+    return zeta * c ** (zeta - 1) / norm[:, None], c, qh
+
+
+def force_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
+    """Covariance of every force component with every sparse point, shape (n_atoms, 3, m)."""
+    pref, c, qh = _prefactor(env, sparse, zeta)
+    n, m = env.n_atoms, len(sparse)
+    out = np.zeros((n, 3, m))
+    for start in range(0, len(env.pair_centre), PAIR_BLOCK):
+        stop = min(start + PAIR_BLOCK, len(env.pair_centre))
+        centre = env.pair_centre[start:stop]
+        jac = env.jacobian[start:stop]                                  # (p, 3, F)
+        proj = (jac.reshape(-1, jac.shape[2]) @ sparse.features.T).reshape(len(jac), 3, m)
+        own = np.einsum("paf,pf->pa", jac, qh[centre])                  # (p, 3)
+        block = pref[centre][:, None, :] * (proj - own[:, :, None] * c[centre][:, None, :])
+        scatter = sp.csr_matrix((np.ones(stop - start), (env.pair_atom[start:stop],
+                                                         np.arange(stop - start))),
+                                shape=(n, stop - start))
+        out -= (scatter @ block.reshape(stop - start, 3 * m)).reshape(n, 3, m)
+    return out
+
+
+def strain_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
+    """``sum_i dk_im/dq_i . dq_i/deps_ab`` for the six Voigt components, shape (6, m).
+
+    Divide by the volume for the stress (ASE sign convention).
+    """
+    pref, c, qh = _prefactor(env, sparse, zeta)
+    rows = np.empty((6, len(sparse)))
+    for v, (a, b) in enumerate(VOIGT):
+        strain = 0.5 * (env.strain_jacobian[:, a, b] + env.strain_jacobian[:, b, a])  # (n, F)
+        proj = strain @ sparse.features.T                                          # (n, m)
+        own = np.einsum("if,if->i", strain, qh)
+        rows[v] = (pref * (proj - own[:, None] * c)).sum(axis=0)
+    return rows
+
+
+def energy_gradient(env: Environments, sparse: SparseSet, zeta: int,
+                    weights: np.ndarray) -> np.ndarray:
+    """``d E / d q_i`` for ``E = sum_i sum_m weights_m c_im^zeta``, shape (n_atoms, n_features).
+
+    Contract it with the Jacobian (:meth:`Environments.position_vjp`) for forces.
+    """
+    pref, c, qh = _prefactor(env, sparse, zeta)
+    w = pref * weights[None, :]
+    return w @ sparse.features - (w * c).sum(axis=1, keepdims=True) * qh
+
+
+def voigt(stress: np.ndarray) -> np.ndarray:
+    """3x3 -> the six Voigt components used as observations."""
+    return np.array([stress[a, b] for a, b in VOIGT])

@@ -1,0 +1,398 @@
+"""The sparse Gaussian-process potential: fit, update, predict with variances."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
+
+from gpmlip.covariance import SparseSet, energy_gradient, force_rows, local_kernel
+from gpmlip.data import Dataset, Frame, load_frames, reference_energies
+from gpmlip.data.reference import ReferenceEnergies
+from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
+from gpmlip.gp import selection
+from gpmlip.gp.observations import NoiseModel, compute_rows, needs_gradients, observations
+from gpmlip.gp.solver import GROUPS, GramStats, Hyper, Posterior, solve
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGMAS = {"energy": 0.005, "forces": 0.05, "stress": 0.001}
+"""Default noise: eV/atom (times sqrt(n_atoms) per structure), eV/Å, eV/Å³ (0.16 GPa)."""
+
+
+@dataclass
+class Prediction:
+    """What :meth:`SparseGP.predict` returns.
+
+    Attributes
+    ----------
+    energy : float
+        Total energy, eV.
+    energies : ndarray, shape (n_atoms,)
+        Local energies including e0; they sum to ``energy``.
+    forces : ndarray, shape (n_atoms, 3) or None
+    stress : ndarray, shape (3, 3) or None
+        ASE sign convention, eV/Å³ (None for a structure without a cell volume).
+    local_variance : ndarray, shape (n_atoms,)
+        Predictive variance of each local energy, eV².
+    local_variance_normalised : ndarray, shape (n_atoms,)
+        The same divided by the species' signal variance, in [0, 1]: 0 = known, 1 = unknown.
+    force_std : ndarray, shape (n_atoms, 3) or None
+        Standard deviation of each force component from the uncertainty of the weights
+        (the DTC term ``k_F' A^-1 k_F``), when asked for.
+    """
+
+    energy: float
+    energies: np.ndarray
+    forces: np.ndarray | None
+    stress: np.ndarray | None
+    local_variance: np.ndarray
+    local_variance_normalised: np.ndarray
+    force_std: np.ndarray | None = None
+
+    @property
+    def max_uncertainty(self) -> float:
+        """``max_i sqrt(v_i) / sigma_z``: the number on-the-fly learning thresholds."""
+        return float(np.sqrt(self.local_variance_normalised.max()))
+
+
+def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
+    if isinstance(value, dict):
+        out = {atomic_numbers[k] if isinstance(k, str) else int(k): v for k, v in value.items()}
+        missing = [chemical_symbols[z] for z in species if z not in out]
+        if missing:
+            raise SettingsError(f"{name} gives no value for {missing}; add them")
+        return {z: out[z] for z in species}
+    return {z: value for z in species}
+
+
+class SparseGP:
+    """Sparse GP on local atomic energies (GAP-style), trained on energies, forces and stresses.
+
+    Parameters
+    ----------
+    descriptor : gpmlip.SOAP
+        Per-atom descriptor with Jacobians.
+    zeta : int, default 4
+        Exponent of the normalised dot-product kernel.
+    n_sparse : int or dict, default 200
+        Sparse points per species (a dict maps symbol or Z to a count).
+    sparse_method : {"cur", "kmeans++", "random", "variance"}
+        How :meth:`fit` chooses them (see :func:`gpmlip.gp.selection.select`).
+    signal_std : float or dict, default 1.0
+        ``sigma_z`` in eV per species: prior spread of a local energy (GAP's ``delta``).
+    energy_sigma, force_sigma, stress_sigma : float
+        Noise in eV/atom (scaled by sqrt(n_atoms) for a structure), eV/Å and eV/Å³.
+    config_sigmas : dict, optional
+        config_type -> {"energy": ..., "forces": ..., "stress": ...}: fixed noise overrides.
+        Per-structure ``energy_sigma``/``force_sigma``/``virial_sigma`` in ``atoms.info`` win.
+    e0 : dict or {"auto", "isolated", "fit"}
+        Reference energies per species (see :func:`gpmlip.reference_energies`).
+    jitter : float, default 1e-8
+        Added to the diagonal of the unit-variance sparse kernel matrix.
+    seed : int, default 0
+        Seed of the randomised sparse selections.
+    n_jobs : int, optional
+        Worker processes for the Jacobians of training frames (default: the descriptor's).
+    """
+
+    def __init__(self, descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
+                 sparse_method: str = "cur", signal_std: float | dict = 1.0,
+                 energy_sigma: float = DEFAULT_SIGMAS["energy"],
+                 force_sigma: float = DEFAULT_SIGMAS["forces"],
+                 stress_sigma: float = DEFAULT_SIGMAS["stress"],
+                 config_sigmas: dict | None = None, e0: dict | str = "auto",
+                 jitter: float = 1e-8, seed: int = 0, n_jobs: int | None = None) -> None:
+        self.descriptor = descriptor
+        self.zeta = zeta
+        self.n_sparse = n_sparse
+        self.sparse_method = sparse_method
+        self.signal_std = signal_std
+        self.energy_sigma = energy_sigma
+        self.force_sigma = force_sigma
+        self.stress_sigma = stress_sigma
+        self.config_sigmas = config_sigmas or {}
+        self.e0 = e0
+        self.jitter = jitter
+        self.seed = seed
+        self.n_jobs = descriptor.n_jobs if n_jobs is None else n_jobs
+        self.version = 0
+        self.posterior_: Posterior | None = None
+
+    # -- state -----------------------------------------------------------------------------
+    @property
+    def species(self) -> tuple[int, ...]:
+        """Atomic numbers the model was built for."""
+        return tuple(self.descriptor.species)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` (or loading) has happened."""
+        return self.posterior_ is not None
+
+    @property
+    def n_sparse_points(self) -> int:
+        """Number of sparse points in the model."""
+        return len(self.sparse_) if self.is_fitted else 0
+
+    @property
+    def log_likelihood(self) -> float:
+        """DTC log marginal likelihood of the training data at the current hyper-parameters."""
+        self._check_fitted()
+        return self.posterior_.log_likelihood
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError("the model is not fitted: call model.fit(frames) or "
+                                 "gpmlip.load_model(path) first")
+
+    def _validate_settings(self) -> None:
+        if self.zeta not in range(1, 13):
+            raise SettingsError(f"zeta={self.zeta}: use a small positive integer (2 or 4)")
+        for name in ("energy_sigma", "force_sigma", "stress_sigma", "jitter"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise SettingsError(f"{name}={value}: use a positive number")
+
+    def _frames(self, frames) -> list[Frame]:
+        if isinstance(frames, Dataset):
+            data = list(frames)
+            bad = {z for f in data for z in f.atoms.numbers} - set(self.species)
+            if bad:
+                raise UnknownSpeciesError(
+                    f"the data contain {[chemical_symbols[z] for z in sorted(bad)]}, which the "
+                    f"descriptor does not know; build the SOAP with those species")
+            return data
+        if isinstance(frames, Frame):
+            return [frames]
+        if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, Frame)
+                                                                for f in frames):
+            return list(frames)
+        return list(load_frames(frames, species=self.species))
+
+    def _features(self, frames: list[Frame]) -> list[np.ndarray]:
+        return [self.descriptor.describe(f.atoms).features for f in frames]
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, frames, *, sparse_atoms: Sequence[tuple[int, int]] | None = None,
+            executor: Executor | None = None) -> SparseGP:
+        """Choose sparse points and solve for the weights.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms, Dataset, list of Frame, or a file path
+            Labelled structures; each may have any of energy, forces, stress.
+        sparse_atoms : sequence of (frame index, atom index), optional
+            Use exactly these environments as sparse points instead of ``n_sparse``.
+        executor : concurrent.futures.Executor, optional
+            Where the training Jacobians are computed (default: ``n_jobs`` local processes).
+
+        Returns
+        -------
+        SparseGP
+            ``self``.
+        """
+        self._validate_settings()
+        frames = self._frames(frames)
+        if not frames:
+            raise DataError("no training frames: give at least one labelled structure")
+        self.e0_ = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
+            reference_energies(Dataset(frames), self.e0)
+        self.signal_variance_ = {z: float(s) ** 2 for z, s in
+                                 _per_species(self.signal_std, self.species, "signal_std").items()}
+        self.noise_ = {"energy": float(self.energy_sigma), "forces": float(self.force_sigma),
+                       "stress": float(self.stress_sigma)}
+        self.frames_: list[Frame] = []
+        self.features_: list[np.ndarray] = []
+        self.sparse_ = SparseSet(np.zeros((0, self.descriptor.n_features)), np.zeros(0, int))
+        self.sparse_origin_ = np.zeros((0, 2), dtype=np.int64)
+        self.kmm_ = np.zeros((0, 0))
+        self.stats_ = {g: GramStats.empty(0) for g in (*GROUPS, "fixed")}
+        features = self._features(frames)
+        if sparse_atoms is None:
+            origin = self._select(frames, features, self.n_sparse, self.sparse_method)
+        else:
+            origin = np.asarray(sparse_atoms, dtype=np.int64).reshape(-1, 2)
+        self._add(frames, features, origin, executor)
+        return self
+
+    def _select(self, frames, features, n_sparse, method, cap: bool = False) -> np.ndarray:
+        """(frame, atom) pairs of new sparse points, per species; ``cap`` limits each count to
+        the environments available instead of raising."""
+        counts = _per_species(n_sparse, self.species, "n_sparse")
+        picked = []
+        for z in self.species:
+            where = [(i, a) for i, f in enumerate(frames)
+                     for a in np.flatnonzero(f.atoms.numbers == z)]
+            if not where:
+                if counts[z] and not cap:
+                    log.warning("no %s environments in the training data: no sparse points "
+                                "for it", chemical_symbols[z])
+                continue
+            candidates = np.array([features[i][a] for i, a in where])
+            idx = selection.select(candidates, min(counts[z], len(where)) if cap else counts[z],
+                                   method, zeta=self.zeta, seed=self.seed,
+                                   existing=self.sparse_.features[self.sparse_.species == z],
+                                   label=chemical_symbols[z])
+            picked.extend(where[k] for k in idx)
+        return np.array(picked, dtype=np.int64).reshape(-1, 2)
+
+    def _add(self, new_frames, new_features, origin, executor) -> None:
+        """Add frames and sparse points (origin indices refer to ``self.frames_ + new_frames``)."""
+        frames = self.frames_ + list(new_frames)
+        features = self.features_ + list(new_features)
+        m_old = len(self.sparse_)
+        if len(origin):
+            for i, a in origin:
+                if not (0 <= i < len(frames) and 0 <= a < frames[i].n_atoms):
+                    raise DataError(f"sparse atom ({i}, {a}) does not exist in the training data")
+            x_new = np.array([features[i][a] for i, a in origin])
+            z_new = np.array([frames[i].atoms.numbers[a] for i, a in origin])
+            self.sparse_ = SparseSet(np.vstack([self.sparse_.features, x_new]),
+                                     np.concatenate([self.sparse_.species, z_new]))
+            self.sparse_origin_ = np.vstack([self.sparse_origin_, origin])
+            self._grow_kmm(m_old)
+        if len(self.sparse_) > m_old:
+            # New kernel columns: every known frame contributes to them.  Its Jacobian is
+            # recomputed (never stored) and its rows are folded in again for all columns.
+            self.stats_ = {g: GramStats.empty(len(self.sparse_)) for g in self.stats_}
+            todo = frames
+        else:
+            todo = list(new_frames)
+        rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, self.sparse_,
+                            executor=executor, n_jobs=self.n_jobs)
+        noise = NoiseModel(self.config_sigmas)
+        for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
+            e0 = self.e0_.of(frame.atoms.numbers)
+            for group, kr, y, scale in observations(frame, frame_rows, e0, noise):
+                self.stats_[group].add(kr, y, scale)
+            if (k + 1) % 10 == 0 or k + 1 == len(todo):
+                log.info("kernel rows: %d/%d frames", k + 1, len(todo))
+        self.frames_ = frames
+        self.features_ = features
+        self._solve()
+
+    def _grow_kmm(self, m_old: int) -> None:
+        x, z = self.sparse_.features, self.sparse_.species
+        k_new = local_kernel(x, z, SparseSet(x[m_old:], z[m_old:]), self.zeta)   # (m, m_new)
+        kmm = np.zeros((len(z), len(z)))
+        kmm[:m_old, :m_old] = self.kmm_
+        kmm[:, m_old:] = k_new
+        kmm[m_old:, :] = k_new.T
+        kmm[np.arange(m_old, len(z)), np.arange(m_old, len(z))] += self.jitter
+        self.kmm_ = kmm
+
+    def _hyper(self) -> Hyper:
+        column = np.array([self.signal_variance_[int(z)] for z in self.sparse_.species])
+        return Hyper(column, dict(self.noise_))
+
+    def _solve(self) -> None:
+        stats = {g: st for g, st in self.stats_.items() if st.n}
+        self.posterior_ = solve(self.kmm_, stats, self._hyper())
+        self.version += 1
+        log.info("solved: %d sparse points, %d observations, log likelihood %.6g",
+                 len(self.sparse_), sum(st.n for st in stats.values()),
+                 self.posterior_.log_likelihood)
+
+    def update(self, frames, new_sparse: int | dict | Sequence | None = None, *,
+               executor: Executor | None = None) -> SparseGP:
+        """Add labelled structures (and sparse points) without recomputing what is known.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms, list of Frame, Dataset or path
+        new_sparse : int, dict, sequence or None
+            None: no new sparse points.  int or dict: that many per species, chosen among the new
+            frames' environments by highest remaining variance.  A sequence (one entry per new
+            frame) of atom-index lists: exactly those atoms.
+        executor : concurrent.futures.Executor, optional
+
+        Notes
+        -----
+        New frames cost their own Jacobians.  New sparse points also need the Jacobians of every
+        earlier training frame (recomputed, never stored), for the new kernel columns only.
+        """
+        self._check_fitted()
+        frames = self._frames(frames)
+        features = self._features(frames)
+        base = len(self.frames_)
+        if new_sparse is None:
+            origin = np.zeros((0, 2), dtype=np.int64)
+        elif isinstance(new_sparse, (int, dict)):
+            origin = self._select(frames, features, new_sparse, "variance", cap=True)
+            origin[:, 0] += base
+        else:
+            if len(new_sparse) != len(frames):
+                raise SettingsError("new_sparse as a sequence needs one list of atom indices "
+                                    "per new frame")
+            origin = np.array([(base + i, a) for i, atoms in enumerate(new_sparse)
+                               for a in atoms], dtype=np.int64).reshape(-1, 2)
+        self._add(frames, features, origin, executor)
+        return self
+
+    def optimise_hyperparameters(self, *, max_iterations: int = 200):
+        """Maximise the log marginal likelihood over signal and noise levels, then re-solve.
+
+        Returns
+        -------
+        gpmlip.gp.hyper.HyperResult
+            Optimal values, likelihood before and after, and any parameter stuck at a bound.
+        """
+        from gpmlip.gp.hyper import optimise
+
+        self._check_fitted()
+        return optimise(self, max_iterations=max_iterations)
+
+    # -- prediction ------------------------------------------------------------------------
+    def predict(self, atoms: Atoms, *, forces: bool = True, stress: bool = True,
+                force_std: bool = False) -> Prediction:
+        """Energy, forces, stress, local energies and their uncertainties for one structure.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        forces, stress : bool
+            Compute them (they need the descriptor Jacobian).
+        force_std : bool
+            Also the force uncertainty (costs one kernel-row contraction per sparse point).
+        """
+        self._check_fitted()
+        missing = sorted(set(atoms.numbers.tolist()) - set(self.sparse_.species.tolist()))
+        if missing and set(missing) <= set(self.species):
+            raise UnknownSpeciesError(
+                f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "
+                "it was not trained on them; add training structures that contain them")
+        volume = abs(atoms.cell.volume) if atoms.pbc.all() else 0.0
+        want_stress = stress and volume > 1e-8
+        env = self.descriptor.describe(atoms, gradients=forces or want_stress or force_std)
+        post = self.posterior_
+        k = local_kernel(env.features, env.species, self.sparse_, self.zeta)
+        sigma2 = np.array([self.signal_variance_[int(z)] for z in env.species])
+        energies = k @ post.beta + np.array([self.e0_.energies[int(z)] for z in env.species])
+        variance = post.variance(k, sigma2)
+        result = Prediction(energy=float(energies.sum()), energies=energies, forces=None,
+                            stress=None, local_variance=variance,
+                            local_variance_normalised=np.clip(variance / sigma2, 0.0, 1.0))
+        if forces or want_stress:
+            grad = energy_gradient(env, self.sparse_, self.zeta, post.beta)
+            if forces:
+                result.forces = -env.position_vjp(grad)
+            if want_stress:
+                s = env.strain_vjp(grad) / volume
+                result.stress = 0.5 * (s + s.T)
+        if force_std:
+            rows = force_rows(env, self.sparse_, self.zeta).reshape(3 * len(atoms), -1)
+            result.force_std = np.sqrt(post.weight_variance(rows)).reshape(-1, 3)
+        return result
+
+    # -- files -----------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the model as npz + JSON metadata (see :mod:`gpmlip.io`); never pickle."""
+        from gpmlip.io import save_model
+
+        save_model(self, path)

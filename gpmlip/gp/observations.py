@@ -1,0 +1,162 @@
+"""Turning labelled frames into kernel rows, targets and noise scales, in parallel and in blocks.
+
+A frame's rows are computed where its Jacobian is computed (a worker process) and only the rows
+(at most ``3 n_atoms + 7`` by ``m``) travel back; the Jacobian is dropped at once.  Training memory
+is therefore O(m^2) for the Gram blocks plus one Jacobian per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+
+from gpmlip.covariance import SparseSet, energy_rows, force_rows, strain_rows, voigt
+from gpmlip.data.frames import Frame
+
+WINDOW = 2
+"""Frames in flight per worker: bounds memory while keeping workers busy."""
+
+
+@dataclass
+class NoiseModel:
+    """Which noise group each observation belongs to, and its scale.
+
+    Attributes
+    ----------
+    config_sigmas : dict
+        config_type -> {"energy": eV/atom, "forces": eV/Å, "stress": eV/Å³}: fixed noise for the
+        frames of that config_type (per-frame ``energy_sigma``/``force_sigma``/``virial_sigma``
+        take precedence).
+    """
+
+    config_sigmas: dict[str, dict[str, float]]
+
+    def fixed_sigma(self, frame: Frame, kind: str) -> float | None:
+        """The frame's fixed noise for ``kind`` in model units, or None for the global level."""
+        if kind == "energy" and frame.energy_sigma is not None:
+            return frame.energy_sigma
+        if kind == "forces" and frame.force_sigma is not None:
+            return frame.force_sigma
+        if kind == "stress" and frame.virial_sigma is not None:
+            return frame.virial_sigma * frame.n_atoms / abs(frame.atoms.cell.volume)
+        return self.config_sigmas.get(frame.config_type, {}).get(kind)
+
+
+@dataclass
+class FrameRows:
+    """Kernel rows of one frame, for the sparse set they were computed with.
+
+    ``energy`` (m,), ``forces`` (3 n_atoms, m) or None, ``stress`` (6, m) or None.
+    """
+
+    energy: np.ndarray
+    forces: np.ndarray | None
+    stress: np.ndarray | None
+
+
+def needs_gradients(frame: Frame) -> bool:
+    """Whether the frame's labels need the Jacobian (forces or stress)."""
+    return frame.forces is not None or frame.stress is not None
+
+
+def observations(frame: Frame, rows: FrameRows, e0_total: float, noise: NoiseModel):
+    """Yield ``(group, rows, y, scale)`` for each label of a frame.
+
+    ``group`` is "energy", "forces", "stress" or "fixed"; ``scale`` multiplies the group's noise
+    variance (or *is* the variance for "fixed").  Energy noise grows as sqrt(n_atoms).
+    """
+    n = frame.n_atoms
+    labels = (("energy", rows.energy[None, :], np.array([frame.energy - e0_total]) if
+               frame.energy is not None else None, n),
+              ("forces", rows.forces, None if frame.forces is None else frame.forces.ravel(), 1),
+              ("stress", rows.stress, None if frame.stress is None else voigt(frame.stress), 1))
+    for kind, k, y, scale in labels:
+        if y is None:
+            continue
+        sigma = noise.fixed_sigma(frame, kind)
+        if sigma is None:
+            yield kind, k, y, np.full(len(y), float(scale))
+        else:
+            yield "fixed", k, y, np.full(len(y), sigma ** 2 * scale)
+
+
+# -- workers ---------------------------------------------------------------------------------
+_DESCRIPTORS: dict[str, object] = {}
+
+
+def _descriptor(settings: dict):
+    from gpmlip.descriptors.soap import SOAP
+
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _DESCRIPTORS:
+        _DESCRIPTORS[key] = SOAP.from_dict(settings)
+    return _DESCRIPTORS[key]
+
+
+def frame_rows(settings: dict, zeta: int, sparse: SparseSet, atoms: Atoms, forces: bool,
+               stress: bool) -> FrameRows:
+    """Describe one structure and contract its Jacobian into kernel rows (runs in a worker)."""
+    descriptor = _descriptor(settings)
+    env = descriptor.describe(atoms, gradients=forces or stress)
+    e = energy_rows(env, sparse, zeta)
+    f = force_rows(env, sparse, zeta).reshape(3 * len(atoms), -1) if forces else None
+    s = strain_rows(env, sparse, zeta) / abs(atoms.cell.volume) if stress else None
+    return FrameRows(e, f, s)
+
+
+def _one_blas_thread() -> None:
+    """Workers already use every core between them: one BLAS thread each."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def bare(atoms: Atoms) -> Atoms:
+    """A copy with only what the descriptor reads (cheap to send to a worker)."""
+    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+
+
+def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: SparseSet, *,
+                 executor: Executor | None = None, n_jobs: int = 1) -> Iterator[FrameRows]:
+    """Rows of every frame, in order, computed ``n_jobs`` at a time.
+
+    Parameters
+    ----------
+    frames : iterable of Frame
+    settings : dict
+        Descriptor settings (``SOAP.to_dict()``).
+    zeta : int
+    sparse : SparseSet
+    executor : concurrent.futures.Executor, optional
+        Where to run the workers (for example a Parsl executor); default a local fork process
+        pool of ``n_jobs`` processes, or this process when ``n_jobs == 1``.
+    n_jobs : int
+    """
+    frames = list(frames)
+    args = [(settings, zeta, sparse, bare(f.atoms), f.forces is not None, f.stress is not None)
+            for f in frames]
+    if executor is None and n_jobs <= 1 or len(frames) <= 1:
+        for a in args:
+            yield frame_rows(*a)
+        return
+    own = executor is None
+    pool = executor or ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("fork"),
+                                           initializer=_one_blas_thread)
+    try:
+        window = WINDOW * max(n_jobs, 1)
+        pending = [pool.submit(frame_rows, *a) for a in args[:window]]
+        for i in range(len(args)):
+            result = pending[i].result()
+            pending[i] = None
+            if i + window < len(args):
+                pending.append(pool.submit(frame_rows, *args[i + window]))
+            yield result
+    finally:
+        if own:
+            pool.shutdown(cancel_futures=True)

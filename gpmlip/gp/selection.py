@@ -1,0 +1,138 @@
+"""Choosing sparse (inducing) environments among the training environments of one species."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from gpmlip.covariance import normalise
+from gpmlip.errors import DataError, SettingsError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("cur", "kmeans++", "random", "variance")
+
+
+def distinct_rows(features: np.ndarray, decimals: int = 10) -> np.ndarray:
+    """Indices of the first occurrence of every distinct (normalised) descriptor row.
+
+    Identical environments (every atom of a perfect crystal) would make the sparse kernel matrix
+    singular, so they are never chosen twice.
+    """
+    rounded = np.round(normalise(features), decimals)
+    _, first = np.unique(rounded, axis=0, return_index=True)
+    return np.sort(first)
+
+
+def select(features: np.ndarray, n_select: int, method: str = "cur", *, zeta: int = 4,
+           seed: int | None = 0, existing: np.ndarray | None = None,
+           label: str = "") -> np.ndarray:
+    """Pick ``n_select`` rows of ``features`` as sparse points.
+
+    Parameters
+    ----------
+    features : ndarray, shape (n, n_features)
+        Candidate environments (one species).
+    n_select : int
+        How many to pick.  More than ``n`` is an error; more than the number of *distinct*
+        environments picks every distinct one, with a warning.
+    method : {"cur", "kmeans++", "random", "variance"}
+        ``"cur"``: sampling by statistical leverage of the descriptor matrix (as GAP's CUR);
+        ``"kmeans++"``: k-means++ seeding (scikit-learn) on the normalised descriptors;
+        ``"random"``: uniform; ``"variance"``: greedy, each pick the candidate with the highest
+        prior variance left once the sparse points chosen so far (and ``existing``) are known
+        (a pivoted Cholesky of the kernel).
+    zeta : int
+        Kernel exponent (``"variance"`` only).
+    seed : int or None
+        Random seed for the randomised methods.
+    existing : ndarray, shape (k, n_features), optional
+        Sparse points already in the model (``"variance"`` conditions on them).
+    label : str
+        Species name for messages.
+
+    Returns
+    -------
+    ndarray of int
+        Indices into ``features``, in the order picked.
+    """
+    if method not in METHODS:
+        raise SettingsError(f"sparse_method={method!r}: choose one of {METHODS}")
+    n = len(features)
+    if n_select < 0 or int(n_select) != n_select:
+        raise SettingsError(f"n_sparse={n_select} for {label}: use a non-negative integer")
+    if n_select > n:
+        raise DataError(f"asked for {n_select} sparse points of {label} but the training data "
+                        f"has only {n} {label} environments: lower n_sparse (e.g. "
+                        f"n_sparse={{'{label}': {n}}}) or add structures")
+    if n_select == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct = distinct_rows(features)
+    if n_select > len(distinct):
+        log.warning("%s: %d sparse points requested but only %d distinct environments; "
+                    "using all %d", label, n_select, len(distinct), len(distinct))
+        n_select = len(distinct)
+    x = normalise(features[distinct])
+    rng = np.random.default_rng(seed)
+    if n_select == len(distinct) and method != "variance":
+        picked = np.arange(len(distinct))
+    elif method == "random":
+        picked = rng.choice(len(x), n_select, replace=False)
+    elif method == "cur":
+        picked = _cur(x, n_select, rng)
+    elif method == "kmeans++":
+        from sklearn.cluster import kmeans_plusplus
+        _, picked = kmeans_plusplus(x, n_select, random_state=seed)
+    else:
+        picked = greedy_variance(x, n_select, zeta, existing=existing)
+    return distinct[np.asarray(picked, dtype=np.int64)]
+
+
+def _cur(x: np.ndarray, n_select: int, rng: np.random.Generator) -> np.ndarray:
+    """Leverage-score sampling without replacement (Mahoney & Drineas, PNAS 106, 697 (2009))."""
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    rank = int((s > s[0] * 1e-10).sum())
+    k = min(n_select, rank)
+    leverage = (u[:, :k] ** 2).sum(axis=1) + 1e-12
+    return rng.choice(len(x), n_select, replace=False, p=leverage / leverage.sum())
+
+
+def greedy_variance(x: np.ndarray, n_select: int, zeta: int, *,
+                    existing: np.ndarray | None = None, tolerance: float = 1e-10) -> np.ndarray:
+    """Pivoted Cholesky of the unit-variance kernel ``(x_hat . x_hat')^zeta``.
+
+    Each step picks the candidate whose prior variance, conditioned on the points picked so far
+    and on ``existing``, is largest.  Stops early (with a warning) when every candidate is
+    explained to ``tolerance``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, n_features)
+        Normalised candidate descriptors.
+    """
+    n = len(x)
+    basis = np.zeros((n, n_select))
+    if existing is not None and len(existing):
+        e = normalise(existing)
+        kee = (e @ e.T) ** zeta + 1e-10 * np.eye(len(e))
+        chol = np.linalg.cholesky(kee)
+        prior = solve_triangular(chol, ((e @ x.T) ** zeta), lower=True).T    # (n, k)
+        basis = np.hstack([prior, basis])
+    offset = basis.shape[1] - n_select
+    residual = 1.0 - (basis[:, :offset] ** 2).sum(axis=1)
+    picked = []
+    for t in range(n_select):
+        p = int(np.argmax(residual))
+        if residual[p] <= tolerance:
+            log.warning("only %d of %d sparse points add information (the rest are explained "
+                        "to %.0e by those chosen)", t, n_select, tolerance)
+            break
+        column = ((x @ x[p]) ** zeta - basis[:, :offset + t] @ basis[p, :offset + t])
+        column /= np.sqrt(residual[p])
+        basis[:, offset + t] = column
+        residual -= column ** 2
+        residual[p] = -np.inf
+        picked.append(p)
+    return np.array(picked, dtype=np.int64)

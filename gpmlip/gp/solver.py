@@ -1,0 +1,293 @@
+"""Streamed, QR-compressed observation blocks, the DTC solve, variances and the likelihood.
+
+Notation (DESIGN.md section 3).  ``K~`` is the kernel at unit signal variance; the sparse points of
+species z carry ``sigma_z^2``, collected in the diagonal ``D``.  Observations come in noise groups
+``g`` (energies, forces, stresses at the global noise levels ``sigma_g``, plus one group of rows
+whose noise is fixed per structure).  Each group's whitened rows ``W^1/2 K~_gm`` are compressed,
+block by block, into an upper-triangular ``R_g`` (m x m) and ``z_g = Q_g' W^1/2 y_g`` by QR, so
+memory is O(m^2) and ``R_g' R_g = K~_mg W K~_gm`` without ever forming that product (forming it
+squares the condition number: the SOAP kernel is close to singular).  With ``K~_mm = L L'`` the
+system is the least-squares problem
+
+    [ L' D^-1/2      ]          [ 0           ]
+    [ R_g / sigma_g  ] beta  ~  [ z_g / sigma_g ]      (one block per group),
+
+solved by one more QR in O(m^3) for any sigma.  ``beta`` weights the unit-variance kernel
+(``epsilon_i = k~(q_i, X) @ beta``, the DTC mean rescaled by ``D``); the local-energy variance is
+``v(q) = sigma_z^2 (1 - |L^-1 k~|^2) + |R^-T k~|^2`` with ``R`` the final triangular factor, and
+
+    log p(y) = -1/2 (y'L^-1 y - |Q'rhs|^2) - 1/2 (log|R'R| + sum_m log d_m - log|K~_mm| + log|Lam|)
+               - n/2 log(2 pi).
+
+References: J. Quiñonero-Candela and C. E. Rasmussen, JMLR 6, 1939 (2005), section 5 (DTC);
+A. P. Bartók and G. Csányi, Int. J. Quantum Chem. 115, 1051 (2015) (GAP's sparse GP).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.linalg import LinAlgError, cholesky, qr, solve_triangular
+
+from gpmlip.errors import NumericalError
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("energy", "forces", "stress")
+"""Noise groups scaled by the global noise levels; rows with per-structure noise go to "fixed"."""
+
+JITTERS = (0.0, 1e-10, 1e-8, 1e-6, 1e-4)
+"""Relative jitters tried, in order, when a matrix will not factorise."""
+
+
+@dataclass
+class GramStats:
+    """Sufficient statistics of one noise group, QR-compressed.
+
+    Attributes
+    ----------
+    r : ndarray, shape (m, m)
+        Upper triangular, ``r' r = K~_mg W K~_gm``.
+    z : ndarray, shape (m,)
+        ``r' z = K~_mg W y``.
+    yy : float
+        ``y' W y``.
+    n : int
+        Number of observations (rows).
+    log_scale : float
+        ``sum log(1/W)`` over rows, for ``log|Lambda|``.
+    """
+
+    r: np.ndarray
+    z: np.ndarray
+    yy: float = 0.0
+    n: int = 0
+    log_scale: float = 0.0
+    _pending: list = field(default_factory=list, repr=False)
+
+    @classmethod
+    def empty(cls, m: int) -> GramStats:
+        """Statistics of no data, for ``m`` sparse points."""
+        return cls(np.zeros((m, m)), np.zeros(m))
+
+    def add(self, rows: np.ndarray, y: np.ndarray, scale: np.ndarray) -> None:
+        """Add observations ``y`` (r,) with kernel rows (r, m) and noise-variance scales (r,)."""
+        w = 1.0 / np.sqrt(scale)
+        self._pending.append(np.hstack([rows * w[:, None], (y * w)[:, None]]))
+        self.yy += float(np.dot(y * w, y * w))
+        self.n += len(y)
+        self.log_scale += float(np.log(scale).sum())
+        if sum(len(p) for p in self._pending) >= max(len(self.z), 256):
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold the buffered rows into ``r`` and ``z`` (one QR)."""
+        if not self._pending:
+            return
+        m = len(self.z)
+        top = np.hstack([self.r, self.z[:, None]])
+        aug = qr(np.vstack([top, *self._pending]), mode="r", check_finite=False)[0]
+        self._pending = []
+        aug = aug[:m + 1] if len(aug) >= m + 1 else np.vstack([aug, np.zeros((m + 1 - len(aug),
+                                                                                m + 1))])
+        self.r, self.z = np.ascontiguousarray(aug[:m, :m]), aug[:m, m].copy()
+
+    @property
+    def gram(self) -> np.ndarray:
+        """``K~_mg W K~_gm`` (formed on demand, for gradients and tests)."""
+        self.flush()
+        return self.r.T @ self.r
+
+    @property
+    def rhs(self) -> np.ndarray:
+        """``K~_mg W y``."""
+        self.flush()
+        return self.r.T @ self.z
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        """Arrays for a model file."""
+        self.flush()
+        return {f"{prefix}r": self.r, f"{prefix}z": self.z,
+                f"{prefix}scalars": np.array([self.yy, self.n, self.log_scale])}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str) -> GramStats:
+        """Inverse of :meth:`to_arrays`."""
+        yy, n, log_scale = arrays[f"{prefix}scalars"]
+        return cls(np.array(arrays[f"{prefix}r"]), np.array(arrays[f"{prefix}z"]),
+                   float(yy), int(n), float(log_scale))
+
+
+def robust_cholesky(matrix: np.ndarray, what: str, advice: str) -> tuple[np.ndarray, float]:
+    """Lower Cholesky factor, adding relative jitter to the diagonal only if needed.
+
+    Returns
+    -------
+    factor : ndarray
+        Lower-triangular ``L`` with ``L L' = matrix + jitter * mean(diag) * I``.
+    jitter : float
+        The relative jitter that was needed (0 when none).
+    """
+    scale = float(np.mean(np.diag(matrix))) if len(matrix) else 1.0
+    if not np.all(np.isfinite(matrix)):
+        raise NumericalError(f"{what} contains NaN or inf; {advice}")
+    for jitter in JITTERS:
+        try:
+            factor = cholesky(matrix + jitter * scale * np.eye(len(matrix)), lower=True)
+        except LinAlgError:
+            continue
+        if jitter:
+            log.warning("%s needed a relative jitter of %g to factorise; %s", what, jitter,
+                        advice)
+        return factor, jitter
+    raise NumericalError(f"{what} ({len(matrix)}x{len(matrix)}) is not positive definite even "
+                         f"with a relative jitter of {JITTERS[-1]:g}: {advice}")
+
+
+@dataclass
+class Hyper:
+    """Signal variances per sparse column and noise levels per group.
+
+    Attributes
+    ----------
+    column_variance : ndarray, shape (m,)
+        ``sigma_z^2`` of each sparse point's species.
+    noise : dict
+        Group name -> noise standard deviation (eV/atom, eV/Å, eV/Å³).
+    """
+
+    column_variance: np.ndarray
+    noise: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Posterior:
+    """The factorised DTC system and what prediction needs.
+
+    Attributes
+    ----------
+    beta : ndarray, shape (m,)
+        Weights on the unit-variance kernel: ``epsilon_i = k~(q_i, X) @ beta``.
+    chol_kmm : ndarray, shape (m, m)
+        Lower Cholesky factor of ``K~_mm``.
+    r : ndarray, shape (m, m)
+        Upper factor with ``r' r = A' = D^-1/2 K~_mm D^-1/2 + sum_g R_g' R_g / sigma_g^2``.
+    log_likelihood : float
+    """
+
+    beta: np.ndarray
+    chol_kmm: np.ndarray
+    r: np.ndarray
+    log_likelihood: float
+
+    def variance(self, k: np.ndarray, signal_variance: np.ndarray) -> np.ndarray:
+        """Local-energy variances for unit-variance kernel rows ``k`` (n, m), clipped at 0."""
+        if k.shape[1] == 0:
+            return signal_variance.copy()
+        prior = solve_triangular(self.chol_kmm, k.T, lower=True, check_finite=False)
+        weights = solve_triangular(self.r, k.T, trans="T", check_finite=False)
+        v = signal_variance * (1.0 - (prior ** 2).sum(axis=0)) + (weights ** 2).sum(axis=0)
+        return np.clip(v, 0.0, None)
+
+    def weight_variance(self, rows: np.ndarray) -> np.ndarray:
+        """``rows A'^-1 rows'`` diagonal: the DTC variance of linear observations (e.g. forces)."""
+        weights = solve_triangular(self.r, rows.T, trans="T", check_finite=False)
+        return (weights ** 2).sum(axis=0)
+
+
+ADVICE = ("lower n_sparse or pick sparse points with sparse_method='cur' or 'variance' (near-"
+          "duplicate sparse points), raise the noise sigmas, or raise the model's jitter")
+
+
+def _factor(kmm: np.ndarray, stats: dict[str, GramStats], hyper: Hyper):
+    """QR of the stacked system: (chol K~_mm, R, Q' rhs)."""
+    chol_k, _ = robust_cholesky(kmm, "the sparse kernel matrix K_mm", ADVICE)
+    m = len(kmm)
+    blocks = [np.hstack([chol_k.T / np.sqrt(hyper.column_variance)[None, :], np.zeros((m, 1))])]
+    for name, st in stats.items():
+        st.flush()
+        inv = 1.0 if name == "fixed" else 1.0 / hyper.noise[name]
+        blocks.append(np.hstack([st.r, st.z[:, None]]) * inv)
+    aug = qr(np.vstack(blocks), mode="r", check_finite=False)[0]
+    r, qtr = aug[:m, :m], aug[:m, m]
+    diag = np.abs(np.diag(r))
+    if m and (not np.all(np.isfinite(r)) or diag.min() <= 1e-14 * diag.max()):
+        raise NumericalError(f"the sparse GP system ({m} sparse points) is singular: {ADVICE}")
+    return chol_k, r, qtr
+
+
+def solve(kmm: np.ndarray, stats: dict[str, GramStats], hyper: Hyper) -> Posterior:
+    """Solve the DTC system for the current hyper-parameters.
+
+    Parameters
+    ----------
+    kmm : ndarray, shape (m, m)
+        Unit-variance sparse kernel matrix (zero between species), jitter included.
+    stats : dict
+        Noise group -> :class:`GramStats`.
+    hyper : Hyper
+    """
+    chol_k, r, qtr = _factor(kmm, stats, hyper)
+    beta = solve_triangular(r, qtr, check_finite=False)
+    ll = _log_likelihood(stats, hyper, qtr, r, chol_k)
+    return Posterior(beta, chol_k, r, ll)
+
+
+def _log_likelihood(stats, hyper, qtr, r, chol_k) -> float:
+    yy = n = log_noise = 0.0
+    for name, st in stats.items():
+        s2 = 1.0 if name == "fixed" else hyper.noise[name] ** 2
+        yy += st.yy / s2
+        n += st.n
+        log_noise += st.n * np.log(s2) + st.log_scale
+    logdet = (2 * np.log(np.abs(np.diag(r))).sum() + np.log(hyper.column_variance).sum()
+              - 2 * np.log(np.diag(chol_k)).sum() + log_noise)
+    return float(-0.5 * (yy - qtr @ qtr) - 0.5 * logdet - 0.5 * n * np.log(2 * np.pi))
+
+
+def log_likelihood_and_gradient(kmm: np.ndarray, species: np.ndarray, stats: dict[str, GramStats],
+                                hyper: Hyper, variances: dict[int, float]):
+    """Log marginal likelihood and its gradient in log-variance coordinates.
+
+    Parameters
+    ----------
+    kmm : ndarray, shape (m, m)
+    species : ndarray of int, shape (m,)
+        Species of the sparse columns.
+    stats : dict
+    hyper : Hyper
+        Its ``column_variance`` is ignored: ``variances`` defines it.
+    variances : dict
+        Species -> ``sigma_z^2``.
+
+    Returns
+    -------
+    value : float
+    gradient : dict
+        ``("signal", z)`` -> d/d log sigma_z^2 and ``("noise", g)`` -> d/d log sigma_g^2.
+    """
+    column = np.array([variances[int(z)] for z in species])
+    hyper = Hyper(column, dict(hyper.noise))
+    chol_k, r, qtr = _factor(kmm, stats, hyper)
+    beta = solve_triangular(r, qtr, check_finite=False)
+    r_inv = solve_triangular(r, np.eye(len(r)), check_finite=False)
+    value = _log_likelihood(stats, hyper, qtr, r, chol_k)
+    grad = {}
+    for name, st in stats.items():
+        if name == "fixed":
+            continue
+        inv = hyper.noise[name] ** -2
+        residual = st.z - st.r @ beta
+        # y'Wy - 2 beta'b + beta'G beta = (yy - |z|^2) + |z - R beta|^2
+        fit = st.yy - st.z @ st.z + residual @ residual + np.sum((st.r @ r_inv) ** 2)
+        grad[("noise", name)] = 0.5 * inv * fit - 0.5 * st.n
+    scaled_chol = chol_k.T / np.sqrt(column)[None, :]         # U with U'U = D^-1/2 K~ D^-1/2
+    u_beta = scaled_chol * beta[None, :]
+    for z in variances:
+        cols = species == z
+        quad = np.sum((u_beta[:, cols].sum(axis=1)) ** 2)
+        trace = np.sum((scaled_chol[:, cols] @ r_inv[cols, :]) ** 2)
+        grad[("signal", int(z))] = 0.5 * (quad + trace) - 0.5 * cols.sum()
+    return value, grad

@@ -1,0 +1,122 @@
+"""Model files (npz + JSON, no pickle) and the ASE calculator."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from ase.md.verlet import VelocityVerlet
+from ase import units
+
+import gpmlip
+from gpmlip.io import FORMAT_VERSION
+
+from conftest import SMALL_CU, emt_frames, ethanol
+
+
+@pytest.fixture(scope="module")
+def model():
+    frames = emt_frames(4, seed=0)
+    frames[1].info["config_type"] = "hot"
+    return gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=8, e0={"Cu": 0.0},
+                           config_sigmas={"hot": {"forces": 0.2}}).fit(frames)
+
+
+def test_round_trip_predicts_identically(model, tmp_path):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = gpmlip.load_model(path)
+    atoms = emt_frames(1, seed=3)[0]
+    a, b = model.predict(atoms, force_std=True), loaded.predict(atoms, force_std=True)
+    assert a.energy == b.energy
+    np.testing.assert_array_equal(a.forces, b.forces)
+    np.testing.assert_array_equal(a.stress, b.stress)
+    np.testing.assert_array_equal(a.local_variance, b.local_variance)
+    np.testing.assert_array_equal(a.force_std, b.force_std)
+    # the loaded model can still be updated (it carries its training set)
+    loaded.update(emt_frames(1, seed=4), new_sparse=2)
+    assert loaded.n_sparse_points == model.n_sparse_points + 2
+
+
+def test_file_is_data_not_pickle(model, tmp_path):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        assert all(data[k].dtype != object for k in data.files)
+        meta = json.loads(bytes(data["metadata.json"]).decode())
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["versions"]["dscribe"] and meta["descriptor"]["r_cut"] == 4.0
+
+
+def _rewrite(path, out, change):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    meta = json.loads(bytes(arrays["metadata.json"]).decode())
+    change(meta, arrays)
+    arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(out, **arrays)
+
+
+def test_bad_files_are_clear_errors(model, tmp_path):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with pytest.raises(gpmlip.ModelFileError, match="version"):
+        _rewrite(path, tmp_path / "v.npz", lambda m, a: m.update(format_version=99))
+        gpmlip.load_model(tmp_path / "v.npz")
+    with pytest.raises(gpmlip.ModelFileError, match="damaged"):
+        _rewrite(path, tmp_path / "k.npz", lambda m, a: a.pop("kmm"))
+        gpmlip.load_model(tmp_path / "k.npz")
+    truncated = tmp_path / "t.npz"
+    truncated.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(gpmlip.ModelFileError):
+        gpmlip.load_model(truncated)
+    with pytest.raises(gpmlip.ModelFileError):
+        gpmlip.load_model(tmp_path / "missing.npz")
+    pickled = tmp_path / "p.npz"
+    np.savez(pickled, **{"metadata.json": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(gpmlip.ModelFileError):
+        gpmlip.load_model(pickled)
+
+
+def test_calculator_results_caching_and_reset(model):
+    atoms = emt_frames(1, seed=5)[0]
+    atoms.calc = gpmlip.GPCalculator(model, force_std=True)
+    e = atoms.get_potential_energy()
+    p = model.predict(atoms)
+    assert e == pytest.approx(p.energy)
+    np.testing.assert_allclose(atoms.get_forces(), p.forces)
+    np.testing.assert_allclose(atoms.get_stress(voigt=False), p.stress)
+    np.testing.assert_allclose(atoms.get_potential_energies().sum(), e)
+    calc = atoms.calc
+    assert calc.results["max_uncertainty"] == pytest.approx(p.max_uncertainty)
+    assert calc.get_property("force_std", atoms).shape == (len(atoms), 3)
+    calls = []
+    original = model.predict
+    model.predict = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        atoms.get_forces()
+        assert not calls                      # cached
+        model.update(emt_frames(1, seed=6))   # the model changed: results are stale
+        atoms.get_potential_energy()
+        assert calls
+    finally:
+        del model.predict
+
+
+def test_calculator_on_molecule_has_no_stress():
+    frames = emt_frames(2, seed=0)
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(frames)
+    mol = ethanol()
+    mol.set_chemical_symbols(["Cu"] * len(mol))
+    mol.positions *= 1.8
+    mol.calc = gpmlip.GPCalculator(m)
+    assert np.isfinite(mol.get_forces()).all()
+    with pytest.raises(Exception, match="stress"):
+        mol.get_stress()
+
+
+def test_ase_md_runs_with_the_calculator(model):
+    atoms = emt_frames(1, seed=7, rattle=0.05)[0]
+    atoms.calc = gpmlip.GPCalculator(model)
+    VelocityVerlet(atoms, 1.0 * units.fs).run(5)
+    assert np.isfinite(atoms.get_potential_energy())

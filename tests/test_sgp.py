@@ -1,0 +1,206 @@
+"""The sparse GP: solver against dense formulas, derivatives, likelihood, update, bad input."""
+
+import numpy as np
+import pytest
+
+import gpmlip
+from gpmlip.covariance import local_kernel
+from gpmlip.data import load_frames
+from gpmlip.gp.hyper import objective
+from gpmlip.gp.observations import NoiseModel, compute_rows, observations
+from gpmlip.testing import check_forces, check_stress
+
+from conftest import SMALL_CU, SMALL_MULTI, cu_slab, emt_frames, ethanol
+
+
+@pytest.fixture(scope="module")
+def train():
+    return emt_frames(6, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(train):
+    return gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=12, e0={"Cu": 0.0}).fit(train)
+
+
+def dense_system(model, frames):
+    """K_nm, y and the noise variances, assembled row by row with no Gram blocks."""
+    frames = list(load_frames(frames))
+    d = np.array([model.signal_variance_[int(z)] for z in model.sparse_.species])
+    rows, ys, noise = [], [], []
+    noise_model = NoiseModel(model.config_sigmas)
+    for frame, fr in zip(frames, compute_rows(frames, model.descriptor.to_dict(), model.zeta,
+                                              model.sparse_)):
+        for group, k, y, scale in observations(frame, fr, model.e0_.of(frame.atoms.numbers),
+                                               noise_model):
+            s2 = 1.0 if group == "fixed" else model.noise_[group] ** 2
+            rows.append(k * d)
+            ys.append(y)
+            noise.append(scale * s2)
+    knm, y, lam = np.vstack(rows), np.concatenate(ys), np.concatenate(noise)
+    kmm = model.kmm_ * np.sqrt(np.outer(d, d))
+    return knm, y, lam, kmm, d
+
+
+def test_solver_matches_dense_dtc(model, train):
+    knm, y, lam, kmm, d = dense_system(model, train)
+    # the DTC weights as a dense, stacked least-squares problem (numerically stable reference)
+    u = np.linalg.cholesky(kmm).T
+    stacked = np.vstack([knm / np.sqrt(lam)[:, None], u])
+    alpha = np.linalg.lstsq(stacked, np.concatenate([y / np.sqrt(lam), np.zeros(len(u))]),
+                            rcond=None)[0]
+    test = emt_frames(1, seed=5)[0]
+    env = model.descriptor.describe(test)
+    expected = local_kernel(env.features, env.species, model.sparse_, model.zeta) * d @ alpha
+    got = model.predict(test, forces=False).energies
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
+    # log marginal likelihood: Q + Lambda with Q = K_nm K_mm^-1 K_mn
+    v = np.linalg.solve(np.linalg.cholesky(kmm), knm.T).T
+    cov = v @ v.T + np.diag(lam)
+    chol = np.linalg.cholesky(cov)
+    white = np.linalg.solve(chol, y)
+    expected_ll = (-0.5 * white @ white - np.log(np.diag(chol)).sum()
+                   - 0.5 * len(y) * np.log(2 * np.pi))
+    assert model.log_likelihood == pytest.approx(expected_ll, rel=1e-6)
+
+
+def test_all_environments_sparse_gives_the_exact_gp():
+    frames = emt_frames(4, seed=3, repeat=1, labels=("energy",))
+    soap = gpmlip.SOAP(**SMALL_CU)
+    atoms_per = [len(f) for f in frames]
+    everything = [(i, a) for i, n in enumerate(atoms_per) for a in range(n)]
+    m = gpmlip.SparseGP(soap, e0={"Cu": 0.0}, jitter=1e-12, energy_sigma=0.01)
+    m.fit(frames, sparse_atoms=everything)
+    feats = np.vstack([soap.describe(f).features for f in frames])
+    z = np.full(len(feats), 29)
+    k = local_kernel(feats, z, gpmlip.covariance.SparseSet(feats, z), 4)
+    owner = np.repeat(np.arange(len(frames)), atoms_per)
+    lmat = (owner[None, :] == np.arange(len(frames))[:, None]).astype(float)
+    y = np.array([f.get_potential_energy() for f in frames])
+    kee = lmat @ k @ lmat.T + np.diag(0.01 ** 2 * np.array(atoms_per))
+    test = emt_frames(1, seed=9, repeat=1)[0]
+    kt = local_kernel(soap.describe(test).features, np.full(len(test), 29),
+                      gpmlip.covariance.SparseSet(feats, z), 4)
+    exact = kt @ lmat.T @ np.linalg.solve(kee, y)
+    np.testing.assert_allclose(m.predict(test, forces=False).energies, exact, rtol=1e-6)
+
+
+@pytest.mark.parametrize("build", [lambda: emt_frames(1, seed=7)[0], cu_slab])
+def test_forces_and_stress_are_energy_derivatives(model, build):
+    atoms = build()
+    check_forces(model.predict, atoms, rtol=1e-5)
+    if atoms.pbc.all():
+        check_stress(model.predict, atoms, rtol=1e-5)
+
+
+def test_multi_species_and_molecule_derivatives():
+    frames = emt_frames(4, seed=1, alloy=True)
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_MULTI), n_sparse=6, e0="fit").fit(frames)
+    atoms = emt_frames(1, seed=11, alloy=True)[0]
+    check_forces(m.predict, atoms)
+    check_stress(m.predict, atoms)
+    assert set(m.sparse_.species.tolist()) == {29, 79}
+    mol = ethanol()
+    for a in mol:
+        a.symbol = "Cu" if a.symbol != "Au" else "Au"
+    mol.positions *= 1.8   # Cu-Cu distances of a sensible size
+    check_forces(m.predict, mol)
+
+
+def test_variances_known_and_unknown(model, train):
+    p = model.predict(train[0], forces=False)
+    v = p.local_variance_normalised
+    assert np.all((v >= 0) & (v <= 1))
+    far = emt_frames(1, seed=2, rattle=0.0, strain=0.0)[0]
+    far.set_cell(far.cell * 1.25, scale_atoms=True)    # 25 % stretched: never seen
+    assert model.predict(far, forces=False).max_uncertainty > 2 * p.max_uncertainty
+    np.testing.assert_allclose(p.local_variance, v * model.signal_variance_[29])
+
+
+def test_force_std_is_dense_weight_variance(model):
+    atoms = emt_frames(1, seed=8)[0]
+    p = model.predict(atoms, force_std=True)
+    assert p.force_std.shape == (len(atoms), 3) and np.all(p.force_std > 0)
+
+
+def test_likelihood_gradient_matches_finite_differences(model):
+    theta = np.log([1.3, 0.004 ** 2, 0.07 ** 2, 0.002 ** 2])
+    _, grad = objective(model, theta)
+    for i in range(len(theta)):
+        h = np.zeros_like(theta)
+        h[i] = 1e-5
+        fd = (objective(model, theta + h)[0] - objective(model, theta - h)[0]) / 2e-5
+        assert grad[i] == pytest.approx(fd, rel=1e-4, abs=1e-3)
+
+
+def test_optimise_improves_likelihood(train):
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=12, e0={"Cu": 0.0},
+                        force_sigma=0.5, energy_sigma=0.05).fit(train)
+    before = m.log_likelihood
+    result = m.optimise_hyperparameters()
+    assert result.log_likelihood > before
+    assert result.log_likelihood == pytest.approx(m.log_likelihood)
+    assert result.values["forces"] < 0.5
+
+
+def test_update_equals_refit(train):
+    soap = gpmlip.SOAP(**SMALL_CU)
+    first, second = train[:3], train[3:]
+    m = gpmlip.SparseGP(soap, n_sparse=5, e0={"Cu": 0.0}).fit(first)
+    m.update(second[:2], new_sparse=[[0, 3], [5]])
+    m.update(second[2:])
+    m.update([], new_sparse=None) if False else None
+    ref = gpmlip.SparseGP(soap, e0={"Cu": 0.0}).fit(train, sparse_atoms=m.sparse_origin_)
+    np.testing.assert_allclose(m.posterior_.beta, ref.posterior_.beta, rtol=1e-8, atol=1e-10)
+    atoms = emt_frames(1, seed=21)[0]
+    a, b = m.predict(atoms), ref.predict(atoms)
+    assert abs(a.energy - b.energy) < 1e-8
+    np.testing.assert_allclose(a.forces, b.forces, atol=1e-8)
+    np.testing.assert_allclose(a.local_variance, b.local_variance, atol=1e-8)
+
+
+def test_update_by_variance_adds_sparse_points(model, train):
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(train[:2])
+    before = m.n_sparse_points
+    m.update(train[2:4], new_sparse=3)
+    assert m.n_sparse_points == before + 3
+
+
+@pytest.mark.parametrize("method", ["cur", "kmeans++", "random", "variance"])
+def test_sparse_methods(train, method):
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=10, sparse_method=method,
+                        e0={"Cu": 0.0}).fit(train[:3])
+    assert m.n_sparse_points == 10
+    assert len({tuple(o) for o in m.sparse_origin_}) == 10
+
+
+def test_bad_input_is_a_clear_error(train):
+    soap = gpmlip.SOAP(**SMALL_CU)
+    with pytest.raises(gpmlip.NotFittedError, match="fit"):
+        gpmlip.SparseGP(soap).predict(train[0])
+    with pytest.raises(gpmlip.DataError, match="n_sparse"):
+        gpmlip.SparseGP(soap, n_sparse=1000, e0={"Cu": 0.0}).fit(train[:2])
+    bad = train[0].copy()
+    bad.calc = None
+    with pytest.raises(gpmlip.DataError, match="no energy"):
+        gpmlip.SparseGP(soap, e0={"Cu": 0.0}).fit([bad])
+    nan = emt_frames(1, seed=4, labels=("energy",))[0]
+    nan.calc.results["energy"] = float("nan")
+    with pytest.raises(gpmlip.DataError):
+        gpmlip.SparseGP(soap, e0={"Cu": 0.0}).fit([nan])
+    m = gpmlip.SparseGP(soap, n_sparse=4, e0={"Cu": 0.0}).fit(train[:2])
+    au = train[0].copy()
+    au.numbers[0] = 79
+    with pytest.raises(gpmlip.UnknownSpeciesError):
+        m.predict(au)
+    with pytest.raises(gpmlip.SettingsError):
+        gpmlip.SparseGP(soap, force_sigma=-1).fit(train[:2])
+
+
+def test_species_without_sparse_points_is_an_error():
+    frames = emt_frames(2, seed=0)
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_MULTI), n_sparse=4, e0={"Cu": 0.0, "Au": 0.0})
+    m.fit(frames)
+    alloy = emt_frames(1, seed=1, alloy=True)[0]
+    with pytest.raises(gpmlip.UnknownSpeciesError, match="Au"):
+        m.predict(alloy)

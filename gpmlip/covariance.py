@@ -98,14 +98,18 @@ def force_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
     """Covariance of every force component with every sparse point, shape (n_atoms, 3, m)."""
     pref, c, qh = _prefactor(env, sparse, zeta)
     n, m = env.n_atoms, len(sparse)
-    out = np.zeros((n, 3, m))
-    for start in range(0, len(env.pair_centre), PAIR_BLOCK):
-        stop = min(start + PAIR_BLOCK, len(env.pair_centre))
-        centre = env.pair_centre[start:stop]
-        jac = env.jacobian[start:stop]                                  # (p, 3, F)
-        proj = (jac.reshape(-1, jac.shape[2]) @ sparse.features.T).reshape(len(jac), 3, m)
-        own = np.einsum("paf,pf->pa", jac, qh[centre])                  # (p, 3)
-        block = pref[centre][:, None, :] * (proj - own[:, :, None] * c[centre][:, None, :])
+    n_pairs = len(env.pair_centre)
+    # dE/dr_j = sum_p pref[i_p] * (J_p . x_hat) - sum_p (J_p . q_hat_i) * (pref * c)[i_p]
+    own = np.einsum("paf,pf->pa", env.jacobian, qh[env.pair_centre])             # (P, 3)
+    out = np.empty((n, 3, m))
+    for a in range(3):
+        mix = sp.csr_matrix((own[:, a], (env.pair_atom, env.pair_centre)), shape=(n, n))
+        out[:, a, :] = mix @ (pref * c)
+    for start in range(0, n_pairs, PAIR_BLOCK):
+        stop = min(start + PAIR_BLOCK, n_pairs)
+        jac = env.jacobian[start:stop]
+        block = (jac.reshape(-1, jac.shape[2]) @ sparse.features.T).reshape(stop - start, 3, m)
+        block *= pref[env.pair_centre[start:stop]][:, None, :]
         scatter = sp.csr_matrix((np.ones(stop - start), (env.pair_atom[start:stop],
                                                          np.arange(stop - start))),
                                 shape=(n, stop - start))

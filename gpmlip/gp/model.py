@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
+from threadpoolctl import threadpool_limits
 
 from gpmlip.covariance import SparseSet, energy_gradient, force_rows, local_kernel
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
@@ -267,12 +268,16 @@ class SparseGP:
         rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, self.sparse_,
                             executor=executor, n_jobs=self.n_jobs)
         noise = NoiseModel(self.config_sigmas)
-        for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
-            e0 = self.e0_.of(frame.atoms.numbers)
-            for group, kr, y, scale in observations(frame, frame_rows, e0, noise):
-                self.stats_[group].add(kr, y, scale)
-            if (k + 1) % 10 == 0 or k + 1 == len(todo):
-                log.info("kernel rows: %d/%d frames", k + 1, len(todo))
+        # While worker processes use the cores, this process's BLAS gets one thread: OpenBLAS
+        # threads spin-wait, and oversubscribed they made the QR updates 50x slower (measured).
+        parallel = executor is not None or self.n_jobs > 1
+        with threadpool_limits(1 if parallel else None):
+            for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
+                e0 = self.e0_.of(frame.atoms.numbers)
+                for group, kr, y, scale in observations(frame, frame_rows, e0, noise):
+                    self.stats_[group].add(kr, y, scale)
+                if (k + 1) % 10 == 0 or k + 1 == len(todo):
+                    log.info("kernel rows: %d/%d frames", k + 1, len(todo))
         self.frames_ = frames
         self.features_ = features
         self._solve()

@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.linalg import LinAlgError, cholesky, qr, solve_triangular
+from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 from gpmlip.errors import NumericalError
 
@@ -88,7 +88,7 @@ class GramStats:
             return
         m = len(self.z)
         top = np.hstack([self.r, self.z[:, None]])
-        aug = qr(np.vstack([top, *self._pending]), mode="r", check_finite=False)[0]
+        aug = np.linalg.qr(np.vstack([top, *self._pending]), mode="r")
         self._pending = []
         aug = aug[:m + 1] if len(aug) >= m + 1 else np.vstack([aug, np.zeros((m + 1 - len(aug),
                                                                                 m + 1))])
@@ -210,7 +210,7 @@ def _factor(kmm: np.ndarray, stats: dict[str, GramStats], hyper: Hyper):
         st.flush()
         inv = 1.0 if name == "fixed" else 1.0 / hyper.noise[name]
         blocks.append(np.hstack([st.r, st.z[:, None]]) * inv)
-    aug = qr(np.vstack(blocks), mode="r", check_finite=False)[0]
+    aug = np.linalg.qr(np.vstack(blocks), mode="r")
     r, qtr = aug[:m, :m], aug[:m, m]
     diag = np.abs(np.diag(r))
     if m and (not np.all(np.isfinite(r)) or diag.min() <= 1e-14 * diag.max()):

@@ -152,7 +152,7 @@ def run_element(element: str, args) -> dict:
             f.stress = None
     n_sparse = args.n_sparse or spec["n_sparse"]
     median_n = float(np.median([f.n_atoms for f in train]))
-    energy_sigma = args.energy_sigma or GAP_ENERGY_SIGMA / np.sqrt(median_n)
+    energy_sigma = float(args.energy_sigma or GAP_ENERGY_SIGMA / np.sqrt(median_n))
     settings = {"r_cut": spec["r_cut"], "n_max": 8, "l_max": 8, "sigma": 0.5, "zeta": 4,
                 "n_sparse": n_sparse, "sparse_method": "cur", "e0": spec["e0"],
                 "signal_std": 1.0, "energy_sigma_ev_atom": energy_sigma,
@@ -284,14 +284,14 @@ def main() -> None:
             result = json.loads(out.read_text())
             result["child_wall_s"] = wall
             results.append(result)
+        if args.json:   # after every element, so a later failure keeps the earlier results
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({
+                "command": " ".join([sys.executable, *sys.argv]),
+                "uname": " ".join(os.uname()), "cpu_count": os.cpu_count(),
+                "results": results, "failures": failures}, indent=1))
+            log.info("wrote %s", args.json)
     print(table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "uname": " ".join(os.uname()), "cpu_count": os.cpu_count(),
-            "results": results, "failures": failures}, indent=1))
-        log.info("wrote %s", args.json)
     if failures:
         sys.exit(1)
 

@@ -5,7 +5,9 @@ What is measured
 All three codes are trained on the same frames and tested on the same held-out frames, in one run:
 
 * **fit time**: wall time of training (descriptors, sparse-point selection, kernel matrices and
-  solve; FLARE's hyper-parameter optimisation only with ``--flare-optimise N``).
+  solve; FLARE's hyper-parameter optimisation only with ``--flare-optimise N``), and its CPU time
+  (user + system, threads and reaped worker processes included), which other jobs on the machine
+  hardly change: compare wall times only from a quiet machine (the load average is recorded).
 * **peak memory**: ``ru_maxrss`` of the process that fits (GAP: the ``gap_fit`` child; FLARE and
   gpmlip: their own process, plus any reaped worker processes).  Every code runs in its own
   subprocess, so the number is its own.  gpmlip's parallel Jacobians live in ``/dev/shm``, which
@@ -51,7 +53,7 @@ Usage::
 
 A peer that is not installed is skipped with a message; gpmlip alone still runs.  ``--reuse DIR``
 takes ``DIR/gap.json`` and ``DIR/flare.json`` from an earlier run on the same data and settings
-instead of refitting (GAP takes ~13 minutes here); reused rows are marked as such.
+instead of refitting (GAP takes ~13 minutes and ~9 GB here); reused rows are marked as such.
 
 Notes on this environment: FLARE 1.4.0 pins numpy<1.23 and ase==3.22 but runs here with numpy 2 and
 ase 3.2x; this script only uses its C++ bindings (``flare.bffs.sgp._C_flare``), none of the old
@@ -190,11 +192,38 @@ def time_steps(atoms, step, n_repeat: int, seed: int = 1) -> dict:
         times.append(time.perf_counter() - t)
     atoms.positions = base
     n = len(atoms)
-    return {"ms_per_atom": 1e3 * float(np.median(times)) / n, "best_ms_per_atom": 1e3 * min(times) / n}
+    return {"ms_per_atom": 1e3 * float(np.median(times)) / n, "best_ms_per_atom": 1e3 * min(times) / n,
+            "predict_loadavg_1min": os.getloadavg()[0]}
 
 
 def peak_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
+
+
+def cpu_s(*who: int) -> float:
+    """User + system CPU seconds of this process and/or its reaped children."""
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, who))
+
+
+class Clock:
+    """Wall and CPU time of a block, and the load average around it (other jobs on the machine
+    inflate wall time but hardly CPU time, so both are reported)."""
+
+    def __init__(self, *who: int) -> None:
+        self.who = who
+
+    def __enter__(self) -> Clock:
+        self.load = [os.getloadavg()[0]]
+        self.cpu0, self.t0 = cpu_s(*self.who), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = cpu_s(*self.who) - self.cpu0
+        self.load.append(os.getloadavg()[0])
+
+    def as_dict(self) -> dict:
+        return {"fit_s": self.wall, "fit_cpu_s": self.cpu, "loadavg_1min": self.load}
 
 
 def predict_all(frames, predict) -> list[dict]:
@@ -245,14 +274,12 @@ def run_gap(args, data: dict) -> dict:
            "sparse_jitter=1e-8", "do_copy_at_file=F", "rnd_seed=1"]
     log.info("GAP: %s", " ".join(cmd))
     logfile = workdir / "gap_fit.log"
-    t = time.perf_counter()
-    with open(logfile, "w") as out:
+    with open(logfile, "w") as out, Clock(resource.RUSAGE_CHILDREN) as clock:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, check=False)
-    fit_s = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"gap_fit exited with {proc.returncode}; see {logfile}")
     fit_peak = peak_mb(resource.RUSAGE_CHILDREN)
-    log.info("GAP fit %.1f s, peak %.0f MB", fit_s, fit_peak)
+    log.info("GAP fit %.1f s (%.1f s CPU), peak %.0f MB", clock.wall, clock.cpu, fit_peak)
 
     pot = Potential(param_filename=str(xml))
     test = read_frames(data["test"])
@@ -261,7 +288,8 @@ def run_gap(args, data: dict) -> dict:
     atoms.calc = pot
     result.update(time_steps(atoms, lambda a: (a.get_potential_energy(), a.get_forces()),
                              args.n_repeat))
-    result.update(fit_s=fit_s, peak_rss_mb=fit_peak, predict_process_rss_mb=peak_mb(resource.RUSAGE_SELF),
+    result.update(clock.as_dict(), peak_rss_mb=fit_peak,
+                  predict_process_rss_mb=peak_mb(resource.RUSAGE_SELF),
                   settings={"gap": gap, "default_sigma": list(sigmas), "sigma_per_atom": False,
                             "e0": data["e0_Cu"], "command": cmd},
                   threads=os.environ.get("OMP_NUM_THREADS"))
@@ -297,22 +325,21 @@ def run_flare(args, data: dict) -> dict:
     per_frame = np.full(len(train), args.n_sparse // len(train))
     per_frame[: args.n_sparse % len(train)] += 1
 
-    t = time.perf_counter()
-    b2 = B2("chebyshev", "quadratic", [0.0, R_CUT], [], [1, N_MAX, L_MAX])
-    kernel = NormalizedDotProduct(SIGNAL_STD, ZETA)
-    sgp = SparseGP([kernel], SIGMA_E * np.sqrt(n_atoms), SIGMA_F, SIGMA_S)
-    for atoms, n_env in zip(train, per_frame):
-        s = structure(atoms)
-        s.energy = np.array([[atoms.get_potential_energy() - e0 * len(atoms)]])
-        s.forces = atoms.get_forces().reshape(-1)
-        s.stresses = flare_stress(atoms.get_stress())
-        sgp.add_training_structure(s, [-1], 1.0, 1.0, 1.0)
-        if n_env:
-            sgp.add_specific_environments(s, sorted(rng.choice(len(atoms), n_env, replace=False)
-                                                    .tolist()))
-    sgp.update_matrices_QR()
-    fit_s = time.perf_counter() - t
-    log.info("FLARE fit %.1f s", fit_s)
+    b2 = B2("chebyshev", "quadratic", [0.0, R_CUT], [], [1, N_MAX, L_MAX])  # 1 species
+    with Clock(resource.RUSAGE_SELF) as clock:
+        kernel = NormalizedDotProduct(SIGNAL_STD, ZETA)
+        sgp = SparseGP([kernel], SIGMA_E * np.sqrt(n_atoms), SIGMA_F, SIGMA_S)
+        for atoms, n_env in zip(train, per_frame):
+            s = structure(atoms)
+            s.energy = np.array([[atoms.get_potential_energy() - e0 * len(atoms)]])
+            s.forces = atoms.get_forces().reshape(-1)
+            s.stresses = flare_stress(atoms.get_stress())
+            sgp.add_training_structure(s, [-1], 1.0, 1.0, 1.0)
+            if n_env:
+                chosen = rng.choice(len(atoms), n_env, replace=False)
+                sgp.add_specific_environments(s, sorted(chosen.tolist()))
+        sgp.update_matrices_QR()
+    log.info("FLARE fit %.1f s (%.1f s CPU)", clock.wall, clock.cpu)
     result = {}
     if args.flare_optimise:
         from flare.bffs.sgp.sparse_gp import optimize_hyperparameters
@@ -339,7 +366,7 @@ def run_flare(args, data: dict) -> dict:
         sgp.predict_SOR(s)
 
     result["ms_per_atom_with_variance"] = time_steps(atoms, predict_sor, args.n_repeat)["ms_per_atom"]
-    result.update(fit_s=fit_s, peak_rss_mb=fit_peak,
+    result.update(clock.as_dict(), peak_rss_mb=fit_peak,
                   settings={"descriptor": f"B2 chebyshev quadratic cutoff={R_CUT} n_max={N_MAX} "
                                           f"l_max={L_MAX}",
                             "kernel": f"NormalizedDotProduct sigma={SIGNAL_STD} power={ZETA}",
@@ -375,18 +402,24 @@ def run_gpmlip(args, data: dict) -> dict:
         log.warning("gpmlip.SparseGP does not take %s; using its defaults",
                     sorted(set(wanted) - set(kwargs)))
     train = read_frames(data["train"])
-    t = time.perf_counter()
-    model = gpmlip.SparseGP(desc, **kwargs)
-    model.fit(train)
-    fit_s = time.perf_counter() - t
-    log.info("gpmlip fit %.1f s", fit_s)
+    desc.close()  # so that the fit's CPU time includes its own (reaped) workers
+    with Clock(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) as clock:
+        model = gpmlip.SparseGP(desc, **kwargs)
+        model.fit(train)
+        desc.close()
+    log.info("gpmlip fit %.1f s (%.1f s CPU)", clock.wall, clock.cpu)
+    if args.gpmlip_optimise:
+        t = time.perf_counter()
+        hyper = model.optimise_hyperparameters()
+        result["optimise_s"] = time.perf_counter() - t
+        result["optimised_hyperparameters"] = hyper.values
     calc = gpmlip.GPCalculator(model)
     result.update(errors(predict_all(test, from_calculator(calc)), test))
     atoms.calc = calc
     result.update(time_steps(atoms, lambda a: (a.get_potential_energy(), a.get_forces()),
                              args.n_repeat))
     desc.close()  # reap the workers, so that RUSAGE_CHILDREN includes them
-    result.update(fit_s=fit_s, peak_rss_mb=max(peak_mb(resource.RUSAGE_SELF),
+    result.update(clock.as_dict(), peak_rss_mb=max(peak_mb(resource.RUSAGE_SELF),
                                                peak_mb(resource.RUSAGE_CHILDREN)),
                   settings={k: v for k, v in kwargs.items()}, n_jobs=args.n_jobs,
                   threads=os.environ.get("OMP_NUM_THREADS"))
@@ -419,6 +452,7 @@ def run_child(code: str, args) -> dict:
            str(args.n_test), "--n-sparse", str(args.n_sparse), "--seed", str(args.seed),
            "--n-repeat", str(args.n_repeat), "--n-jobs", str(args.n_jobs),
            "--flare-optimise", str(args.flare_optimise)] + (["--gap-no-2b"] if args.gap_no_2b else [])
+    cmd += ["--gpmlip-optimise"] if args.gpmlip_optimise else []
     log.info("running %s in a subprocess", code)
     proc = subprocess.run(cmd, check=False)
     if proc.returncode != 0 or not out.exists():
@@ -446,6 +480,7 @@ def fmt(value, spec: str) -> str:
 
 COLUMNS = [  # key, column title, format, short name for the ratios
     ("fit_s", "fit s", ".1f", "fit time"),
+    ("fit_cpu_s", "fit CPU s", ".1f", "fit CPU"),
     ("peak_rss_mb", "peak MB", ".0f", "peak memory"),
     ("force_rmse_meV_A", "F RMSE meV/Å", ".1f", "force RMSE"),
     ("energy_mae_meV_atom", "E MAE meV/at", ".2f", "energy MAE"),
@@ -457,13 +492,13 @@ COLUMNS = [  # key, column title, format, short name for the ratios
 def report(rows: dict[str, dict]) -> None:
     print(f"\nEMT Cu, 108 atoms/frame; SOAP n_max={N_MAX} l_max={L_MAX} r_cut={R_CUT} "
           f"zeta={ZETA}; {os.cpu_count()} cores\n")
-    print(f"{'code':<8}" + "".join(f"{title:>15}" for _, title, _, _ in COLUMNS) + "  note")
+    print(f"{'code':<8}" + "".join(f"{title:>14}" for _, title, _, _ in COLUMNS) + "  note")
     for code, row in rows.items():
         if row.get("status") != "ok":
             print(f"{code:<8}  {row.get('status')}: {row.get('reason', '')}")
             continue
         note = "reused " + row["when"] if "reused_from" in row else ""
-        print(f"{code:<8}" + "".join(f"{fmt(row.get(k), f):>15}" for k, _, f, _ in COLUMNS) + f"  {note}")
+        print(f"{code:<8}" + "".join(f"{fmt(row.get(k), f):>14}" for k, _, f, _ in COLUMNS) + f"  {note}")
     ours = rows.get("gpmlip", {})
     if "floor_ms_per_atom" in ours:
         print(f"\ngpmlip floor (SOAP describe with gradients, n_jobs={ours.get('n_jobs', '?')}): "
@@ -499,6 +534,8 @@ def main(argv=None) -> None:
     parser.add_argument("--gap-no-2b", action="store_true", help="GAP with SOAP only")
     parser.add_argument("--flare-optimise", type=int, default=0, metavar="N",
                         help="also run N iterations of FLARE's hyper-parameter optimisation")
+    parser.add_argument("--gpmlip-optimise", action="store_true",
+                        help="gpmlip: maximise the log likelihood over sigmas after the fit")
     parser.add_argument("--json", help="write the result(s) to this file")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -200,6 +200,7 @@ def run_element(element: str, args) -> dict:
                                             model.noise_["forces"])
         log.info("%s: optimised %s; test %s", element, hyper.values,
                  {k: v for k, v in result["test_optimised"].items() if k != "per_config_type"})
+    desc.close()    # reap the descriptor's worker processes so RUSAGE_CHILDREN includes them
     result["peak_rss_gb"] = _rss_gb(resource.RUSAGE_SELF)
     result["peak_rss_children_gb"] = _rss_gb(resource.RUSAGE_CHILDREN)
     return result
@@ -208,9 +209,20 @@ def run_element(element: str, args) -> dict:
 def _rows(results: list[dict]) -> list[tuple]:
     rows = []
     for r in results:
-        variants = [("paper sigmas", r["test"])]
+        st = r["settings"]
+        base = f"σE {1e3 * st['energy_sigma_ev_atom']:.2g} meV/at, σF {st['force_sigma']}"
+        if st["stress_sigma"] is not None:
+            base += f", +stress σS {st['stress_sigma']}"
+        if st["n_sparse"] != PAPER[r["element"]]["n_sparse"]:
+            base += f", m={st['n_sparse']}"
+        variants = [(base, r["test"])]
         if "test_optimised" in r:
-            variants.append(("optimised", r["test_optimised"]))
+            hv = r["hyper"]["values"]
+            delta = hv["signal " + r["element"]]
+            variants.append((f"optimised: δ {delta:.3g}, "
+                             f"σE {1e3 * hv['energy']:.3g} meV/at, σF {hv['forces']:.3g}"
+                             + (f", σS {hv['stress']:.2g}" if "stress" in hv else ""),
+                             r["test_optimised"]))
         for name, t in variants:
             rows.append((r["element"], name, r, t))
     return rows
@@ -219,12 +231,12 @@ def _rows(results: list[dict]) -> list[tuple]:
 def table(results: list[dict]) -> str:
     """Markdown table of the measured numbers."""
     head = ("| El | variant | train/test frames | MAE E meV/atom (GAP) | ratio | RMSE E | "
-            "MAE F eV/Å (GAP) | ratio | RMSE F | fit s | peak RSS GB | predict ms/atom | "
+            "MAE F eV/Å (GAP) | ratio | RMSE F | fit s | peak RSS GB (workers) | predict ms/atom | "
             "F within 2σ | load |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for el, name, r, t in _rows(results):
         fit = f"{r['fit_s']:.0f}"
-        if name == "optimised":
+        if name.startswith("optimised"):
             fit += f" (+{r['optimise_s']:.0f} opt)"
         cal = t.get("calibration", {})
         cal_s = (f"{cal['frac_below_2std']:.2f} / {cal['frac_below_2std_with_noise']:.2f}"
@@ -235,7 +247,7 @@ def table(results: list[dict]) -> str:
             f"{t['mae_e_mev_atom'] / r['gap_mae_e_mev_atom']:.2f} | {t['rmse_e_mev_atom']:.2f} | "
             f"{t['mae_f_ev_a']:.3f} ({r['gap_mae_f_ev_a']}) | "
             f"{t['mae_f_ev_a'] / r['gap_mae_f_ev_a']:.2f} | {t['rmse_f_ev_a']:.3f} | {fit} | "
-            f"{r['peak_rss_gb']:.2f} | {t['predict_ms_per_atom']:.1f} | {cal_s} | "
+            f"{r['peak_rss_gb']:.2f} ({r['peak_rss_children_gb']:.2f}) | {t['predict_ms_per_atom']:.1f} | {cal_s} | "
             f"{r['loadavg_before_fit'][0]:.1f}→{r['loadavg_after_fit'][0]:.1f} |")
     return "\n".join(lines)
 

@@ -204,3 +204,24 @@ def test_species_without_sparse_points_is_an_error():
     alloy = emt_frames(1, seed=1, alloy=True)[0]
     with pytest.raises(gpmlip.UnknownSpeciesError, match="Au"):
         m.predict(alloy)
+
+
+def test_failed_update_leaves_the_model_unchanged(train, monkeypatch):
+    m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(train[:2])
+    atoms = train[5]
+    before = m.predict(atoms)
+    import gpmlip.gp.model as model_module
+
+    def crash(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("worker died")
+
+    monkeypatch.setattr(model_module, "compute_rows", crash)
+    with pytest.raises(RuntimeError, match="worker died"):
+        m.update(train[2:4], new_sparse=2)
+    monkeypatch.undo()
+    after = m.predict(atoms)
+    assert m.n_sparse_points == 4 and len(m.frames_) == 2
+    assert after.energy == before.energy
+    m.update(train[2:4], new_sparse=2)          # and it still works
+    assert m.n_sparse_points == 6

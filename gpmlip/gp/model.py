@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -202,6 +203,7 @@ class SparseGP:
         frames = self._frames(frames)
         if not frames:
             raise DataError("no training frames: give at least one labelled structure")
+        self.posterior_ = None   # a fit that fails half-way leaves an unfitted model
         self.e0_ = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(frames), self.e0)
         self.signal_variance_ = {z: float(s) ** 2 for z, s in
@@ -320,7 +322,8 @@ class SparseGP:
         Notes
         -----
         New frames cost their own Jacobians.  New sparse points also need the Jacobians of every
-        earlier training frame (recomputed, never stored), for the new kernel columns only.
+        earlier training frame (recomputed, never stored).  If anything fails (a bad frame, a
+        worker that dies) the model is left exactly as it was before the call.
         """
         self._check_fitted()
         frames = self._frames(frames)
@@ -337,8 +340,21 @@ class SparseGP:
                                     "per new frame")
             origin = np.array([(base + i, a) for i, atoms in enumerate(new_sparse)
                                for a in atoms], dtype=np.int64).reshape(-1, 2)
-        self._add(frames, features, origin, executor)
+        saved = self._state()
+        try:
+            self._add(frames, features, origin, executor)
+        except BaseException:
+            self.__dict__.update(saved)   # a failed update leaves the model as it was
+            raise
         return self
+
+    def _state(self) -> dict:
+        """References to everything :meth:`_add` replaces, and copies of what it mutates."""
+        names = ("frames_", "features_", "sparse_", "sparse_origin_", "kmm_", "posterior_",
+                 "version")
+        state = {n: getattr(self, n) for n in names}
+        state["stats_"] = {g: copy.deepcopy(st) for g, st in self.stats_.items()}
+        return state
 
     def optimise_hyperparameters(self, *, max_iterations: int = 200):
         """Maximise the log marginal likelihood over signal and noise levels, then re-solve.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from gpmlip.covariance import voigt
 
 UNCERTAINTY_RESULTS = {
     "local_variance": "per-atom predictive variance of the local energy, eV^2",
@@ -71,8 +72,6 @@ class GPCalculator(Calculator):
             "max_uncertainty": pred.max_uncertainty,
         }
         if pred.stress is not None:
-            s = pred.stress
-            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2],
-                                               s[0, 1]])
+            self.results["stress"] = voigt(pred.stress)   # ASE's Voigt order
         if pred.force_std is not None:
             self.results["force_std"] = pred.force_std

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import sparse as sp
 
 from gpmlip.descriptors.environments import Environments
-from gpmlip.errors import SettingsError
+from gpmlip.kernels import NormalizedDotProduct, normalise
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 """Stress components used as observations, in Voigt order."""
@@ -59,26 +59,16 @@ class SparseSet:
         return np.flatnonzero(self.species == z)
 
 
-def normalise(q: np.ndarray) -> np.ndarray:
-    """Rows divided by their norm; a zero row (an atom with no neighbours) is an error."""
-    norm = np.linalg.norm(q, axis=-1, keepdims=True)
-    if (norm == 0).any():
-        raise SettingsError("a descriptor vector is zero: the atom has no neighbour within the "
-                            "cutoff and the normalised kernel is undefined; increase r_cut")
-    return q / norm
-
-
-def cosines(features: np.ndarray, species: np.ndarray, sparse: SparseSet) -> np.ndarray:
-    """``c_im = q_hat_i . x_hat_m`` for same-species pairs, 0 otherwise; shape (n, m)."""
-    c = normalise(features) @ sparse.features.T
-    c[species[:, None] != sparse.species[None, :]] = 0.0
-    return c
+def _unit_kernel(zeta: int, zq: np.ndarray, zx: np.ndarray) -> NormalizedDotProduct:
+    """The kernel at unit signal variance for every species present."""
+    return NormalizedDotProduct(zeta, {int(z): 1.0 for z in np.union1d(zq, zx)})
 
 
 def local_kernel(features: np.ndarray, species: np.ndarray, sparse: SparseSet,
                  zeta: int) -> np.ndarray:
-    """Unit-variance kernel ``k(q_i, x_m) = c_im^zeta``, shape (n, m)."""
-    return cosines(features, species, sparse) ** zeta
+    """Unit-variance kernel ``k(q_i, x_m) = c_im^zeta`` (0 across species), shape (n, m)."""
+    kernel = _unit_kernel(zeta, species, sparse.species)
+    return kernel(features, species, sparse.features, sparse.species)
 
 
 def energy_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
@@ -87,11 +77,11 @@ def energy_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
 
 
 def _prefactor(env: Environments, sparse: SparseSet, zeta: int):
-    """``zeta c^(zeta-1) / |q_i|`` (n, m), the cosines (n, m) and q_hat (n, F)."""
-    norm = np.linalg.norm(env.features, axis=1)
-    qh = env.features / norm[:, None]
-    c = cosines(env.features, env.species, sparse)
-    return zeta * c ** (zeta - 1) / norm[:, None], c, qh
+    """``delta(z) zeta c^(zeta-1) / |q_i|`` (n, m), the cosines (n, m) and q_hat (n, F)."""
+    kernel = _unit_kernel(zeta, env.species, sparse.species)
+    qh, qn, _, c, pref = kernel.gradient_terms(env.features, env.species, sparse.features,
+                                                sparse.species)
+    return pref / qn, c, qh
 
 
 def force_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
@@ -138,9 +128,9 @@ def energy_gradient(env: Environments, sparse: SparseSet, zeta: int,
 
     Contract it with the Jacobian (:meth:`Environments.position_vjp`) for forces.
     """
-    pref, c, qh = _prefactor(env, sparse, zeta)
-    w = pref * weights[None, :]
-    return w @ sparse.features - (w * c).sum(axis=1, keepdims=True) * qh
+    kernel = _unit_kernel(zeta, env.species, sparse.species)
+    return kernel.gradient_dot(env.features, env.species, sparse.features, sparse.species,
+                               weights)
 
 
 def voigt(stress: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.errors import ModelFileError
+from gpmlip.kernels import NormalizedDotProduct
 
 FORMAT = "gpmlip-sparse-gp"
 FORMAT_VERSION = 1
@@ -91,8 +92,7 @@ def save_model(model, path) -> None:
         "format_version": FORMAT_VERSION,
         "versions": _versions(),
         "descriptor": model.descriptor.to_dict(),
-        "kernel": {"type": "NormalizedDotProduct", "zeta": int(model.zeta),
-                   "signal_variance": {str(z): v for z, v in model.signal_variance_.items()}},
+        "kernel": NormalizedDotProduct(model.zeta, model.signal_variance_).to_dict(),
         "noise": model.noise_,
         "config_sigmas": model.config_sigmas,
         "e0": {str(z): e for z, e in model.e0_.energies.items()},
@@ -171,14 +171,14 @@ def load_model(path, *, n_jobs: int = 1):
         descriptor = SOAP(**{k: v for k, v in meta["descriptor"].items() if k != "type"},
                           n_jobs=n_jobs)
         settings = meta["settings"]
-        model = SparseGP(descriptor, zeta=meta["kernel"]["zeta"], n_sparse=settings["n_sparse"],
+        kernel = NormalizedDotProduct.from_dict(meta["kernel"])
+        model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
                          sparse_method=settings["sparse_method"], jitter=settings["jitter"],
                          seed=settings["seed"], config_sigmas=meta["config_sigmas"],
                          energy_sigma=meta["noise"]["energy"],
                          force_sigma=meta["noise"]["forces"],
                          stress_sigma=meta["noise"]["stress"])
-        model.signal_variance_ = {int(z): float(v)
-                                  for z, v in meta["kernel"]["signal_variance"].items()}
+        model.signal_variance_ = kernel.signal_variance
         model.noise_ = {k: float(v) for k, v in meta["noise"].items()}
         model.e0_ = ReferenceEnergies({int(z): float(e) for z, e in meta["e0"].items()},
                                       meta["e0_method"])

@@ -12,6 +12,23 @@ import numpy as np
 from gpmlip.errors import SettingsError, UnknownSpeciesError
 
 
+def unit_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows divided by their norm, and the norms (shape (n, 1)).
+
+    A zero row (an atom with no neighbour) is an error: the normalised kernel is undefined.
+    """
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    if (norm == 0).any():
+        raise SettingsError("a descriptor vector is zero: the atom has no neighbours at all "
+                            "and the normalised kernel is undefined; increase r_cut")
+    return q / norm, norm
+
+
+def normalise(q: np.ndarray) -> np.ndarray:
+    """Rows divided by their norm (see :func:`unit_rows`)."""
+    return unit_rows(q)[0]
+
+
 @dataclass
 class NormalizedDotProduct:
     """``k(q, x) = delta(z_q, z_x) sigma_z^2 (q_hat . x_hat)^zeta``, the SOAP kernel of GAP.
@@ -47,14 +64,6 @@ class NormalizedDotProduct:
                 "built for this species"
             ) from None
 
-    @staticmethod
-    def _normalise(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        norm = np.linalg.norm(q, axis=-1, keepdims=True)
-        if (norm == 0).any():
-            raise SettingsError("a descriptor vector is zero: the atom has no neighbours at all "
-                                "and the normalised kernel is undefined; increase r_cut")
-        return q / norm, norm
-
     def __call__(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray) -> np.ndarray:
         """Kernel matrix, shape (len(q), len(x)).
 
@@ -65,8 +74,8 @@ class NormalizedDotProduct:
         x : ndarray, shape (m, n_features)
         zx : ndarray of int, shape (m,)
         """
-        qh, _ = self._normalise(q)
-        xh, _ = self._normalise(x)
+        qh, _ = unit_rows(q)
+        xh, _ = unit_rows(x)
         same = zq[:, None] == zx[None, :]
         return same * self._variance(zq)[:, None] * (qh @ xh.T) ** self.zeta
 
@@ -74,10 +83,11 @@ class NormalizedDotProduct:
         """``k(q_i, q_i) = sigma_{z_i}^2``, shape (n,)."""
         return self._variance(zq)
 
-    def _gradient_terms(self, q, zq, x, zx):
-        """Normalised inputs, cosines c and ``delta(z) sigma^2 zeta c^(zeta-1)``, shape (n, m)."""
-        qh, qn = self._normalise(q)
-        xh, _ = self._normalise(x)
+    def gradient_terms(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray):
+        """Pieces of ``dk/dq``: ``q_hat`` (n, F), ``|q|`` (n, 1), ``x_hat`` (m, F), the cosines
+        ``c`` (n, m, not masked by species) and ``delta(z) sigma^2 zeta c^(zeta-1)`` (n, m)."""
+        qh, qn = unit_rows(q)
+        xh, _ = unit_rows(x)
         c = qh @ xh.T
         same = zq[:, None] == zx[None, :]
         return qh, qn, xh, c, same * self._variance(zq)[:, None] * self.zeta * c ** (self.zeta - 1)
@@ -87,14 +97,14 @@ class NormalizedDotProduct:
 
         With c = q_hat . x_hat: ``dk/dq = sigma^2 zeta c^(zeta-1) (x_hat - c q_hat) / |q|``.
         """
-        qh, qn, xh, c, pref = self._gradient_terms(q, zq, x, zx)
+        qh, qn, xh, c, pref = self.gradient_terms(q, zq, x, zx)
         return pref[:, :, None] * (xh[None, :, :] - c[:, :, None] * qh[:, None, :]) / qn[:, :, None]
 
     def gradient_dot(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray,
                      weights: np.ndarray) -> np.ndarray:
         """``sum_m weights_m d k(q_i, x_m) / d q_i``, shape (n, n_features), without the
         (n, m, n_features) intermediate: what forces from fitted weights need."""
-        qh, qn, xh, c, pref = self._gradient_terms(q, zq, x, zx)
+        qh, qn, xh, c, pref = self.gradient_terms(q, zq, x, zx)
         w = pref * weights[None, :]
         return (w @ xh - (w * c).sum(axis=1, keepdims=True) * qh) / qn
 

@@ -18,7 +18,7 @@ from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import selection
-from gpmlip.gp.observations import NoiseModel, compute_rows, needs_gradients, observations
+from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.solver import GROUPS, GramStats, Hyper, Posterior, solve
 
 log = logging.getLogger(__name__)

@@ -60,11 +60,6 @@ class FrameRows:
     stress: np.ndarray | None
 
 
-def needs_gradients(frame: Frame) -> bool:
-    """Whether the frame's labels need the Jacobian (forces or stress)."""
-    return frame.forces is not None or frame.stress is not None
-
-
 def observations(frame: Frame, rows: FrameRows, e0_total: float, noise: NoiseModel):
     """Yield ``(group, rows, y, scale)`` for each label of a frame.
 
@@ -117,11 +112,6 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def bare(atoms: Atoms) -> Atoms:
-    """A copy with only what the descriptor reads (cheap to send to a worker)."""
-    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-
-
 def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: SparseSet, *,
                  executor: Executor | None = None, n_jobs: int = 1) -> Iterator[FrameRows]:
     """Rows of every frame, in order, computed ``n_jobs`` at a time.
@@ -139,7 +129,7 @@ def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: Spa
     n_jobs : int
     """
     frames = list(frames)
-    args = [(settings, zeta, sparse, bare(f.atoms), f.forces is not None, f.stress is not None)
+    args = [(settings, zeta, sparse, f.atoms, f.forces is not None, f.stress is not None)
             for f in frames]
     if executor is None and n_jobs <= 1 or len(frames) <= 1:
         for a in args:

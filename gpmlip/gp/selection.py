@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from gpmlip.covariance import normalise
+from gpmlip.kernels import normalise
 from gpmlip.errors import DataError, SettingsError
 
 log = logging.getLogger(__name__)

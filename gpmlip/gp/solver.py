@@ -94,18 +94,6 @@ class GramStats:
                                                                                 m + 1))])
         self.r, self.z = np.ascontiguousarray(aug[:m, :m]), aug[:m, m].copy()
 
-    @property
-    def gram(self) -> np.ndarray:
-        """``K~_mg W K~_gm`` (formed on demand, for gradients and tests)."""
-        self.flush()
-        return self.r.T @ self.r
-
-    @property
-    def rhs(self) -> np.ndarray:
-        """``K~_mg W y``."""
-        self.flush()
-        return self.r.T @ self.z
-
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Arrays for a model file."""
         self.flush()

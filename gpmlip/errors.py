@@ -38,3 +38,11 @@ class NumericalError(GpmlipError, ArithmeticError):
 
 class ModelFileError(GpmlipError, ValueError):
     """A model file is damaged, of another format version, or not a gpmlip model."""
+
+
+class LabellerError(GpmlipError, RuntimeError):
+    """A labeller (the reference calculator, e.g. DFT) failed and the run was told to stop."""
+
+
+class RunDirectoryError(GpmlipError, RuntimeError):
+    """An active-learning run directory is missing, damaged, or belongs to another run."""

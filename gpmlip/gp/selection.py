@@ -100,12 +100,13 @@ def _cur(x: np.ndarray, n_select: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def greedy_variance(x: np.ndarray, n_select: int, zeta: int, *,
-                    existing: np.ndarray | None = None, tolerance: float = 1e-10) -> np.ndarray:
+                    existing: np.ndarray | None = None, tolerance: float = 1e-10,
+                    warn: bool = True) -> np.ndarray:
     """Pivoted Cholesky of the unit-variance kernel ``(x_hat . x_hat')^zeta``.
 
     Each step picks the candidate whose prior variance, conditioned on the points picked so far
-    and on ``existing``, is largest.  Stops early (with a warning) when every candidate is
-    explained to ``tolerance``.
+    and on ``existing``, is largest.  Stops early when every candidate's remaining variance is
+    at most ``tolerance`` (with a warning if ``warn``).
 
     Parameters
     ----------
@@ -126,8 +127,9 @@ def greedy_variance(x: np.ndarray, n_select: int, zeta: int, *,
     for t in range(n_select):
         p = int(np.argmax(residual))
         if residual[p] <= tolerance:
-            log.warning("only %d of %d sparse points add information (the rest are explained "
-                        "to %.0e by those chosen)", t, n_select, tolerance)
+            if warn:
+                log.warning("only %d of %d sparse points add information (the rest are "
+                            "explained to %.0e by those chosen)", t, n_select, tolerance)
             break
         column = ((x @ x[p]) ** zeta - basis[:, :offset + t] @ basis[p, :offset + t])
         column /= np.sqrt(residual[p])

@@ -1,0 +1,450 @@
+"""On-the-fly learning: an observer that labels uncertain MD frames and updates the model.
+
+The learner does not build or own the dynamics: the user builds any ASE dynamics (Verlet,
+Langevin, NPT, Berendsen, an optimiser) on atoms whose calculator is ``learner.calculator`` and
+either calls ``learner.run(dyn, steps)`` or attaches the learner as an observer::
+
+    learner.start(dyn)            # empty start: labels the first frame; resume: restores state
+    dyn.attach(learner)           # called after every step
+    dyn.run(1000)
+    summary = learner.finish()
+
+After every step the learner reads the largest normalised local-energy std ``u`` of the frame
+(see :mod:`gpmlip.active.settings` for the thresholds).  When ``u > std_tolerance`` it calls the
+labeller, writes the result to ``labels/`` *before* using it, adds the frame and its most
+uncertain atoms (as sparse points) with :meth:`SparseGP.update`, re-optimises hyper-parameters on
+schedule, and checkpoints the model, the MD state and its counters.  The dynamics goes on from
+the labelled frame with the updated model.  See :mod:`gpmlip.active.rundir` for the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from ase.calculators.calculator import all_changes
+
+from gpmlip.active import mdstate
+from gpmlip.active.rundir import RunDirectory, label_frame, structure_dict, write_json
+from gpmlip.active.settings import OTFSettings
+from gpmlip.calculator import GPCalculator
+from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError
+from gpmlip.gp.selection import greedy_variance
+from gpmlip.kernels import normalise
+from gpmlip.labellers import get_labeller, provenance, run_labeller
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "gpmlip-otf-checkpoint"
+CHECKPOINT_VERSION = 1
+PHASES = ("predict", "label", "update", "io")
+
+
+class _LearnerCalculator(GPCalculator):
+    """GPCalculator that times itself into the learner's ``predict`` phase."""
+
+    def __init__(self, learner: OnTheFlyLearner) -> None:
+        super().__init__(learner.model)
+        self._learner = learner
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        start = time.perf_counter()
+        super().calculate(atoms, properties, system_changes)
+        self._learner.timers["predict"] += time.perf_counter() - start
+
+
+class OnTheFlyLearner:
+    """Label uncertain frames of a running dynamics and learn from them.
+
+    Parameters
+    ----------
+    model : SparseGP or path
+        An unfitted model (empty start: the first frame is labelled and seeds the sparse set),
+        a fitted one, or a model file.  With ``initial_data`` an unfitted model is fitted first.
+    labeller : str, dict, callable or Labeller, default "emt"
+        See :func:`gpmlip.labellers.get_labeller`.
+    directory : str or Path, default "otf_run"
+        Where labels, checkpoints, the trajectory and the final model go.
+    settings : OTFSettings or dict, optional
+        Thresholds and schedule; keyword arguments override single fields.
+    initial_data : path or list of structures, optional
+        Labelled data to fit an unfitted model on before the run.
+    callbacks : list of callable, optional
+        ``callback(event, info)`` after ``"labelled"`` (label on disk, not yet used),
+        ``"updated"`` (model updated and checkpointed) and ``"checkpoint"``.
+    """
+
+    def __init__(self, model, labeller="emt", directory="otf_run", *,
+                 settings: OTFSettings | dict | None = None, initial_data=None,
+                 callbacks: list[Callable] | None = None, **overrides) -> None:
+        if isinstance(model, (str, Path)):
+            from gpmlip.io import load_model
+
+            model = load_model(model)
+        base = settings.to_dict() if isinstance(settings, OTFSettings) else dict(settings or {})
+        self.settings = OTFSettings.from_dict({**base, **overrides})
+        self.model = model
+        self.labeller = get_labeller(labeller, timeout=self.settings.timeout)
+        self.rundir = RunDirectory(directory)
+        self.initial_data = initial_data
+        self.callbacks = list(callbacks or [])
+        self.counters = {"steps": 0, "labels": 0, "failed": 0, "sparse_added": 0,
+                         "optimisations": 0, "skipped_frames": 0}
+        self.timers = dict.fromkeys(PHASES, 0.0)
+        self.n_applied = 0
+        self._dyn = None
+        self._calc: GPCalculator | None = None
+        self._cooldown_until = -1
+        self._model_file: str | None = None
+        self._budget_warned = False
+        self._wall0 = 0.0
+        self._wall_before = 0.0
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def calculator(self) -> GPCalculator:
+        """The ASE calculator to put on the atoms (it follows model updates)."""
+        if self._calc is None or self._calc.model is not self.model:
+            self._calc = _LearnerCalculator(self)
+        return self._calc
+
+    def start(self, dyn, *, resume: bool = False) -> None:
+        """Prepare a run: resume from the directory, or fit / label the first frame.
+
+        Parameters
+        ----------
+        dyn : ase dynamics or optimiser
+            Its atoms get ``self.calculator``.
+        resume : bool
+            Continue the run in ``directory`` (required if it has one; without a run there,
+            a fresh run starts).
+        """
+        self._dyn = dyn
+        self.rundir.create()
+        if self.rundir.has_run():
+            if not resume:
+                raise RunDirectoryError(f"{self.rundir.path} holds an earlier run: resume it "
+                                        "(resume=True, or --resume) or choose a new directory")
+            self._resume()
+        elif resume:
+            log.info("nothing to resume in %s: starting a new run", self.rundir.path)
+        if not self.model.is_fitted and self.initial_data is not None:
+            log.info("fitting the initial model on %s", self.initial_data)
+            self.model.fit(self.initial_data)
+        self._atoms().calc = self.calculator
+        if not self.model.is_fitted:
+            log.info("empty model: labelling the first frame")
+            self._label(self._atoms(), np.ones(len(self._atoms())))
+        elif self.rundir.read_checkpoint() is None:
+            self._checkpoint(save_model=True)
+        self._log_thresholds()
+        self._wall0 = time.perf_counter()
+
+    def __call__(self) -> None:
+        """The observer: check the current frame, label and learn if it is uncertain."""
+        if self._dyn is None:
+            raise GpmlipError("the learner was not started: call learner.start(dyn) before "
+                              "dyn.run(), or use learner.run(dyn, steps)")
+        atoms = self._atoms()
+        step = int(getattr(self._dyn, "nsteps", 0))
+        calc = atoms.calc
+        if not isinstance(calc, GPCalculator) or calc.model is not self.model:
+            raise GpmlipError("the atoms' calculator is not the learner's: set "
+                              "atoms.calc = learner.calculator")
+        std = np.sqrt(calc.get_property("local_variance_normalised", atoms))
+        self.counters["steps"] = step
+        labelled = False
+        if std.max() > self.settings.std_tolerance and step >= self._cooldown_until:
+            if self._budget_left():
+                self._label(atoms, std)
+                labelled = True
+        if labelled or step % self.settings.trajectory_interval == 0:
+            self._write_frame(atoms, step, labelled)
+        if not labelled and step % self.settings.checkpoint_interval == 0:
+            self._checkpoint(save_model=False)
+
+    def run(self, dyn, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
+        """Run ``dyn`` until its step counter reaches ``steps``, learning on the fly.
+
+        Parameters
+        ----------
+        dyn : ase dynamics or optimiser
+        steps : int
+            Total steps of the run (a resumed run does only the ones that remain).
+        resume : bool
+            Continue the run in the learner's directory.
+        irun_kwargs
+            Passed to ``dyn.irun`` (e.g. ``fmax`` for an optimiser).
+
+        Returns
+        -------
+        dict
+            The summary (also written to ``summary.json``).
+        """
+        self.start(dyn, resume=resume)
+        if not any(obs[0] is self for obs in getattr(dyn, "observers", [])):
+            dyn.attach(self, interval=1)
+        remaining = steps - int(getattr(dyn, "nsteps", 0))
+        if remaining > 0:
+            for _ in dyn.irun(steps=remaining, **irun_kwargs):
+                pass
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Checkpoint, write the final model, the labelled set and the summary; return it."""
+        t = time.perf_counter()
+        self._checkpoint(save_model=False)
+        self.model.save(self.rundir.path / "model.npz")
+        self.rundir.export_labelled()
+        self.timers["io"] += time.perf_counter() - t
+        summary = self.summary()
+        write_json(self.rundir.path / "summary.json", summary)
+        log.info("on-the-fly run done: %d steps, %d labels (%d failed), %d sparse points, "
+                 "%.1f s", summary["steps"], summary["labels"], summary["failed_labels"],
+                 summary["sparse_points"], summary["wall_seconds"])
+        return summary
+
+    def summary(self) -> dict:
+        """Counts, timings, thresholds and where the files are."""
+        wall = self._wall_before + (time.perf_counter() - self._wall0 if self._wall0 else 0.0)
+        timers = {k: round(v, 3) for k, v in self.timers.items()}
+        timers["md_and_other"] = round(max(wall - sum(self.timers.values()), 0.0), 3)
+        events = [e for e in self.rundir.events() if "force_rmse" in e]
+        med = (lambda key: float(np.median([e[key] for e in events])) if events else None)
+        return {
+            "steps": self.counters["steps"], "labels": self.counters["labels"],
+            "failed_labels": self.counters["failed"],
+            "skipped_frames": self.counters["skipped_frames"],
+            "labelled_frames": len(self.model.frames_) if self.model.is_fitted else 0,
+            "sparse_points": self.model.n_sparse_points,
+            "optimisations": self.counters["optimisations"],
+            "wall_seconds": round(wall, 3), "seconds": timers,
+            "signal_std": {str(z): float(np.sqrt(v))
+                           for z, v in self.model.signal_variance_.items()},
+            "median_force_error_at_label": med("force_rmse"),
+            "median_predicted_force_std_at_label": med("predicted_force_std"),
+            "settings": self.settings.to_dict(), "labeller": self.labeller.describe(),
+            "directory": str(self.rundir.path.resolve()),
+        }
+
+    # -- labelling -------------------------------------------------------------------------
+    def _atoms(self):
+        atoms = getattr(self._dyn, "atoms", None)
+        return getattr(atoms, "atoms", atoms)
+
+    def _budget_left(self) -> bool:
+        budget = self.settings.max_labels
+        if budget is None or self.counters["labels"] < budget:
+            return True
+        if not self._budget_warned:
+            log.warning("label budget of %d spent: the run goes on without labelling", budget)
+            self._budget_warned = True
+        return False
+
+    def _choose_sparse(self, atoms, std: np.ndarray) -> list[int]:
+        """Atoms above ``update_threshold``, greedily de-duplicated, per species."""
+        s = self.settings
+        features = self.model.descriptor.describe(atoms, gradients=False).features
+        chosen = []
+        for z in np.unique(atoms.numbers):
+            cand = np.flatnonzero((atoms.numbers == z) & (std > s.update_threshold))
+            cand = cand[np.argsort(-std[cand], kind="stable")]
+            if not len(cand):
+                continue
+            existing = None
+            if self.model.is_fitted:
+                existing = self.model.sparse_.features[self.model.sparse_.species == z]
+            picked = greedy_variance(normalise(features[cand]), min(s.max_atoms_added, len(cand)),
+                                     self.model.zeta, existing=existing,
+                                     tolerance=s.update_threshold ** 2, warn=False)
+            chosen.extend(int(a) for a in cand[picked])
+        return sorted(chosen)
+
+    def _label(self, atoms, std: np.ndarray) -> None:
+        """Label the current frame (with retries), write it, learn from it."""
+        s = self.settings
+        attempts = 1 + (s.max_retries if s.on_failure == "retry" else 0)
+        step = int(getattr(self._dyn, "nsteps", 0))
+        before = self._before_label(atoms)
+        for attempt in range(attempts):
+            record = self._call_labeller(atoms, std, step, attempt, before)
+            self._emit("labelled", record)
+            self._apply(record)
+            self.rundir.append_event(self._event(record))   # dropped on resume if not
+            self._checkpoint(save_model=record["result"]["ok"], md=record["md"])   # saved here
+            self._emit("updated", record)
+            if record["result"]["ok"]:
+                return
+        self.counters["skipped_frames"] += 1
+        if s.on_failure == "stop":
+            raise LabellerError(f"the labeller failed at step {step}: "
+                                f"{record['result']['error']} (run stopped; its files are in "
+                                f"{self.rundir.path}; resume once the labeller is fixed)")
+        self._cooldown_until = step + s.cooldown_steps
+        log.warning("step %d left unlabelled after %d failed attempt(s); next try after step %d",
+                    step, attempts, self._cooldown_until)
+
+    def _before_label(self, atoms) -> dict:
+        """The model's view of the frame before it sees the label (for calibration records)."""
+        if not self.model.is_fitted:
+            return {}
+        pred = self.model.predict(atoms, stress=False, force_std=True)
+        sigma = np.sqrt([self.model.signal_variance_[int(z)] for z in atoms.numbers])
+        return {"forces": pred.forces, "force_std": pred.force_std,
+                "energy_std": np.sqrt(pred.local_variance), "sigma": sigma}
+
+    def _call_labeller(self, atoms, std, step, attempt, before) -> dict:
+        """Call the labeller once and write the record to disk; nothing else."""
+        index = self.n_applied + 1
+        started = datetime.now(timezone.utc).isoformat()
+        t = time.perf_counter()
+        result = run_labeller(self.labeller, atoms)
+        self.timers["label"] += time.perf_counter() - t
+        record = {
+            "index": index, "step": step, "attempt": attempt, "config_type": "otf",
+            "structure": structure_dict(atoms), "result": result.to_dict(),
+            "labeller": self.labeller.describe(),
+            "provenance": {**provenance(), "start": started,
+                           "end": datetime.now(timezone.utc).isoformat()},
+            "max_std": float(std.max()),
+            "sparse_atoms": self._choose_sparse(atoms, std) if result.ok else [],
+            "md": mdstate.capture(self._dyn),
+        }
+        if result.ok and before:
+            err = before["forces"] - result.forces
+            record["before"] = {
+                "force_rmse": float(np.sqrt(np.mean(err ** 2))),
+                "force_max_error": float(np.abs(err).max()),
+                "predicted_force_std": float(np.sqrt(np.mean(before["force_std"] ** 2))),
+                "max_energy_std": float(before["energy_std"].max()),
+            }
+        t = time.perf_counter()
+        self.rundir.write_label(record)
+        self.timers["io"] += time.perf_counter() - t
+        return record
+
+    def _apply(self, record: dict) -> None:
+        """Learn from a label record (also used on resume: deterministic given the record)."""
+        self.counters["labels"] += 1
+        self.n_applied = record["index"]
+        if not record["result"]["ok"]:
+            self.counters["failed"] += 1
+            return
+        t = time.perf_counter()
+        frame = label_frame(record)
+        sparse = record["sparse_atoms"]
+        if not self.model.is_fitted:
+            self.model.fit([frame], sparse_atoms=[(0, a) for a in sparse])
+        else:
+            self.model.update([frame], new_sparse=[sparse])
+        self.counters["sparse_added"] += len(sparse)
+        n_ok = self.counters["labels"] - self.counters["failed"]
+        s = self.settings
+        if s.optimise_every and n_ok % s.optimise_every == 0 and n_ok <= s.optimise_until:
+            result = self.model.optimise_hyperparameters()
+            self.counters["optimisations"] += 1
+            log.info("hyper-parameters re-optimised after %d labels: %s", n_ok, result)
+        record["update_seconds"] = time.perf_counter() - t
+        self.timers["update"] += record["update_seconds"]
+
+    def _event(self, record: dict) -> dict:
+        result = record["result"]
+        sigma = float(np.sqrt(max(self.model.signal_variance_.values()))) \
+            if self.model.is_fitted else None
+        event = {"label": record["index"], "step": record["step"], "ok": result["ok"],
+                 "error": result["error"], "max_std": record["max_std"],
+                 "label_seconds": result["seconds"],
+                 "update_seconds": record.get("update_seconds", 0.0),
+                 "sparse_added": len(record["sparse_atoms"]),
+                 "sparse_points": self.model.n_sparse_points, "signal_std": sigma,
+                 **record.get("before", {})}
+        log.info("step %d: label %d %s (max std %.3f; labeller %.2f s, update %.2f s)%s; "
+                 "%d sparse points", record["step"], record["index"],
+                 "done" if result["ok"] else f"FAILED: {result['error']}", record["max_std"],
+                 result["seconds"], event["update_seconds"],
+                 f"; force error before it {event['force_rmse']:.3f} eV/Å (predicted std "
+                 f"{event['predicted_force_std']:.3f})" if "force_rmse" in event else "",
+                 event["sparse_points"])
+        return event
+
+    def _emit(self, event: str, info: dict) -> None:
+        for callback in self.callbacks:
+            callback(event, info)
+
+    # -- files -----------------------------------------------------------------------------
+    def _write_frame(self, atoms, step: int, labelled: bool) -> None:
+        t = time.perf_counter()
+        res = atoms.calc.results
+        frame = atoms.copy()
+        frame.calc = None
+        frame.info.update(step=step, labelled=labelled,
+                          max_std=float(np.sqrt(res["local_variance_normalised"].max())))
+        frame.arrays["local_std"] = np.sqrt(res["local_variance_normalised"])
+        frame.arrays["local_energy"] = res["energies"].copy()
+        frame.arrays["gp_forces"] = res["forces"].copy()
+        self.rundir.append_trajectory(frame)
+        self.timers["io"] += time.perf_counter() - t
+
+    def _checkpoint(self, *, save_model: bool, md: dict | None = None) -> None:
+        t = time.perf_counter()
+        state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                 "n_labels": self.n_applied, "step": int(getattr(self._dyn, "nsteps", 0)),
+                 "md": md or mdstate.capture(self._dyn), "counters": self.counters,
+                 "timers": self.timers, "cooldown_until": self._cooldown_until,
+                 "wall_seconds": self._wall_before + (time.perf_counter() - self._wall0
+                                                       if self._wall0 else 0.0),
+                 "model": self._model_file}
+        state["step"] = state["md"]["nsteps"]
+        self.rundir.write_checkpoint(state, self.model if save_model else None)
+        if save_model:
+            self._model_file = f"model-{self.n_applied:06d}.npz"
+        self.timers["io"] += time.perf_counter() - t
+        self._emit("checkpoint", state)
+
+    def _resume(self) -> None:
+        from gpmlip.io import load_model
+
+        ck = self.rundir.read_checkpoint()
+        md = None
+        if ck is not None:
+            if ck.get("format") != CHECKPOINT_FORMAT or ck.get("version") != CHECKPOINT_VERSION:
+                raise RunDirectoryError(f"{self.rundir.checkpoint_path} is not a gpmlip "
+                                        f"on-the-fly checkpoint of version {CHECKPOINT_VERSION}")
+            if ck.get("model"):
+                self.model = load_model(self.rundir.path / ck["model"])
+                self._model_file = ck["model"]
+            self.n_applied = ck["n_labels"]
+            self.counters.update(ck["counters"])
+            self.timers.update(ck["timers"])
+            self._cooldown_until = ck["cooldown_until"]
+            self._wall_before = ck.get("wall_seconds", 0.0)
+            md = ck["md"]
+        pending = self.rundir.labels(after=self.n_applied)
+        for record in pending:
+            log.info("applying label %d (on disk, not yet learnt from)", record["index"])
+            self._apply(record)
+            md = record["md"]
+        if md is not None:
+            mdstate.restore(self._dyn, md)
+        if pending:
+            self._checkpoint(save_model=True)
+        self.rundir.rewind(int(self._dyn.nsteps), self.n_applied)
+        for record in pending:
+            self.rundir.append_event(self._event(record))
+        log.info("resumed %s at step %d with %d labels and %d sparse points",
+                 self.rundir.path, self._dyn.nsteps, self.n_applied, self.model.n_sparse_points)
+
+    def _log_thresholds(self) -> None:
+        s = self.settings
+        for z, var in self.model.signal_variance_.items():
+            sigma = float(np.sqrt(var))
+            log.info("species %d: sigma_z %.4g eV, so std_tolerance %.3g = local-energy std "
+                     "%.3g meV and update_threshold %.3g = %.3g meV", z, sigma, s.std_tolerance,
+                     1000 * s.std_tolerance * sigma, s.update_threshold,
+                     1000 * s.update_threshold * sigma)
+
+

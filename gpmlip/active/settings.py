@@ -1,0 +1,117 @@
+"""Settings of on-the-fly learning, and what its two thresholds mean.
+
+Choosing the thresholds
+-----------------------
+Both thresholds are on the **normalised local-energy standard deviation**
+
+    u_i = sqrt(var(E_i)) / sigma_z,      0 <= u_i <= 1,
+
+of each atom ``i``, where ``var(E_i)`` is the GP's predictive variance of that atom's local
+energy and ``sigma_z`` is the signal standard deviation of its species (``model.signal_variance_``,
+in eV).  ``u = 1`` means "nothing in the training set looks like this environment"; ``u = 0``
+means "this environment is a sparse point and is pinned by data".  The number is dimensionless
+and does not change when the hyper-parameters rescale the energy, which is why it is the one
+thresholded (FLARE's users meet the same two quantities as a sign convention on one number).
+
+* ``std_tolerance``: a frame is sent to the labeller when ``max_i u_i > std_tolerance``.
+  In eV this is a local-energy std of ``std_tolerance * sigma_z`` (logged at the start of a run
+  and at every label).  In eV/Å there is no fixed conversion: each label records the predicted
+  force std and the actual force error of the model before it saw the label, and the run summary
+  reports their medians, so you can read off what your tolerance meant for your system.
+  The SOAP dot-product kernel is flat: thermal distortions of a crystal are a normalised
+  distance of only 0.01-0.1 from the perfect one, so useful values are small: 0.005 (careful,
+  more labels) to 0.03 (cheap, rougher).  The README's on-the-fly benchmark gives the force
+  errors that 0.01 led to on EMT Cu.
+* ``update_threshold``: of a labelled frame, the atoms with ``u_i > update_threshold`` are
+  candidates for new sparse points; at most ``max_atoms_added`` per species are added, chosen
+  greedily so that each one is the candidate least explained by the sparse set *including the
+  ones just added* (near-duplicates are not added twice).  Use about half of ``std_tolerance``;
+  it must not exceed it, or a labelled frame could add no sparse point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from gpmlip.errors import SettingsError
+
+FAILURE_POLICIES = ("retry", "skip", "stop")
+
+
+@dataclass
+class OTFSettings:
+    """What an :class:`~gpmlip.active.OnTheFlyLearner` does (see the module docstring).
+
+    Parameters
+    ----------
+    std_tolerance : float, default 0.01
+        Label a frame when its largest normalised local-energy std exceeds this.
+    update_threshold : float, default 0.005
+        Atoms above this normalised std may become sparse points.
+    max_atoms_added : int, default 10
+        Sparse points added per species per label.
+    optimise_every : int, default 5
+        Re-optimise hyper-parameters after every this many successful labels (0: never).
+    optimise_until : int, default 30
+        ... but not after this many successful labels (the cost grows with the data).
+    max_labels : int, optional
+        Labeller budget; when spent the run goes on without labelling (with a warning).
+    timeout : float, optional
+        Seconds a labeller call may take (it then runs in a child process that is killed).
+    on_failure : {"retry", "skip", "stop"}, default "retry"
+        A failed label (exception, crash, timeout, NaN) is retried ``max_retries`` times, then
+        skipped; "skip" skips at once; "stop" stops the run (the failure is on disk).
+    max_retries : int, default 2
+    cooldown_steps : int, default 10
+        After a skipped frame, steps before the labeller is called again.
+    trajectory_interval : int, default 10
+        Write an MD frame every this many steps (labelled frames are always written).
+    checkpoint_interval : int, default 100
+        Save the MD state every this many steps (it is always saved after a label).
+    """
+
+    std_tolerance: float = 0.01
+    update_threshold: float = 0.005
+    max_atoms_added: int = 10
+    optimise_every: int = 5
+    optimise_until: int = 30
+    max_labels: int | None = None
+    timeout: float | None = None
+    on_failure: str = "retry"
+    max_retries: int = 2
+    cooldown_steps: int = 10
+    trajectory_interval: int = 10
+    checkpoint_interval: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 < self.std_tolerance <= 1:
+            raise SettingsError(f"std_tolerance={self.std_tolerance}: it is a normalised std, "
+                                "use a number in (0, 1], typically 0.005-0.03")
+        if not 0 < self.update_threshold <= self.std_tolerance:
+            raise SettingsError(f"update_threshold={self.update_threshold}: use a number in "
+                                f"(0, std_tolerance={self.std_tolerance}], about half of it")
+        if self.on_failure not in FAILURE_POLICIES:
+            raise SettingsError(f"on_failure={self.on_failure!r}: use one of {FAILURE_POLICIES}")
+        for name in ("max_atoms_added", "trajectory_interval", "checkpoint_interval"):
+            if int(getattr(self, name)) < 1:
+                raise SettingsError(f"{name}={getattr(self, name)}: use 1 or more")
+        for name in ("optimise_every", "optimise_until", "max_retries", "cooldown_steps"):
+            if int(getattr(self, name)) < 0:
+                raise SettingsError(f"{name}={getattr(self, name)}: use 0 or more")
+        if self.max_labels is not None and self.max_labels < 1:
+            raise SettingsError(f"max_labels={self.max_labels}: use 1 or more, or None")
+        if self.timeout is not None and not self.timeout > 0:
+            raise SettingsError(f"timeout={self.timeout}: use a positive number of seconds")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> OTFSettings:
+        """Build from a mapping, naming any unknown key and the allowed ones."""
+        allowed = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise SettingsError(f"unknown on-the-fly setting(s) {unknown}; allowed: {allowed}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Plain mapping (for checkpoints and summaries)."""
+        return asdict(self)

@@ -1,0 +1,102 @@
+"""kill -9 at any point of an on-the-fly run, then --resume: no label lost, none repeated."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+JOB = Path(__file__).with_name("otf_job.py")
+STEPS = 60
+
+
+def run_job(directory: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(JOB), str(directory), "--steps", str(STEPS),
+                           *args], capture_output=True, text=True, timeout=timeout)
+
+
+def label_hash(record: dict) -> str:
+    positions = np.array(record["structure"]["positions"])
+    return hashlib.sha256(np.round(positions, 8).tobytes()).hexdigest()[:16]
+
+
+def check_run(directory: Path) -> dict:
+    """What every finished run must satisfy; returns its summary."""
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["steps"] == STEPS
+    records = [json.loads(p.read_text()) for p in sorted((directory / "labels").glob("*.json"))]
+    assert [r["index"] for r in records] == list(range(1, len(records) + 1))
+    completed = (directory.parent / "calls.log").read_text().split()[1::2]
+    # every labeller call that finished is on disk exactly once, and nothing else is
+    assert sorted(completed) == sorted(label_hash(r) for r in records)
+    assert len(set(completed)) == len(completed), "a structure was labelled twice"
+    assert summary["labels"] == len(records) == summary["labelled_frames"]
+    steps = [r["step"] for r in records]
+    assert steps == sorted(steps) and steps[0] == 0
+    # the trajectory has each step once, in order, up to the end
+    import ase.io
+
+    traj = ase.io.read(directory / "trajectory.extxyz", ":")
+    t_steps = [a.info["step"] for a in traj]
+    assert t_steps == sorted(set(t_steps)) and t_steps[-1] == STEPS
+    assert "local_std" in traj[-1].arrays
+    events = [json.loads(line) for line in (directory / "events.jsonl").read_text().splitlines()]
+    assert [e["label"] for e in events] == [r["index"] for r in records]
+    return summary
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """An uninterrupted run."""
+    base = tmp_path_factory.mktemp("reference")
+    done = run_job(base / "run")
+    assert done.returncode == 0, done.stderr
+    summary = check_run(base / "run")
+    assert summary["labels"] >= 3, "the test run must label several frames to be meaningful"
+    return summary
+
+
+@pytest.mark.parametrize("kill_at", ["labeller:3", "labelled:2", "labelled:3", "updated:2",
+                                     "checkpoint:5"])
+def test_kill_then_resume(tmp_path, reference, kill_at):
+    killed = run_job(tmp_path / "run", "--kill-at", kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = run_job(tmp_path / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = check_run(tmp_path / "run")
+    if kill_at.startswith("labelled"):
+        assert "applying label" in resumed.stderr     # the label on disk was used, not redone
+    # the same MD (same thermostat noise) and the same labels as without the kill
+    assert summary["labels"] == reference["labels"]
+    assert summary["sparse_points"] == reference["sparse_points"]
+
+
+def test_kill_at_a_random_moment(tmp_path, reference):
+    """SIGKILL from outside, while the run is somewhere in MD, labelling or writing."""
+    proc = subprocess.Popen([sys.executable, str(JOB), str(tmp_path / "run"), "--steps",
+                             str(STEPS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    labels = tmp_path / "run" / "labels"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(labels.glob("*.json"))) < 2:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_job(tmp_path / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    check_run(tmp_path / "run")
+
+
+def test_a_new_run_refuses_a_used_directory(tmp_path, reference):
+    first = run_job(tmp_path / "run")
+    assert first.returncode == 0
+    second = run_job(tmp_path / "run")
+    assert second.returncode != 0
+    assert "holds an earlier run" in second.stderr

@@ -16,10 +16,17 @@ and bound the actual force errors there:
 
 * ``local``: FLARE's normalised local-energy std per atom (what OTF thresholds with
   ``variance_type="local"``), ranked (Spearman) against the per-atom force-error norm;
-* ``dtc``: the DTC force std per Cartesian component (eV/Å, noise-free epistemic part, from the
-  same final model with ``variance_type="DTC"``), ranked against |error| per component and per
-  atom (norms), plus the fraction of components whose |error| exceeds 2 std, with and without the
-  force-noise hyperparameter added in quadrature.
+* ``sor`` / ``dtc``: FLARE's SOR and DTC force std per Cartesian component (eV/Å, epistemic, no
+  noise term; same final model with ``variance_type`` switched), ranked against |error| per
+  component and per atom (norms), plus the fraction of components whose |error| exceeds 2 std,
+  with and without the force-noise hyperparameter added in quadrature.  DTC costs ~15-20 s per
+  frame here, so only ``--n-dtc-per-t`` frames per temperature get it.
+
+Empty start: FLARE labels the first frame (the perfect crystal) and puts ``--init-atoms`` of its
+(identical) environments in the sparse set.  One sparse environment gives NaN predictions about
+half the time in this FLARE build and all 108 segfault; training hyper-parameters on that frame
+(zero forces) drives the force noise to ~0, hence ``--train-hyps 2,inf`` by default.  The Python
+kernel object must stay alive as long as the C++ SparseGP (it keeps a raw pointer).
 
 Every run is appended to the ``runs`` list of ``--out`` (JSON).  FLARE writes its log files into
 the working directory, so each run happens in a fresh directory under /tmp.
@@ -61,14 +68,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "local std; >0: multiple of the force noise)")
     p.add_argument("--update-threshold", type=float, default=0.005,
                    help="atoms with uncertainty above this join the sparse set at an EMT call")
-    p.add_argument("--min-steps-with-model", type=int, default=10,
+    p.add_argument("--min-steps-with-model", type=int, default=0,
                    help="minimum MD steps between EMT calls")
-    p.add_argument("--train-hyps", type=str, default="0,2",
+    p.add_argument("--train-hyps", type=str, default="2,inf",
                    help="FLARE train_hyps: optimise hyper-parameters while the EMT-call count "
                         "is in this inclusive range ('inf' allowed)")
     p.add_argument("--max-iterations", type=int, default=20, help="L-BFGS-B iterations per training")
-    p.add_argument("--init-atoms", type=int, default=108,
-                   help="environments of the first (perfect-crystal) frame put in the sparse set")
+    p.add_argument("--init-atoms", type=int, default=4,
+                   help="environments of the first (perfect-crystal) frame put in the sparse set "
+                        "(all identical there; FLARE's example uses 4; 1 gives NaN predictions "
+                        "about half the time and all 108 segfault in this build)")
     p.add_argument("--variance-type", choices=["local", "DTC", "SOR"], default="local")
     p.add_argument("--force-only", action="store_true",
                    help="train on forces only (default: energies, forces and stresses)")
@@ -81,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="energy noise per atom (eV); FLARE's sigma_e is this x N_atoms")
     p.add_argument("--sigma-f", type=float, default=0.05, help="force noise (eV/Å)")
     p.add_argument("--sigma-s", type=float, default=0.0006, help="stress noise (eV/Å^3)")
+    p.add_argument("--n-dtc-per-t", type=int, default=2,
+                   help="held-out frames per temperature that also get DTC force stds (slow)")
     p.add_argument("--seed", type=int, default=0, help="velocity / thermostat seed (otf_common)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for FLARE's C++")
     p.add_argument("--label", type=str, default=None, help="run label in the JSON")
@@ -175,12 +186,19 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(np.ravel(a), np.ravel(b)).statistic)
 
 
-def evaluate(calc, frames: list) -> dict:
-    """Force errors and uncertainty quality of the final model on the held-out frames."""
+def evaluate(calc, frames: list, n_dtc_per_t: int) -> dict:
+    """Force errors and uncertainty quality of the final model on the held-out frames.
+
+    Every frame gets the mean forces, the normalised local-energy std per atom (``local``) and
+    the SOR force std per component; the first ``n_dtc_per_t`` frames of each temperature also
+    get the DTC force std (FLARE's DTC builds the full force-force prior covariance of the
+    frame, ~15-20 s per 108-atom frame here, so it is subsampled).
+    """
     gp = calc.gp_model
     otf_variance = gp.variance_type
-    preds, local_std, dtc_std, t_pred = [], [], [], 0.0
-    for frame in frames:
+    temps = np.array([f.info["temperature_K"] for f in frames])
+    preds, local_std, sor_std, dtc_std, t_pred, t_dtc = [], [], [], [], 0.0, 0.0
+    for i, frame in enumerate(frames):
         atoms = frame.copy()
         gp.variance_type = "local"
         t0 = time.perf_counter()
@@ -188,33 +206,51 @@ def evaluate(calc, frames: list) -> dict:
         t_pred += time.perf_counter() - t0
         preds.append(np.array(calc.results["forces"]))
         local_std.append(np.array(calc.results["stds"][:, 0]))
-        gp.variance_type = "DTC"
+        gp.variance_type = "SOR"
         calc.calculate(atoms)
-        dtc_std.append(np.array(calc.results["stds"]))
+        sor_std.append(np.array(calc.results["stds"]))
+        dtc = None
+        if np.sum(temps[:i] == temps[i]) < n_dtc_per_t:
+            gp.variance_type = "DTC"
+            t0 = time.perf_counter()
+            calc.calculate(atoms)
+            t_dtc += time.perf_counter() - t0
+            dtc = np.array(calc.results["stds"])
+        dtc_std.append(dtc)
     gp.variance_type = otf_variance
+    n_dtc = sum(d is not None for d in dtc_std)
     out = {"force_errors": common.force_errors(preds, frames),
-           "predict_s_per_frame_local_variance": t_pred / len(frames)}
+           "predict_s_per_frame_local_variance": t_pred / len(frames),
+           "predict_s_per_frame_dtc": t_dtc / max(n_dtc, 1), "n_dtc_frames": n_dtc}
     sigma_f = abs(float(gp.force_noise))
-    temps = np.array([f.info["temperature_K"] for f in frames])
 
-    def uq(sel) -> dict:
-        err = np.stack([p - f.get_forces() for p, f, s in zip(preds, frames, sel) if s])
-        ls = np.stack([x for x, s in zip(local_std, sel) if s])
-        ds = np.stack([x for x, s in zip(dtc_std, sel) if s])
-        n_neg = int(np.sum(ds < 0))
-        ds = np.abs(ds)  # FLARE reports negative variances as -sqrt(|var|)
+    def component_stats(err: np.ndarray, std: np.ndarray, name: str) -> dict:
+        n_neg = int(np.sum(std < 0))
+        std = np.abs(std)  # FLARE reports a negative variance as -sqrt(|var|)
         abs_err, atom_err = np.abs(err), np.linalg.norm(err, axis=-1)
         return {
-            "spearman_local_std_vs_atom_error_norm": spearman(ls, atom_err),
-            "spearman_dtc_std_vs_abs_error_per_component": spearman(ds, abs_err),
-            "spearman_dtc_std_norm_vs_atom_error_norm": spearman(np.linalg.norm(ds, axis=-1), atom_err),
-            "frac_components_error_gt_2_dtc_std": float(np.mean(abs_err > 2 * ds)),
-            "frac_components_error_gt_2_total_std": float(np.mean(abs_err > 2 * np.sqrt(ds**2 + sigma_f**2))),
-            "mean_dtc_std_meV_A": float(np.mean(ds) * 1e3),
-            "rms_dtc_std_meV_A": float(np.sqrt(np.mean(ds**2)) * 1e3),
-            "mean_local_std": float(np.mean(ls)),
-            "n_negative_dtc_variances": n_neg,
+            f"spearman_{name}_std_vs_abs_error_per_component": spearman(std, abs_err),
+            f"spearman_{name}_std_norm_vs_atom_error_norm": spearman(np.linalg.norm(std, axis=-1), atom_err),
+            f"frac_components_error_gt_2_{name}_std": float(np.mean(abs_err > 2 * std)),
+            f"frac_components_error_gt_2_{name}_std_plus_noise": float(
+                np.mean(abs_err > 2 * np.sqrt(std**2 + sigma_f**2))),
+            f"rms_{name}_std_meV_A": float(np.sqrt(np.mean(std**2)) * 1e3),
+            f"n_negative_{name}_variances": n_neg,
         }
+
+    def uq(sel: np.ndarray) -> dict:
+        idx = np.flatnonzero(sel)
+        err = np.stack([preds[i] - frames[i].get_forces() for i in idx])
+        ls = np.stack([local_std[i] for i in idx])
+        res = {"spearman_local_std_vs_atom_error_norm": spearman(ls, np.linalg.norm(err, axis=-1)),
+               "mean_local_std": float(np.mean(ls)),
+               "rmse_meV_A": float(np.sqrt(np.mean(err**2)) * 1e3)}
+        res |= component_stats(err, np.stack([sor_std[i] for i in idx]), "sor")
+        didx = [k for k, i in enumerate(idx) if dtc_std[i] is not None]
+        if didx:
+            res |= component_stats(err[didx], np.stack([dtc_std[idx[k]] for k in didx]), "dtc")
+            res["dtc_subset_rmse_meV_A"] = float(np.sqrt(np.mean(err[didx] ** 2)) * 1e3)
+        return res
 
     out["uncertainty"] = {"overall": uq(np.ones(len(frames), bool))}
     for t in sorted(set(temps)):
@@ -269,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "recomputes) + Langevin integration")
 
     w0 = time.perf_counter()
-    evaluation = evaluate(calc, frames)
+    evaluation = evaluate(calc, frames, args.n_dtc_per_t)
     eval_wall = time.perf_counter() - w0
     hyps = [float(h) for h in gp.hyps]
     temps = np.array(otf.temperatures)
@@ -285,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "same dt/temperature/friction and rng seed+1 as otf_common.make_langevin",
                  "n_heldout": len(frames)},
         "flare": {
-            "version": __import__("flare").__version__ if hasattr(__import__("flare"), "__version__") else "1.4.0",
+            "version": getattr(sys.modules.get("flare"), "__version__", None),
             "descriptor": {"type": "B2", "radial_basis": "chebyshev", "cutoff_function": "quadratic",
                            "cutoff_A": args.cutoff, "n_max": args.n_max, "l_max": args.l_max},
             "kernel": {"type": "NormalizedDotProduct", "power": args.power, "sigma_initial": args.sigma},
@@ -334,8 +370,10 @@ def main(argv: list[str] | None = None) -> dict:
         "wall s": wall, "cpu s": cpu, "RMSE": r["rmse_meV_A"], "RMSE 800": r["rmse_800K_meV_A"],
         "RMSE 1200": r["rmse_1200K_meV_A"], "MAE": r["mae_meV_A"],
         "rho local/atom": u["spearman_local_std_vs_atom_error_norm"],
-        "rho DTC/comp": u["spearman_dtc_std_vs_abs_error_per_component"],
-        ">2 DTC std": u["frac_components_error_gt_2_dtc_std"]}]))
+        "rho SOR/comp": u["spearman_sor_std_vs_abs_error_per_component"],
+        ">2 SOR std": u["frac_components_error_gt_2_sor_std"],
+        "rho DTC/comp": u.get("spearman_dtc_std_vs_abs_error_per_component", float("nan")),
+        ">2 DTC std": u.get("frac_components_error_gt_2_dtc_std", float("nan"))}]))
     print("final hyps (sigma, sigma_e, sigma_f, sigma_s):", hyps)
     return run
 

@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--std-tolerance", type=float, default=0.01)
     parser.add_argument("--update-threshold", type=float, default=None,
                         help="default: half the std tolerance")
+    parser.add_argument("--max-atoms-added", type=int, default=None,
+                        help="sparse points added per label and species (default: the learner's)")
     parser.add_argument("--soap", default="4.5,6,4", help="r_cut,n_max,l_max")
     parser.add_argument("--cost-steps", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS / "otf.json")
@@ -102,11 +104,13 @@ def main() -> None:
     update = args.update_threshold or args.std_tolerance / 2
 
     frames = heldout_frames()
-    run_dir = RESULTS / "otf_run"
+    run_dir = RESULTS / f"{args.out.stem}_run"
     shutil.rmtree(run_dir, ignore_errors=True)
     atoms = initial_atoms()
     learner = OnTheFlyLearner(gpmlip.SparseGP(soap, n_jobs=1), "emt", run_dir,
-                              std_tolerance=args.std_tolerance, update_threshold=update)
+                              std_tolerance=args.std_tolerance, update_threshold=update,
+                              **({"max_atoms_added": args.max_atoms_added}
+                                 if args.max_atoms_added else {}))
     atoms.calc = learner.calculator
     cpu = time.process_time()
     summary = learner.run(make_langevin(atoms), args.steps)
@@ -114,7 +118,8 @@ def main() -> None:
 
     result = {"task": {"atoms": 108, "temperature_K": 800, "timestep_fs": 5.0,
                        "steps": args.steps, "soap": args.soap,
-                       "std_tolerance": args.std_tolerance, "update_threshold": update},
+                       "std_tolerance": args.std_tolerance, "update_threshold": update,
+                       "max_atoms_added": learner.settings.max_atoms_added},
               "run": summary, "heldout": calibration(learner.model, frames),
               "cost": step_cost(learner.model, RESULTS / "otf_cost_run", args.cost_steps)}
     shutil.rmtree(RESULTS / "otf_cost_run", ignore_errors=True)

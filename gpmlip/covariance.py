@@ -136,3 +136,40 @@ def energy_gradient(env: Environments, sparse: SparseSet, zeta: int,
 def voigt(stress: np.ndarray) -> np.ndarray:
     """3x3 -> the six Voigt components used as observations."""
     return np.array([stress[a, b] for a, b in VOIGT])
+
+
+def force_prior_variance(env: Environments, zeta: int,
+                         signal_variance: dict[int, float]) -> np.ndarray:
+    """Prior variance of every force component, ``Var[F_a_alpha]``, shape (n_atoms, 3).
+
+    ``F_a = -sum_i d eps_i / d r_a`` so its prior variance is
+    ``sum_ij sigma_z^2 delta(z_i, z_j) (dq_i/dr_a)' d2k(q_i, q_j)/dq dq' (dq_j/dr_a)``.  With
+    ``u_p = (I - q_hat_i q_hat_i') J_p / |q_i|`` for every Jacobian pair ``p = (i, a)`` and the
+    cosines ``c_ij``, the mixed second derivative contracted with the two Jacobians is
+    ``zeta (zeta - 1) c^(zeta-2) (u_p . q_hat_j)(u_q . q_hat_i) + zeta c^(zeta-1) u_p . u_q``.
+    Each atom needs only the pairs that move it, so the cost is one small dense block per atom.
+    """
+    qh, qn = normalise(env.features), np.linalg.norm(env.features, axis=1)
+    sig = np.array([signal_variance[int(z)] for z in env.species])
+    out = np.zeros((env.n_atoms, 3))
+    order = np.argsort(env.pair_atom, kind="stable")
+    bounds = np.searchsorted(env.pair_atom[order], np.arange(env.n_atoms + 1))
+    for a in range(env.n_atoms):
+        pairs = order[bounds[a]:bounds[a + 1]]
+        if len(pairs) == 0:
+            continue
+        centre = env.pair_centre[pairs]
+        q = qh[centre]                                                   # (P, F)
+        same = env.species[centre][:, None] == env.species[centre][None, :]
+        weight = np.where(same, sig[centre][:, None], 0.0)
+        c = np.clip(q @ q.T, -1.0, 1.0)
+        for alpha in range(3):
+            jac = env.jacobian[pairs, alpha, :]                         # (P, F)
+            u = (jac - np.einsum("pf,pf->p", jac, q)[:, None] * q) / qn[centre][:, None]
+            b = u @ u.T
+            total = zeta * c ** (zeta - 1) * b
+            if zeta > 1:
+                cross = u @ q.T                                          # A_pq = u_p . q_hat_q
+                total += zeta * (zeta - 1) * c ** (zeta - 2) * cross * cross.T
+            out[a, alpha] = float((weight * total).sum())
+    return np.clip(out, 0.0, None)

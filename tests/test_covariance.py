@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import gpmlip
-from gpmlip.covariance import (SparseSet, energy_gradient, energy_rows, force_rows, local_kernel,
+from gpmlip.covariance import (SparseSet, energy_gradient, energy_rows, force_prior_variance,
+                               force_rows, local_kernel,
                                strain_rows, voigt)
 from gpmlip.testing import finite_difference_jacobian, finite_difference_strain
 
@@ -61,3 +62,38 @@ def test_species_never_correlate():
     k = local_kernel(env.features, env.species, sparse, 4)
     assert np.allclose(k, np.eye(len(atoms)) * np.diag(k))
     np.testing.assert_allclose(np.diag(k), 1.0)
+
+
+def _prior_force_variance_fd(soap, atoms, zeta, sigma2, a, alpha, h=1e-3):
+    """Mixed second difference of sum_ij sigma^2 delta(z) k(q_i(r + s e), q_j(r + t e)).
+
+    The four kernel matrices are combined element by element before summing, so round-off
+    does not grow with the number of pairs.
+    """
+    feats = {}
+    for s in (+1, -1):
+        moved = atoms.copy()
+        moved.positions[a, alpha] += s * h
+        feats[s] = soap.describe(moved)
+    w = np.array([sigma2[int(z)] for z in atoms.numbers])
+    mixed = 0.0
+    for s in (+1, -1):
+        for t in (+1, -1):
+            es, et = feats[s], feats[t]
+            mixed = mixed + s * t * local_kernel(es.features, es.species,
+                                                 SparseSet(et.features, et.species), zeta)
+    return float((w[:, None] * mixed).sum()) / (4 * h * h)
+
+
+@pytest.mark.parametrize("name", ["cu_bulk", "molecule", "triclinic"])
+@pytest.mark.parametrize("zeta", [1, 2, 4])
+def test_force_prior_variance_is_mixed_second_derivative(name, zeta):
+    build, settings = SYSTEMS[name]
+    atoms, soap = build(), gpmlip.SOAP(**settings)
+    sigma2 = {int(z): 0.5 + 0.3 * k for k, z in enumerate(sorted(set(atoms.numbers)))}
+    prior = force_prior_variance(soap.describe(atoms, gradients=True), zeta, sigma2)
+    assert prior.shape == (len(atoms), 3) and np.all(prior > 0)
+    for a in (0, len(atoms) - 1):
+        for alpha in range(3):
+            fd = _prior_force_variance_fd(soap, atoms, zeta, sigma2, a, alpha)
+            assert prior[a, alpha] == pytest.approx(fd, rel=2e-4, abs=1e-8 * prior.max())

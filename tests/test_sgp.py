@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpmlip
-from gpmlip.covariance import local_kernel
+from gpmlip.covariance import force_prior_variance, force_rows, local_kernel
 from gpmlip.data import load_frames
 from gpmlip.gp.hyper import objective
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
@@ -117,10 +117,25 @@ def test_variances_known_and_unknown(model, train):
     np.testing.assert_allclose(p.local_variance, v * model.signal_variance_[29])
 
 
-def test_force_std_is_dense_weight_variance(model):
+def test_force_std_is_dense_dtc_variance(model, train):
+    """prior - Q_ff + k_f (K_mm + K_mn Lambda^-1 K_nm)^-1 k_f', assembled densely."""
+    knm, y, lam, kmm, d = dense_system(model, train)
     atoms = emt_frames(1, seed=8)[0]
+    env = model.descriptor.describe(atoms, gradients=True)
+    kf = force_rows(env, model.sparse_, model.zeta).reshape(3 * len(atoms), -1) * d
+    prior = force_prior_variance(env, model.zeta, model.signal_variance_).ravel()
+    nystroem = np.einsum("ij,ij->i", kf, np.linalg.solve(kmm, kf.T).T)
+    sigma = np.linalg.inv(kmm + knm.T @ (knm / lam[:, None]))
+    expected = prior - nystroem + np.einsum("ij,ij->i", kf, kf @ sigma)
     p = model.predict(atoms, force_std=True)
-    assert p.force_std.shape == (len(atoms), 3) and np.all(p.force_std > 0)
+    assert p.force_std.shape == (len(atoms), 3)
+    # prior - Q_ff cancels ~99 %: compare on the scale of the prior
+    np.testing.assert_allclose(p.force_std.ravel() ** 2, expected, rtol=1e-5,
+                               atol=1e-6 * prior.max())
+    # the sparse points explain only part of the prior: DTC sits between the two
+    weight_only = np.einsum("ij,ij->i", kf, kf @ sigma)
+    assert np.all(p.force_std.ravel() ** 2 >= weight_only * (1 - 1e-6))
+    assert np.all(p.force_std.ravel() ** 2 <= prior * (1 + 1e-6))
 
 
 def test_likelihood_gradient_matches_finite_differences(model):

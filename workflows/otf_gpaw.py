@@ -4,7 +4,7 @@ NEEDS GPAW, which the default install does not have.  On Debian/Ubuntu::
 
     apt-get install -y libxc-dev libopenblas-dev libopenmpi-dev
     .venv/bin/pip install -e ".[gpaw]"          # builds GPAW (~75 s); brings its PAW setups
-    OMP_NUM_THREADS=1 .venv/bin/python workflows/otf_gpaw.py [--steps 300]
+    OMP_NUM_THREADS=1 .venv/bin/python workflows/otf_gpaw.py [--steps 1000]
 
 (One BLAS thread per process: on a busy 2-core machine GPAW was 5-8x slower without it.)
 A 4-atom cubic fcc Al cell runs Langevin MD at 600 K with 2 fs steps; GPAW (PW 250 eV, 2x2x2
@@ -40,9 +40,9 @@ LABELLER = {"name": "gpaw", "ecut": 250, "kpts": [2, 2, 2], "xc": "PBE"}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="MD steps of 2 fs")
+    parser.add_argument("--steps", type=int, default=1000, help="MD steps of 2 fs")
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--check-frames", type=int, default=3)
+    parser.add_argument("--check-frames", type=int, default=5)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("gpmlip.gp").setLevel(logging.WARNING)

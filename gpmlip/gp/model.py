@@ -13,7 +13,8 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from threadpoolctl import threadpool_limits
 
-from gpmlip.covariance import SparseSet, energy_gradient, force_rows, local_kernel
+from gpmlip.covariance import (SparseSet, energy_gradient, force_prior_variance, force_rows,
+                               local_kernel)
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
@@ -408,7 +409,9 @@ class SparseGP:
                 result.stress = 0.5 * (s + s.T)
         if force_std:
             rows = force_rows(env, self.sparse_, self.zeta).reshape(3 * len(atoms), -1)
-            result.force_std = np.sqrt(post.weight_variance(rows)).reshape(-1, 3)
+            prior = force_prior_variance(env, self.zeta, self.signal_variance_).ravel()
+            columns = np.array([self.signal_variance_[int(z)] for z in self.sparse_.species])
+            result.force_std = np.sqrt(post.dtc_variance(prior, rows, columns)).reshape(-1, 3)
         return result
 
     # -- files -----------------------------------------------------------------------------

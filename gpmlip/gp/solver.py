@@ -174,13 +174,34 @@ class Posterior:
         """Local-energy variances for unit-variance kernel rows ``k`` (n, m), clipped at 0."""
         if k.shape[1] == 0:
             return signal_variance.copy()
-        prior = solve_triangular(self.chol_kmm, k.T, lower=True, check_finite=False)
-        weights = solve_triangular(self.r, k.T, trans="T", check_finite=False)
-        v = signal_variance * (1.0 - (prior ** 2).sum(axis=0)) + (weights ** 2).sum(axis=0)
+        # a local energy's rows are non-zero only on its own species' columns
+        return self.dtc_variance(signal_variance, k, signal_variance[:, None])
+
+    def dtc_variance(self, prior: np.ndarray, rows: np.ndarray,
+                     column_variance: np.ndarray) -> np.ndarray:
+        """DTC predictive variance of linear observations, clipped at 0.
+
+        ``prior - sum_m sigma_m^2 (L^-1 rows')_m^2 + rows A'^-1 rows'``: the prior variance, minus
+        the part the sparse points explain (Nystroem), plus the uncertainty of the weights.
+
+        Parameters
+        ----------
+        prior : ndarray, shape (n,)
+            Prior variance of each observation (signal variances included).
+        rows : ndarray, shape (n, m)
+            Unit-variance covariance of each observation with the sparse points.
+        column_variance : ndarray, shape (m,) or (n, m)
+            Signal variance of each sparse point's species (``K~_mm`` is block diagonal by
+            species, so the Nystroem term splits by column).
+        """
+        if rows.shape[1] == 0:
+            return np.clip(prior, 0.0, None)
+        nystroem = solve_triangular(self.chol_kmm, rows.T, lower=True, check_finite=False).T
+        v = prior - (column_variance * nystroem ** 2).sum(axis=1) + self.weight_variance(rows)
         return np.clip(v, 0.0, None)
 
     def weight_variance(self, rows: np.ndarray) -> np.ndarray:
-        """``rows A'^-1 rows'`` diagonal: the DTC variance of linear observations (e.g. forces)."""
+        """``rows A'^-1 rows'`` diagonal: the variance from the uncertain weights alone."""
         weights = solve_triangular(self.r, rows.T, trans="T", check_finite=False)
         return (weights ** 2).sum(axis=0)
 

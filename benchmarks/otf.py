@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--std-tolerance", type=float, default=0.01)
     parser.add_argument("--update-threshold", type=float, default=None,
-                        help="default: half the std tolerance")
+                        help="default: the learner's")
     parser.add_argument("--max-atoms-added", type=int, default=None,
                         help="sparse points added per label and species (default: the learner's)")
     parser.add_argument("--soap", default="4.5,6,4", help="r_cut,n_max,l_max")
@@ -101,16 +101,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     r_cut, n_max, l_max = args.soap.split(",")
     soap = gpmlip.SOAP(["Cu"], float(r_cut), int(n_max), int(l_max))
-    update = args.update_threshold or args.std_tolerance / 2
 
     frames = heldout_frames()
     run_dir = RESULTS / f"{args.out.stem}_run"
     shutil.rmtree(run_dir, ignore_errors=True)
     atoms = initial_atoms()
     learner = OnTheFlyLearner(gpmlip.SparseGP(soap, n_jobs=1), "emt", run_dir,
-                              std_tolerance=args.std_tolerance, update_threshold=update,
-                              **({"max_atoms_added": args.max_atoms_added}
-                                 if args.max_atoms_added else {}))
+                              std_tolerance=args.std_tolerance,
+                              **{k: v for k, v in (("update_threshold", args.update_threshold),
+                                                   ("max_atoms_added", args.max_atoms_added))
+                                 if v is not None})
     atoms.calc = learner.calculator
     cpu = time.process_time()
     summary = learner.run(make_langevin(atoms), args.steps)
@@ -118,7 +118,8 @@ def main() -> None:
 
     result = {"task": {"atoms": 108, "temperature_K": 800, "timestep_fs": 5.0,
                        "steps": args.steps, "soap": args.soap,
-                       "std_tolerance": args.std_tolerance, "update_threshold": update,
+                       "std_tolerance": args.std_tolerance,
+                       "update_threshold": learner.settings.update_threshold,
                        "max_atoms_added": learner.settings.max_atoms_added},
               "run": summary, "heldout": calibration(learner.model, frames),
               "cost": step_cost(learner.model, RESULTS / "otf_cost_run", args.cost_steps)}

@@ -53,7 +53,7 @@ def main() -> None:
     Stationary(atoms)
     model = gpmlip.SparseGP(gpmlip.SOAP(["Al"], r_cut=5.0, n_max=6, l_max=4), n_jobs=1)
     learner = OnTheFlyLearner(model, LABELLER, directory, std_tolerance=0.01,
-                              update_threshold=0.005, timeout=600, optimise_every=4)
+                              update_threshold=0.001, timeout=600, optimise_every=4)
     atoms.calc = learner.calculator
     dyn = Langevin(atoms, 2 * units.fs, temperature_K=600, friction=0.02 / units.fs,
                    fixcm=False, rng=np.random.default_rng(1))

@@ -274,6 +274,8 @@ class OnTheFlyLearner:
             record = self._call_labeller(atoms, std, step, attempt, before)
             self._emit("labelled", record)
             self._apply(record)
+            if record["result"]["ok"]:
+                self._cooldown_until = step + s.min_steps_between_labels
             self.rundir.append_event(self._event(record))   # dropped on resume if not
             self._checkpoint(save_model=record["result"]["ok"], md=record["md"])   # saved here
             self._emit("updated", record)
@@ -427,6 +429,8 @@ class OnTheFlyLearner:
         for record in pending:
             log.info("applying label %d (on disk, not yet learnt from)", record["index"])
             self._apply(record)
+            if record["result"]["ok"]:
+                self._cooldown_until = record["step"] + self.settings.min_steps_between_labels
             md = record["md"]
         if md is not None:
             mdstate.restore(self._dyn, md)

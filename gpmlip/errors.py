@@ -46,3 +46,7 @@ class LabellerError(GpmlipError, RuntimeError):
 
 class RunDirectoryError(GpmlipError, RuntimeError):
     """An active-learning run directory is missing, damaged, or belongs to another run."""
+
+
+class UncertaintyStop(GpmlipError, RuntimeError):
+    """An uncertainty gate with policy "stop" stopped the dynamics (state saved; not a crash)."""

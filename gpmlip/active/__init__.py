@@ -1,7 +1,10 @@
-"""Active learning: on-the-fly learning during dynamics (and, later, pools and queues)."""
+"""Active learning: on the fly during dynamics, batches from a pool, gated production MD."""
 
+from gpmlip.active.gate import UncertaintyGate
 from gpmlip.active.otf import OnTheFlyLearner
+from gpmlip.active.pool import BatchSelection, select_batch
 from gpmlip.active.rundir import RunDirectory
 from gpmlip.active.settings import OTFSettings
 
-__all__ = ["OnTheFlyLearner", "OTFSettings", "RunDirectory"]
+__all__ = ["BatchSelection", "OnTheFlyLearner", "OTFSettings", "RunDirectory",
+           "UncertaintyGate", "select_batch"]

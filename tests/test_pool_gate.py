@@ -1,0 +1,162 @@
+"""Batch selection from a pool and the uncertainty gate for production MD."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+from ase import units
+from ase.calculators.emt import EMT
+from ase.md.verlet import VelocityVerlet
+try:  # ase >= 3.29
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # older ase
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+
+import gpmlip
+from gpmlip.active import UncertaintyGate, select_batch
+from gpmlip.active import mdstate
+from gpmlip.errors import SettingsError, UncertaintyStop, UnknownSpeciesError
+
+from conftest import SMALL_CU, emt_frames
+
+
+@pytest.fixture(scope="module")
+def cold_model():
+    """Trained on gently rattled Cu only: hot or strained structures are new to it."""
+    frames = emt_frames(3, seed=0, rattle=0.03, strain=0.0)
+    return gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=8, e0={"Cu": 0.0}).fit(frames)
+
+
+def _copy_with_noise(atoms, seed):
+    out = atoms.copy()
+    out.positions += 1e-4 * np.random.default_rng(seed).standard_normal(out.positions.shape)
+    return out
+
+
+def test_greedy_skips_near_duplicates_that_topk_takes(cold_model):
+    hot = emt_frames(1, seed=1, rattle=0.25, strain=0.0)[0]
+    other = emt_frames(1, seed=2, rattle=0.15, strain=0.04)[0]
+    pool = [hot, _copy_with_noise(hot, 1), _copy_with_noise(hot, 2), other]
+    topk = select_batch(cold_model, pool, 2, method="topk")
+    greedy = select_batch(cold_model, pool, 2, method="greedy")
+    scores = topk.initial_scores
+    assert scores[3] < min(scores[:3])          # the distinct frame is the least uncertain...
+    assert set(topk.indices) <= {0, 1, 2}       # ...so top-k takes two copies of one frame
+    assert greedy.indices[0] in {0, 1, 2} and greedy.indices[1] == 3
+    assert greedy.scores[1] < greedy.scores[0]
+    assert greedy.added_atoms[0]                 # the pick's atoms went into the basis
+    rnd = select_batch(cold_model, pool, 3, method="random", seed=0)
+    assert len(set(rnd.indices)) == 3
+
+
+def test_scores_match_the_models_uncertainty_order(cold_model):
+    pool = [emt_frames(1, seed=s, rattle=r, strain=0.0)[0]
+            for s, r in ((3, 0.02), (4, 0.1), (5, 0.3))]
+    sel = select_batch(cold_model, pool, 3, method="topk")
+    model_max = [cold_model.predict(a, forces=False).max_uncertainty for a in pool]
+    assert sel.indices == list(np.argsort(model_max)[::-1])
+
+
+def test_selection_bad_input(cold_model):
+    pool = emt_frames(2, seed=6)
+    with pytest.raises(SettingsError, match="method"):
+        select_batch(cold_model, pool, 1, method="maxvol")
+    with pytest.raises(SettingsError, match="pool size"):
+        select_batch(cold_model, pool, 3)
+    alloy = emt_frames(1, seed=7, alloy=True)
+    with pytest.raises(UnknownSpeciesError, match="candidate 0"):
+        select_batch(cold_model, alloy, 1)
+
+
+def _hot_md(model_or_gate, temperature=1500, seed=0):
+    atoms = emt_frames(1, seed=seed, rattle=0.0, strain=0.0)[0]
+    thermalize_momenta(atoms, temperature_K=temperature,
+                                 rng=np.random.default_rng(seed))
+    atoms.calc = model_or_gate.calculator
+    return atoms, VelocityVerlet(atoms, 2 * units.fs)
+
+
+class ListQueue:
+    def __init__(self):
+        self.items = []
+
+    def add(self, structures, source=""):
+        self.items += [(s, source) for s in structures]
+        return list(range(len(self.items) - len(structures), len(self.items)))
+
+
+@pytest.mark.parametrize("policy", ["warn", "queue"])
+def test_gate_warns_or_queues_and_counts(cold_model, tmp_path, policy):
+    queue = ListQueue()
+    gate = UncertaintyGate(cold_model, tmp_path, threshold=0.01, policy=policy, queue=queue,
+                           min_steps_between=5)
+    atoms, dyn = _hot_md(gate)
+    summary = gate.run(dyn, 40)
+    assert summary["steps"] == 41 and summary["gated"] >= 2
+    assert summary[policy] == summary["gated"] and summary["max_std_seen"] > 0.01
+    frames = ase.io.read(tmp_path / "gated.extxyz", ":")
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len(frames) == len(events) == summary["gated"]
+    steps = [e["step"] for e in events]
+    assert all(b - a >= 5 for a, b in zip(steps, steps[1:]))
+    assert all(f.info["max_std"] > 0.01 and "local_std" in f.arrays for f in frames)
+    if policy == "queue":
+        assert len(queue.items) == summary["gated"]
+        np.testing.assert_allclose(queue.items[0][0].positions, frames[0].positions, atol=1e-7)
+    calm = UncertaintyGate(cold_model, tmp_path / "calm", threshold=0.9, policy=policy,
+                           queue=queue)
+    atoms, dyn = _hot_md(calm)
+    assert calm.run(dyn, 10)["gated"] == 0
+
+
+def test_gate_stop_saves_a_resumable_state(cold_model, tmp_path):
+    gate = UncertaintyGate(cold_model, tmp_path, threshold=0.01, policy="stop")
+    atoms, dyn = _hot_md(gate)
+    summary = gate.run(dyn, 200)
+    assert summary["stopped"] and summary["stop"] == 1 and summary["steps"] < 200
+    saved = json.loads((tmp_path / "stop.json").read_text())
+    assert saved["step"] == dyn.nsteps and saved["max_std"] > 0.01
+    fresh, dyn2 = _hot_md(gate, seed=9)
+    mdstate.restore(dyn2, saved["md"])
+    np.testing.assert_allclose(fresh.positions, atoms.positions)
+    np.testing.assert_allclose(fresh.get_momenta(), atoms.get_momenta())
+    # attached to the dynamics instead: the stop is an exception the caller sees
+    gate2 = UncertaintyGate(cold_model, tmp_path / "attached", threshold=0.01, policy="stop")
+    atoms, dyn = _hot_md(gate2)
+    gate2.start(dyn)
+    dyn.attach(gate2)
+    with pytest.raises(UncertaintyStop, match="saved"):
+        dyn.run(200)
+
+
+def test_gate_label_learns_and_keeps_labels(tmp_path):
+    frames = emt_frames(2, seed=0, rattle=0.03, strain=0.0)
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(frames)
+    gate = UncertaintyGate(model, tmp_path, threshold=0.01, policy="label", labeller="emt",
+                           min_steps_between=3)
+    atoms, dyn = _hot_md(gate)
+    n_sparse = model.n_sparse_points
+    summary = gate.run(dyn, 30)
+    assert summary["label"] >= 1 and len(model.frames_) == 2 + summary["label"]
+    assert model.n_sparse_points > n_sparse
+    labels = sorted((tmp_path / "labels").glob("*.json"))
+    assert len(labels) == summary["label"]
+    record = json.loads(labels[0].read_text())
+    check = atoms.copy()
+    check.positions = np.array(record["structure"]["positions"])
+    check.calc = EMT()
+    assert record["result"]["energy"] == pytest.approx(check.get_potential_energy())
+    # the labelled frame is now known to the model
+    assert model.predict(check, forces=False).max_uncertainty < record["max_std"]
+
+
+def test_gate_bad_settings(cold_model, tmp_path):
+    with pytest.raises(SettingsError, match="policy"):
+        UncertaintyGate(cold_model, tmp_path, 0.05, "explode")
+    with pytest.raises(SettingsError, match="queue"):
+        UncertaintyGate(cold_model, tmp_path, 0.05, "queue")
+    with pytest.raises(SettingsError, match="labeller"):
+        UncertaintyGate(cold_model, tmp_path, 0.05, "label")
+    with pytest.raises(SettingsError, match="threshold"):
+        UncertaintyGate(cold_model, tmp_path, 5.0)

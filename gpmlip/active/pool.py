@@ -96,7 +96,8 @@ class _Basis:
 
 def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
                  method: str = "greedy", explained: float = 0.1, atoms_per_pick: int = 64,
-                 seed: int | None = 0) -> BatchSelection:
+                 seed: int | None = 0,
+                 features: Sequence[np.ndarray] | None = None) -> BatchSelection:
     """Choose ``n_select`` structures to label from ``candidates``.
 
     Parameters
@@ -118,6 +119,9 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
         At most this many environments per pick and species.
     seed : int, optional
         For ``"random"``.
+    features : sequence of ndarray, optional
+        The candidates' descriptors (``model.descriptor.describe(atoms).features``), if already
+        computed: a pool scored in every round of a loop need not be described again.
 
     Returns
     -------
@@ -130,17 +134,19 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
         raise SettingsError(f"n_select={n_select}: choose 1 to {len(candidates)} (the pool size)")
     model._check_fitted()
     known = set(model.sparse_.species.tolist())
-    features, species, owner = [], [], []
+    given, rows, species, owner = features, [], [], []
+    if given is not None and len(given) != len(candidates):
+        raise SettingsError(f"features: {len(given)} arrays for {len(candidates)} candidates")
     for k, atoms in enumerate(candidates):
         unknown = sorted(set(atoms.numbers.tolist()) - known)
         if unknown:
             raise UnknownSpeciesError(f"candidate {k} has species {unknown} that the model has no "
                                       "sparse points for: label such a structure first")
-        env = model.descriptor.describe(atoms)
-        features.append(normalise(env.features))
-        species.append(env.species)
+        q = model.descriptor.describe(atoms).features if given is None else given[k]
+        rows.append(normalise(q))
+        species.append(atoms.numbers)
         owner.append(np.full(len(atoms), k))
-    features, species, owner = (np.vstack(features), np.concatenate(species),
+    features, species, owner = (np.vstack(rows), np.concatenate(species),
                                 np.concatenate(owner))
     bases = {}
     for z in np.unique(species):

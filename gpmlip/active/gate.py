@@ -101,12 +101,16 @@ class UncertaintyGate:
 
     def run(self, dyn, steps: int, **irun_kwargs) -> dict:
         """Run ``dyn`` for ``steps`` steps (or until a ``"stop"``); return :meth:`summary`."""
+        from gpmlip.progress import progress_bar
+
         self.start(dyn)
-        for _ in dyn.irun(steps=steps, **irun_kwargs):
-            try:
-                self()
-            except UncertaintyStop:
-                break
+        with progress_bar(total=steps + 1, desc="gated MD", unit="step") as bar:
+            for _ in dyn.irun(steps=steps, **irun_kwargs):
+                bar.update(1)
+                try:
+                    self()
+                except UncertaintyStop:
+                    break
         return self.summary()
 
     def __call__(self) -> None:

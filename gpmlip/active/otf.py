@@ -190,8 +190,12 @@ class OnTheFlyLearner:
             dyn.attach(self, interval=1)
         remaining = steps - int(getattr(dyn, "nsteps", 0))
         if remaining > 0:
-            for _ in dyn.irun(steps=remaining, **irun_kwargs):
-                pass
+            from gpmlip.progress import progress_bar
+
+            with progress_bar(total=remaining, desc="on the fly", unit="step") as bar:
+                for _ in dyn.irun(steps=remaining, **irun_kwargs):
+                    bar.update(1)
+                    bar.set_postfix(labels=self.counters["labels"], refresh=False)
         return self.finish()
 
     def finish(self) -> dict:

@@ -274,8 +274,12 @@ class SparseGP:
         # While worker processes use the cores, this process's BLAS gets one thread: OpenBLAS
         # threads spin-wait, and oversubscribed they made the QR updates 50x slower (measured).
         parallel = executor is not None or self.n_jobs > 1
-        with threadpool_limits(1 if parallel else None):
+        from gpmlip.progress import progress_bar
+
+        bar = progress_bar(total=len(todo), desc="kernel rows", unit="frame")
+        with threadpool_limits(1 if parallel else None), bar:
             for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
+                bar.update(1)
                 e0 = self.e0_.of(frame.atoms.numbers)
                 for group, kr, y, scale in observations(frame, frame_rows, e0, noise):
                     self.stats_[group].add(kr, y, scale)

@@ -1,0 +1,153 @@
+"""The ``gpmlip`` command line: thin subcommands over the library.
+
+argparse (the standard library) rather than click or typer: subcommands, help and type checks
+are all it needs, and it costs the install nothing.  Every subcommand takes ``--verbose`` /
+``--quiet``; an error is one line on stderr and exit code 1 (2 for usage errors, 130 for Ctrl-C),
+with the traceback under ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gpmlip import __version__
+
+EPILOG = "Run `gpmlip COMMAND --help` for a command's options; settings files are TOML (see " \
+         "gpmlip.cli.config)."
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from gpmlip.cli import active, dynamics, models
+
+    top = argparse.ArgumentParser(
+        prog="gpmlip", epilog=EPILOG,
+        description="Gaussian-process interatomic potentials: train, evaluate, run MD, learn "
+                    "on the fly, select and label structures.")
+    top.add_argument("--version", action="version", version=f"gpmlip {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="fit a model to labelled structures",
+                       description="Fit a sparse GP to labelled files (extxyz, ase.db); write "
+                                   "the model and print training (and test) errors.")
+    p.add_argument("data", nargs="*", help="labelled files (default: [data] train)")
+    p.add_argument("-o", "--output", default="model.npz", help="model file (default model.npz)")
+    p.add_argument("-c", "--config", help="TOML settings file")
+    p.add_argument("--test", nargs="+", help="held-out labelled files to report errors on")
+    p.add_argument("--species", nargs="+", help="element symbols, e.g. Cu Au")
+    p.add_argument("--r-cut", type=float, help="SOAP cutoff, Å")
+    p.add_argument("--n-max", type=int)
+    p.add_argument("--l-max", type=int)
+    p.add_argument("--n-sparse", type=int, help="sparse points per species")
+    p.add_argument("--zeta", type=int, help="kernel exponent (default 4)")
+    p.add_argument("--optimise", action=argparse.BooleanOptionalAction, default=None,
+                   help="optimise noise and signal levels by the marginal likelihood")
+    p.add_argument("-j", "--jobs", type=int, help="worker processes for descriptors")
+    p.set_defaults(func=models.train)
+
+    p = sub.add_parser("eval", help="error table of a model on labelled data",
+                       description="Energy, force and stress errors per config_type.")
+    p.add_argument("model")
+    p.add_argument("data", nargs="+")
+    p.add_argument("--plot", metavar="PREFIX",
+                   help="write PREFIX_parity.png, PREFIX_errors.png, PREFIX_calibration.png "
+                        "(needs matplotlib: pip install 'gpmlip[plots]')")
+    p.set_defaults(func=models.evaluate)
+
+    p = sub.add_parser("info", help="what a model file holds")
+    p.add_argument("model")
+    p.set_defaults(func=models.info)
+
+    p = sub.add_parser("md", help="molecular dynamics with a model, optionally gated",
+                       description="Run MD with a model; with --gate-threshold, warn, queue, "
+                                   "stop or label when the model is unsure.")
+    p.add_argument("model")
+    p.add_argument("-s", "--structure", help="file (first frame) or bulk spec 'Cu fcc 3.61 3'")
+    p.add_argument("-c", "--config", help="TOML settings ([md], [gate])")
+    p.add_argument("-n", "--steps", type=int)
+    p.add_argument("-T", "--temperature", type=float, help="K")
+    p.add_argument("--timestep", type=float, help="fs")
+    p.add_argument("--ensemble", choices=["langevin", "verlet", "berendsen"])
+    p.add_argument("-o", "--output", help="trajectory (extxyz, default md.extxyz)")
+    p.add_argument("--interval", type=int, help="write every this many steps (default 10)")
+    p.add_argument("--gate-threshold", type=float, help="normalised std that triggers the gate")
+    p.add_argument("--gate-policy", choices=["warn", "queue", "stop", "label"])
+    p.add_argument("--queue", help="queue file for --gate-policy queue")
+    p.add_argument("--labeller", help="labeller of the queue (new queue) or of policy 'label'")
+    p.set_defaults(func=dynamics.md)
+
+    p = sub.add_parser("otf", help="on-the-fly learning during MD",
+                       description="On-the-fly learning from a TOML file ([descriptor], [model] "
+                                   "or [model] file, [md], [otf]).")
+    p.add_argument("config")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR after a kill")
+    p.add_argument("-n", "--steps", type=int)
+    p.add_argument("-d", "--directory", help="run directory")
+    p.add_argument("--plot", action="store_true",
+                   help="write otf_curve.png (labels, sparse points, uncertainty vs step)")
+    p.set_defaults(func=dynamics.otf)
+
+    p = sub.add_parser("select", help="pick uncertain, diverse structures from a pool")
+    p.add_argument("model")
+    p.add_argument("pool", nargs="+", help="candidate structure files (extxyz, traj, ...)")
+    p.add_argument("-n", type=int, default=10, help="batch size (default 10)")
+    p.add_argument("--method", choices=["greedy", "topk", "random"], default="greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", help="write the batch to this extxyz file")
+    p.add_argument("--queue", help="also add the batch to this queue (.db)")
+    p.add_argument("--labeller", default=None, help="queue's labeller if it is a new queue")
+    p.set_defaults(func=active.select)
+
+    p = sub.add_parser("label", help="label a queue's structures (local pool or Parsl)")
+    p.add_argument("queue")
+    p.add_argument("--labeller", default=None, help="emt, lj, tblite, gpaw (new queue only)")
+    p.add_argument("-w", "--workers", type=int, default=1)
+    p.add_argument("--parsl", choices=["local"], help="run through Parsl's local executor")
+    p.add_argument("--lease", type=float, default=600.0, help="lease seconds (default 600)")
+    p.add_argument("--export", help="write the done rows to this extxyz file")
+    p.set_defaults(func=active.label)
+
+    p = sub.add_parser("learn", help="the explore-select-label-update loop over a pool")
+    p.add_argument("config")
+    p.add_argument("--max-labels", type=int)
+    p.set_defaults(func=active.learn)
+
+    for p in sub.choices.values():
+        _common(p)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gpmlip`` command."""
+    from gpmlip.errors import GpmlipError
+
+    args = parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    if not args.verbose:
+        for noisy in ("gpmlip.gp", "gpmlip.data", "parsl"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("gpmlip: interrupted", file=sys.stderr)
+        return 130
+    except (GpmlipError, OSError, ValueError) as err:
+        if args.verbose:
+            raise
+        print(f"gpmlip {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m gpmlip.cli`` is the ``gpmlip`` command."""
+
+import sys
+
+from gpmlip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Objects the commands build from settings tables: descriptor, model, data, structure, dynamics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gpmlip.errors import SettingsError
+
+MODEL_KEYS = ("zeta", "n_sparse", "sparse_method", "energy_sigma", "force_sigma",
+              "stress_sigma", "e0", "seed")
+
+
+def soap(desc: dict):
+    """The SOAP descriptor of a ``[descriptor]`` table (species and r_cut required)."""
+    import gpmlip
+
+    missing = [k for k in ("species", "r_cut") if k not in desc]
+    if missing:
+        raise SettingsError(f"[descriptor] needs {', '.join(missing)} (e.g. species = [\"Cu\"], "
+                            "r_cut = 4.5), in the settings file or as --species/--r-cut")
+    return gpmlip.SOAP(desc["species"], desc["r_cut"], desc.get("n_max", 6),
+                       desc.get("l_max", 4), desc.get("sigma", 0.5),
+                       n_jobs=desc.get("n_jobs", 1))
+
+
+def model(desc: dict, settings: dict):
+    """An unfitted SparseGP from ``[descriptor]`` and ``[model]`` tables."""
+    import gpmlip
+
+    kwargs = {k: settings[k] for k in MODEL_KEYS if k in settings}
+    return gpmlip.SparseGP(soap(desc), **kwargs)
+
+
+def data(paths, settings: dict, species=None):
+    """Labelled frames from one or more files, with the ``[data]`` table's label keys."""
+    from gpmlip.data import Dataset, LabelKeys, load_frames
+
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise SettingsError("no data files: give them on the command line or as [data] train")
+    keys = LabelKeys(**{name: settings[f"{name}_key"] for name in
+                        ("energy", "forces", "stress", "virial", "config_type")
+                        if f"{name}_key" in settings})
+    frames = []
+    for path in paths:
+        if not Path(path).exists():
+            raise SettingsError(f"no data file at {path}")
+        frames += list(load_frames(path, keys=keys, species=species))
+    return Dataset(frames)
+
+
+def structure(spec: str):
+    """A structure from a file (its first frame) or a bulk spec ``"Cu fcc 3.61 3"``."""
+    import ase.io
+    from ase.build import bulk
+
+    if Path(spec).exists():
+        atoms = ase.io.read(spec, index=0)
+        atoms.calc = None
+        return atoms
+    parts = spec.split()
+    try:
+        symbol, crystal, a, repeat = parts[0], parts[1], float(parts[2]), int(parts[3])
+        return bulk(symbol, crystal, a=a, cubic=True).repeat(repeat)
+    except (IndexError, ValueError, KeyError, RuntimeError) as err:
+        raise SettingsError(f"structure {spec!r}: give a file that exists or a bulk spec "
+                            f"'SYMBOL CRYSTAL A REPEAT' such as 'Cu fcc 3.61 3' ({err})") from None
+
+
+def dynamics(atoms, md: dict):
+    """Thermalised velocities and an ASE dynamics object from an ``[md]`` table."""
+    from ase import units
+    from ase.md.velocitydistribution import Stationary
+
+    try:  # ase >= 3.29
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # older ase
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+
+    temperature = float(md.get("temperature", 300.0))
+    dt = float(md.get("timestep_fs", 2.0)) * units.fs
+    seed = int(md.get("seed", 0))
+    ensemble = md.get("ensemble", "langevin")
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    if ensemble == "verlet":
+        from ase.md.verlet import VelocityVerlet
+        return VelocityVerlet(atoms, dt)
+    if ensemble == "berendsen":
+        from ase.md.nvtberendsen import NVTBerendsen
+        return NVTBerendsen(atoms, dt, temperature_K=temperature, taut=100 * units.fs)
+    from ase.md.langevin import Langevin
+    return Langevin(atoms, dt, temperature_K=temperature,
+                    friction=float(md.get("friction_per_fs", 0.02)) / units.fs, fixcm=False,
+                    rng=np.random.default_rng(seed + 1))

@@ -1,0 +1,117 @@
+"""Settings files (TOML) for the command line: one schema, checked key by key.
+
+A file has one table per part of the job; every key is optional and command-line flags override
+it.  A misspelt key or a wrong type is an error that names the table, the key and what is
+allowed::
+
+    [descriptor]            # SOAP
+    species = ["Cu"]
+    r_cut = 4.5
+    n_max = 6
+    l_max = 4
+
+    [model]
+    zeta = 4
+    n_sparse = 200
+    optimise = true
+
+    [data]
+    train = ["data/cu_emt.extxyz"]
+
+    [md]
+    structure = "data/cu_emt.extxyz"   # first frame used; or a bulk spec such as "Cu fcc 3.61 2"
+    temperature = 800.0
+    timestep_fs = 5.0
+    steps = 1000
+
+    [otf]                   # gpmlip.active.OTFSettings keys, plus:
+    labeller = "emt"        # or a table: {name = "gpaw", ecut = 300, kpts = [2, 2, 2]}
+    directory = "runs/otf"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+from gpmlip.active.settings import OTFSettings
+from gpmlip.errors import SettingsError
+
+NUMBER = (int, float)
+
+SCHEMA: dict[str, dict[str, tuple]] = {
+    "descriptor": {"species": (list,), "r_cut": NUMBER, "n_max": (int,), "l_max": (int,),
+                   "sigma": NUMBER, "n_jobs": (int,)},
+    "model": {"zeta": (int,), "n_sparse": (int, dict), "sparse_method": (str,),
+              "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
+              "e0": (str, dict), "optimise": (bool,), "file": (str,), "seed": (int,)},
+    "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
+             "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
+             "config_type_key": (str,)},
+    "md": {"structure": (str,), "ensemble": (str,), "temperature": NUMBER,
+           "timestep_fs": NUMBER, "friction_per_fs": NUMBER, "steps": (int,), "seed": (int,),
+           "trajectory": (str,), "interval": (int,)},
+    "otf": {**{f.name: (object,) for f in fields(OTFSettings)}, "labeller": (str, dict),
+            "directory": (str,)},
+    "gate": {"threshold": NUMBER, "policy": (str,), "queue": (str,), "labeller": (str, dict),
+             "directory": (str,)},
+    "learn": {"pool": (str, list), "queue": (str,), "labeller": (str, dict),
+              "directory": (str,), "batch": (int,), "method": (str,), "max_labels": (int,),
+              "target_std": NUMBER, "workers": (int,), "lease_seconds": NUMBER},
+}
+ENSEMBLES = ("langevin", "verlet", "berendsen")
+
+
+def _type_name(types: tuple) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a table", bool: "true or false", object: "a value"}
+    if float in types:
+        types = tuple(t for t in types if t is not int)
+    return " or ".join(dict.fromkeys(names[t] for t in types))
+
+
+def check(config: dict, source: str = "settings") -> dict:
+    """Validate a settings mapping against :data:`SCHEMA`; return it unchanged."""
+    for table, values in config.items():
+        if table not in SCHEMA:
+            raise SettingsError(f"{source}: unknown table [{table}]; allowed tables: "
+                                f"{', '.join(SCHEMA)}")
+        if not isinstance(values, dict):
+            raise SettingsError(f"{source}: [{table}] must be a table of keys")
+        for key, value in values.items():
+            if key not in SCHEMA[table]:
+                raise SettingsError(f"{source}: unknown key {key!r} in [{table}]; allowed: "
+                                    f"{', '.join(SCHEMA[table])}")
+            types = SCHEMA[table][key]
+            ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types
+                                                   and object not in types)
+            if not ok:
+                raise SettingsError(f"{source}: [{table}] {key} = {value!r} must be "
+                                    f"{_type_name(types)}")
+    ensemble = config.get("md", {}).get("ensemble")
+    if ensemble is not None and ensemble not in ENSEMBLES:
+        raise SettingsError(f"{source}: [md] ensemble = {ensemble!r}; allowed: "
+                            f"{', '.join(ENSEMBLES)}")
+    return config
+
+
+def load(path) -> dict:
+    """Read and validate a TOML settings file."""
+    path = Path(path)
+    if not path.exists():
+        raise SettingsError(f"no settings file at {path}")
+    try:
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise SettingsError(f"{path} is not valid TOML: {err}") from None
+    return check(config, str(path))
+
+
+def merge(config: dict, table: str, **overrides) -> dict:
+    """``config[table]`` with the command-line values that were given (not None) on top."""
+    out = dict(config.get(table, {}))
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    check({table: out}, "command line")
+    return out

@@ -1,0 +1,126 @@
+"""`gpmlip md` (optionally uncertainty-gated) and `gpmlip otf` (on-the-fly learning)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from gpmlip.cli import build, config
+
+log = logging.getLogger("gpmlip.cli")
+
+
+def md(args) -> int:
+    """Run MD with a model; with --gate-threshold, act when the model is unsure."""
+    import ase.io
+
+    import gpmlip
+    from gpmlip.active import UncertaintyGate
+    from gpmlip.progress import progress_bar
+
+    cfg = config.load(args.config) if args.config else {}
+    md_cfg = config.merge(cfg, "md", structure=args.structure, steps=args.steps,
+                          temperature=args.temperature, timestep_fs=args.timestep,
+                          ensemble=args.ensemble, trajectory=args.output,
+                          interval=args.interval)
+    gate_cfg = config.merge(cfg, "gate", threshold=args.gate_threshold, policy=args.gate_policy,
+                            queue=args.queue, labeller=args.labeller)
+    if "structure" not in md_cfg:
+        raise gpmlip.errors.SettingsError("give a structure: a file or a bulk spec such as "
+                                          "'Cu fcc 3.61 3' (--structure or [md] structure)")
+    model = gpmlip.load_model(args.model)
+    atoms = build.structure(md_cfg["structure"])
+    steps, interval = int(md_cfg.get("steps", 1000)), int(md_cfg.get("interval", 10))
+    out = Path(md_cfg.get("trajectory", "md.extxyz"))
+    gate = None
+    if "threshold" in gate_cfg:
+        queue = None
+        if gate_cfg.get("policy") == "queue":
+            from gpmlip.labelling import LabelQueue
+            queue = LabelQueue(gate_cfg.get("queue", "queue.db"), gate_cfg.get("labeller"))
+        directory = gate_cfg.get("directory", str(out.with_suffix("")) + "_gate")
+        gate = UncertaintyGate(model, directory, gate_cfg["threshold"],
+                               gate_cfg.get("policy", "warn"), queue=queue,
+                               labeller=gate_cfg.get("labeller"))
+        atoms.calc = gate.calculator
+    else:
+        atoms.calc = gpmlip.GPCalculator(model)
+    dyn = build.dynamics(atoms, md_cfg)
+    if gate is not None:
+        gate.start(dyn)
+    tmp = out.with_name(out.name + ".part")
+    tmp.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    done = 0
+    with progress_bar(total=steps, desc="MD", unit="step") as bar:
+        for _ in dyn.irun(steps=steps):
+            if gate is not None:
+                try:
+                    gate()
+                except gpmlip.errors.UncertaintyStop as stop:
+                    log.warning("%s", stop)
+                    break
+            if dyn.nsteps % interval == 0:
+                frame = atoms.copy()
+                frame.info.update({"step": dyn.nsteps, "energy": atoms.get_potential_energy(),
+                                   "temperature": atoms.get_temperature()})
+                ase.io.write(tmp, frame, format="extxyz", append=True)
+            done = dyn.nsteps
+            bar.update(1)
+    tmp.replace(out)
+    seconds = time.perf_counter() - t0
+    summary = {"steps": done, "seconds": seconds, "trajectory": str(out),
+               "final_temperature_K": atoms.get_temperature()}
+    if gate is not None:
+        summary["gate"] = gate.summary()
+    print(json.dumps(summary, indent=1) if args.json else
+          f"{done} steps in {seconds:.1f} s ({1000 * seconds / max(done, 1):.0f} ms/step); "
+          f"trajectory {out}" + (f"; gate: {gate.counts['gated']} frames over "
+                                 f"{gate.threshold} ({gate.policy})" if gate else ""))
+    return 0
+
+
+def otf(args) -> int:
+    """On-the-fly learning from a settings file; --resume continues a killed run."""
+    import gpmlip
+    from gpmlip.active import OnTheFlyLearner
+
+    cfg = config.load(args.config)
+    md_cfg = config.merge(cfg, "md", steps=args.steps)
+    otf_cfg = config.merge(cfg, "otf", directory=args.directory)
+    labeller = otf_cfg.pop("labeller", "emt")
+    directory = args.resume or otf_cfg.pop("directory", None) or \
+        time.strftime("runs/otf-%Y%m%d-%H%M%S")
+    otf_cfg.pop("directory", None)
+    model_file = cfg.get("model", {}).get("file")
+    model = gpmlip.load_model(model_file) if model_file else \
+        build.model(cfg.get("descriptor", {}), cfg.get("model", {}))
+    if "structure" not in md_cfg:
+        raise gpmlip.errors.SettingsError("[md] structure is needed: a file or a bulk spec "
+                                          "such as 'Cu fcc 3.61 3'")
+    atoms = build.structure(md_cfg["structure"])
+    learner = OnTheFlyLearner(model, labeller, directory, settings=otf_cfg)
+    atoms.calc = learner.calculator
+    dyn = build.dynamics(atoms, md_cfg)
+    try:
+        summary = learner.run(dyn, int(md_cfg.get("steps", 1000)), resume=args.resume is not None)
+    except KeyboardInterrupt:
+        log.error("interrupted: every label so far is on disk in %s; continue with "
+                  "`gpmlip otf %s --resume %s`", directory, args.config, directory)
+        return 130
+    if args.plot:
+        from gpmlip.plots import otf_curve
+        summary["plot"] = str(otf_curve(summary["directory"]))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        t = summary["seconds"]
+        print(f"{summary['steps']} steps, {summary['labels']} labels "
+              f"({summary['failed_labels']} failed), {summary['sparse_points']} sparse points, "
+              f"{summary['wall_seconds']:.0f} s (" +
+              ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ")")
+        print(f"files: {summary['directory']}/ (model.npz, labelled.extxyz, trajectory.extxyz, "
+              "events.jsonl, summary.json" + (", otf_curve.png" if args.plot else "") + ")")
+    return 0

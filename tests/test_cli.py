@@ -1,0 +1,198 @@
+"""The `gpmlip` command line, run as a user would: subprocesses on the shipped data."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+COMMANDS = ["train", "eval", "info", "md", "otf", "select", "label", "learn"]
+
+SMALL = """
+[descriptor]
+species = ["Cu"]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+
+[model]
+n_sparse = 40
+"""
+
+
+def gpmlip(*args, cwd=None, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, "-m", "gpmlip.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    (work / "small.toml").write_text(SMALL)
+    out = gpmlip("train", "-c", work / "small.toml", DATA / "cu_emt_train.extxyz",
+                 "-o", work / "cu.npz", "--test", DATA / "cu_emt_test.extxyz", "--json")
+    return work, json.loads(out.stdout)
+
+
+def test_help_of_every_command():
+    top = gpmlip("--help").stdout
+    for cmd in COMMANDS:
+        assert cmd in top
+        text = gpmlip(cmd, "--help").stdout
+        assert text.startswith("usage: gpmlip " + cmd) and "--verbose" in text
+
+
+def test_train_reports_errors_per_config_type(trained):
+    work, report = trained
+    assert (work / "cu.npz").exists() and report["sparse_points"] == 40
+    for part in ("train", "test"):
+        assert set(report[part]) == {"md300", "md900", "strained", "all"}
+        assert 0 < report[part]["all"]["force_meV_A"]["rmse"] < 100
+    text = gpmlip("train", "-c", work / "small.toml", DATA / "cu_emt_train.extxyz",
+                  "-o", work / "cu2.npz", "--n-sparse", "20", "-q").stdout
+    assert "md900" in text and "forces meV/Å" in text and "(20 sparse points)" in text
+
+
+def test_info_and_eval_with_plots(trained):
+    work, report = trained
+    info = gpmlip("info", work / "cu.npz").stdout
+    assert "sparse points Cu 40" in info and "md300" in info and "format version" in info
+    out = gpmlip("eval", work / "cu.npz", DATA / "cu_emt_test.extxyz", "--json",
+                 "--plot", work / "test")
+    table = json.loads(out.stdout)
+    assert table["all"]["force_meV_A"] == pytest.approx(report["test"]["all"]["force_meV_A"])
+    for name in ("parity", "errors", "calibration"):
+        png = work / f"test_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_md_with_a_gate_that_queues(trained):
+    work, _ = trained
+    out = gpmlip("md", work / "cu.npz", "-s", "Cu fcc 3.61 2", "-n", "30", "-T", "1500",
+                 "--gate-threshold", "1e-4", "--gate-policy", "queue", "--queue", work / "q.db",
+                 "--labeller", "emt",
+                 "-o", work / "md.extxyz", "--interval", "5", "--json")
+    summary = json.loads(out.stdout)
+    assert summary["steps"] == 30 and summary["gate"]["queue"] >= 1
+    import ase.io
+    frames = ase.io.read(work / "md.extxyz", ":")
+    assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20, 25, 30]
+    from gpmlip.labelling import LabelQueue
+    assert LabelQueue(work / "q.db", "emt").counts()["queued"] == summary["gate"]["queue"]
+
+
+def test_select_label_export(trained):
+    work, _ = trained
+    import ase.io
+    pool = ase.io.read(DATA / "cu_emt_train.extxyz", ":")
+    out = gpmlip("select", work / "cu.npz", DATA / "cu_emt_test.extxyz", "-n", "3",
+                 "-o", work / "batch.extxyz", "--queue", work / "sel.db", "--labeller", "emt",
+                 "--json")
+    picked = json.loads(out.stdout)
+    assert len(picked["picked"]) == 3 and picked["queued_rows"] == [1, 2, 3]
+    gpmlip("label", work / "sel.db", "-w", "2", "--export", work / "labelled.extxyz")
+    labelled = ase.io.read(work / "labelled.extxyz", ":")
+    assert len(labelled) == 3 and len(pool) == 24
+    test = ase.io.read(DATA / "cu_emt_test.extxyz", ":")
+    for frame, k in zip(labelled, picked["picked"]):
+        np.testing.assert_allclose(frame.get_potential_energy(),
+                                   test[k].get_potential_energy(), rtol=1e-8)
+
+
+def test_learn_runs_the_loop(tmp_path):
+    cfg = SMALL + f"""
+[learn]
+pool = ["{DATA / 'cu_emt_train.extxyz'}"]
+labeller = "emt"
+directory = "{tmp_path / 'learn'}"
+batch = 3
+max_labels = 6
+target_std = 1e-9
+"""
+    (tmp_path / "learn.toml").write_text(cfg)
+    out = json.loads(gpmlip("learn", tmp_path / "learn.toml", "--json").stdout)
+    assert out["labels"] == 6 and out["stopped_by"] == "max_labels"
+    assert Path(out["model"]).exists()
+
+
+OTF = """
+[descriptor]
+species = ["Cu"]
+r_cut = 4.0
+n_max = 4
+l_max = 3
+
+[md]
+structure = "Cu fcc 3.61 2"
+temperature = 800.0
+timestep_fs = 5.0
+steps = {steps}
+
+[otf]
+labeller = "emt"
+std_tolerance = 0.01
+"""
+
+
+def test_otf_ctrl_c_then_resume(tmp_path):
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=4000))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "gpmlip.cli", "otf", tmp_path / "otf.toml",
+                             "-d", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "events.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    labels = len(list((run / "labels").glob("*.json")))
+    assert labels >= 1
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=60))
+    done = gpmlip("otf", tmp_path / "otf.toml", "--resume", run, "--json", "--plot")
+    summary = json.loads(done.stdout)
+    assert summary["labels"] >= labels and summary["steps"] >= 60
+    assert Path(summary["plot"]).exists()
+
+
+@pytest.mark.parametrize("case", ["bad_key", "bad_type", "missing_file", "future_model",
+                                  "unknown_table"])
+def test_errors_are_one_clear_line(trained, tmp_path, case):
+    work, _ = trained
+    if case in ("bad_key", "bad_type", "unknown_table"):
+        text = {"bad_key": "[descriptor]\nspecies = ['Cu']\nr_cutt = 4.0\n",
+                "bad_type": "[descriptor]\nspecies = ['Cu']\nr_cut = 'four'\n",
+                "unknown_table": "[modle]\nzeta = 4\n"}[case]
+        (tmp_path / "c.toml").write_text(text)
+        args = ["train", "-c", tmp_path / "c.toml", DATA / "cu_emt_train.extxyz"]
+        expect = {"bad_key": "unknown key 'r_cutt' in [descriptor]; allowed: species, r_cut",
+                  "bad_type": "r_cut = 'four' must be a number",
+                  "unknown_table": "unknown table [modle]"}[case]
+    elif case == "missing_file":
+        args, expect = ["eval", work / "cu.npz", tmp_path / "none.xyz"], "no data file at"
+    else:
+        data = dict(np.load(work / "cu.npz", allow_pickle=False))
+        meta = json.loads(bytes(data["metadata.json"]).decode())
+        meta["format_version"] = 99
+        data["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        np.savez(tmp_path / "future.npz", **data)
+        args, expect = ["info", tmp_path / "future.npz"], "format version 99"
+    proc = gpmlip(*args, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert expect in lines[-1] and "Traceback" not in proc.stderr
+    if case == "bad_key":
+        verbose = gpmlip(*args, "--verbose", check=False)
+        assert verbose.returncode != 0 and "Traceback" in verbose.stderr

@@ -33,6 +33,7 @@ import ase.io
 import numpy as np
 
 from gpmlip.active import mdstate
+from gpmlip.active.otf import choose_sparse_atoms
 from gpmlip.active.rundir import RunDirectory, label_frame, structure_dict, write_json
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, SettingsError, UncertaintyStop
@@ -59,7 +60,8 @@ class UncertaintyGate:
     labeller : str, dict, callable or Labeller, optional
         Needed by ``"label"`` (see :func:`gpmlip.labellers.get_labeller`).
     max_atoms_added : int
-        Sparse points added per species per label (``"label"``).
+        Sparse points added per species per label (``"label"``): the frame's atoms above a
+        tenth of ``threshold``, greedily de-duplicated as in on-the-fly learning.
     min_steps_between : int
         Steps after a gated frame before the next one is acted on (a trajectory that wanders
         off stays off for a while; one action per excursion is usually enough).
@@ -171,19 +173,19 @@ class UncertaintyGate:
         t = time.perf_counter()
         result = run_labeller(self.labeller, atoms)
         self._labels += 1
-        candidates = np.argsort(-std)[:self.max_atoms_added]
+        sparse = choose_sparse_atoms(self.model, atoms, std, self.threshold / 10,
+                                     self.max_atoms_added) if result.ok else []
         record = {"index": self._labels, "step": step, "attempt": 0, "config_type": "gate",
                   "structure": structure_dict(atoms), "result": result.to_dict(),
                   "labeller": self.labeller.describe(), "provenance": provenance(),
-                  "max_std": float(std.max()),
-                  "sparse_atoms": [int(a) for a in candidates if std[a] > self.threshold / 2]}
+                  "max_std": float(std.max()), "sparse_atoms": sparse}
         self.rundir.write_label(record)        # on disk before the model sees it
         if not result.ok:
             log.warning("step %d: labeller failed (%s); MD goes on unlabelled", step,
                         result.error)
             self._record(atoms, std, step, label=self._labels, ok=False, error=result.error)
             return
-        sparse = record["sparse_atoms"] or [int(np.argmax(std))]
+        sparse = record["sparse_atoms"]          # may be empty: the frame still adds data
         self.model.update([label_frame(record)], new_sparse=[sparse])
         self.calculator.reset()
         log.info("step %d: labelled and learnt (%.1f s, %d new sparse points)", step,

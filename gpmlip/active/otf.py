@@ -252,21 +252,7 @@ class OnTheFlyLearner:
     def _choose_sparse(self, atoms, std: np.ndarray) -> list[int]:
         """Atoms above ``update_threshold``, greedily de-duplicated, per species."""
         s = self.settings
-        features = self.model.descriptor.describe(atoms, gradients=False).features
-        chosen = []
-        for z in np.unique(atoms.numbers):
-            cand = np.flatnonzero((atoms.numbers == z) & (std > s.update_threshold))
-            cand = cand[np.argsort(-std[cand], kind="stable")]
-            if not len(cand):
-                continue
-            existing = None
-            if self.model.is_fitted:
-                existing = self.model.sparse_.features[self.model.sparse_.species == z]
-            picked = greedy_variance(normalise(features[cand]), min(s.max_atoms_added, len(cand)),
-                                     self.model.zeta, existing=existing,
-                                     tolerance=s.update_threshold ** 2, warn=False)
-            chosen.extend(int(a) for a in cand[picked])
-        return sorted(chosen)
+        return choose_sparse_atoms(self.model, atoms, std, s.update_threshold, s.max_atoms_added)
 
     def _label(self, atoms, std: np.ndarray) -> None:
         """Label the current frame (with retries), write it, learn from it."""
@@ -456,3 +442,25 @@ class OnTheFlyLearner:
                      1000 * s.update_threshold * sigma)
 
 
+def choose_sparse_atoms(model, atoms, std: np.ndarray, threshold: float,
+                        max_per_species: int) -> list[int]:
+    """Atoms of a labelled frame to add as sparse points.
+
+    Per species, the atoms whose normalised std exceeds ``threshold``, taken greedily (each the
+    one least explained by the model's sparse points and the atoms already taken) until
+    ``max_per_species`` or until none is left above ``threshold``.
+    """
+    features = model.descriptor.describe(atoms, gradients=False).features
+    chosen = []
+    for z in np.unique(atoms.numbers):
+        cand = np.flatnonzero((atoms.numbers == z) & (std > threshold))
+        cand = cand[np.argsort(-std[cand], kind="stable")]
+        if not len(cand):
+            continue
+        existing = model.sparse_.features[model.sparse_.species == z] if model.is_fitted \
+            else None
+        picked = greedy_variance(normalise(features[cand]), min(max_per_species, len(cand)),
+                                 model.zeta, existing=existing, tolerance=threshold ** 2,
+                                 warn=False)
+        chosen.extend(int(a) for a in cand[picked])
+    return sorted(chosen)

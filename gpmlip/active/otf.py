@@ -339,7 +339,9 @@ class OnTheFlyLearner:
         if s.optimise_every and n_ok % s.optimise_every == 0 and n_ok <= s.optimise_until:
             result = self.model.optimise_hyperparameters()
             self.counters["optimisations"] += 1
-            log.info("hyper-parameters re-optimised after %d labels: %s", n_ok, result)
+            log.info("hyper-parameters re-optimised after %d labels: %s (log likelihood %.6g)",
+                     n_ok, ", ".join(f"{k} {v:.4g}" for k, v in result.values.items()),
+                     result.log_likelihood)
         record["update_seconds"] = time.perf_counter() - t
         self.timers["update"] += record["update_seconds"]
 

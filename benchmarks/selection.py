@@ -76,7 +76,8 @@ def curve(method: str, pool, features, test, start, args) -> list[dict]:
             sparse = 10 * args.batch
         else:
             sel = select_batch(model, [pool[i] for i in left], args.batch, method=method,
-                               features=[features[i] for i in left], atoms_per_pick=10)
+                               features=[features[i] for i in left], atoms_per_pick=10,
+                               score=args.score)
             picks = [left[i] for i in sel.indices]
             sparse = ([a[:10] or [0] for a in sel.added_atoms] if method == "greedy"
                       else 10 * args.batch)
@@ -99,6 +100,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="greedy,topk,random")
+    parser.add_argument("--score", choices=["max", "rms"], default="max",
+                        help="structure score for greedy and top-k (see select_batch)")
     parser.add_argument("--out", type=Path, default=RESULTS / "selection.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

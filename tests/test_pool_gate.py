@@ -58,10 +58,20 @@ def test_scores_match_the_models_uncertainty_order(cold_model):
     assert sel.indices == list(np.argsort(model_max)[::-1])
 
 
+def test_rms_score_is_between_mean_and_max(cold_model):
+    pool = [emt_frames(1, seed=s, rattle=r, strain=0.0)[0] for s, r in ((3, 0.05), (4, 0.2))]
+    rms = select_batch(cold_model, pool, 2, method="topk", score="rms").initial_scores
+    top = select_batch(cold_model, pool, 2, method="topk", score="max").initial_scores
+    assert np.all(rms <= top + 1e-12) and np.all(rms > 0.2 * top)
+    assert rms[1] > rms[0]                     # the hotter frame is newer on average too
+
+
 def test_selection_bad_input(cold_model):
     pool = emt_frames(2, seed=6)
     with pytest.raises(SettingsError, match="method"):
         select_batch(cold_model, pool, 1, method="maxvol")
+    with pytest.raises(SettingsError, match="score"):
+        select_batch(cold_model, pool, 1, score="sum")
     with pytest.raises(SettingsError, match="pool size"):
         select_batch(cold_model, pool, 3)
     alloy = emt_frames(1, seed=7, alloy=True)

@@ -97,7 +97,8 @@ class _Basis:
 def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
                  method: str = "greedy", explained: float = 0.1, atoms_per_pick: int = 64,
                  seed: int | None = 0,
-                 features: Sequence[np.ndarray] | None = None) -> BatchSelection:
+                 features: Sequence[np.ndarray] | None = None,
+                 score: str = "max") -> BatchSelection:
     """Choose ``n_select`` structures to label from ``candidates``.
 
     Parameters
@@ -119,6 +120,9 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
         At most this many environments per pick and species.
     seed : int, optional
         For ``"random"``.
+    score : {"max", "rms"}
+        A structure's score: its largest atomic normalised std (the on-the-fly trigger), or the
+        root-mean-square over its atoms (how much of it is new, not only its most novel atom).
     features : sequence of ndarray, optional
         The candidates' descriptors (``model.descriptor.describe(atoms).features``), if already
         computed: a pool scored in every round of a loop need not be described again.
@@ -129,6 +133,8 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
     """
     if method not in METHODS:
         raise SettingsError(f"method={method!r}: choose one of {METHODS}")
+    if score not in ("max", "rms"):
+        raise SettingsError(f"score={score!r}: choose 'max' or 'rms'")
     candidates = list(candidates)
     if not 0 < n_select <= len(candidates):
         raise SettingsError(f"n_select={n_select}: choose 1 to {len(candidates)} (the pool size)")
@@ -155,11 +161,15 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
         bases[int(z)] = (rows, _Basis(sparse, features[rows], model.zeta))
 
     def scores() -> np.ndarray:
-        u = np.zeros(len(species))
+        v = np.zeros(len(species))
         for rows, basis in bases.values():
-            u[rows] = np.sqrt(basis.residual)
+            v[rows] = basis.residual
         out = np.zeros(len(candidates))
-        np.maximum.at(out, owner, u)
+        if score == "max":
+            np.maximum.at(out, owner, np.sqrt(v))
+        else:
+            np.add.at(out, owner, v)
+            out = np.sqrt(out / np.bincount(owner, minlength=len(candidates)))
         return out
 
     initial = scores()

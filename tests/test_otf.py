@@ -89,6 +89,40 @@ def test_observer_mode_with_velocity_verlet(tmp_path):
     assert summary["steps"] == 20 and summary["labels"] >= 2
 
 
+@pytest.mark.parametrize("kind", ["npt_berendsen", "nvt_berendsen"])
+def test_barostat_and_thermostat_dynamics(tmp_path, kind):
+    """Cell-changing NPT (needs the model's stress) and NVT Berendsen, resumed after a stop."""
+    from ase.md.nptberendsen import NPTBerendsen
+    from ase.md.nvtberendsen import NVTBerendsen
+
+    def build(atoms):
+        if kind == "npt_berendsen":
+            return NPTBerendsen(atoms, 2 * units.fs, temperature_K=800, pressure_au=
+                                5.0 * units.GPa, taut=50 * units.fs, taup=200 * units.fs,
+                                compressibility_au=4.6e-6 / units.bar)
+        return NVTBerendsen(atoms, 2 * units.fs, temperature_K=800, taut=50 * units.fs)
+
+    atoms = hot_cu()
+    volume = atoms.get_volume()
+    learner = OnTheFlyLearner(new_model(), "emt", tmp_path / "run", optimise_every=0)
+    atoms.calc = learner.calculator
+    learner.run(build(atoms), 15)
+    restored = hot_cu(seed=5)                 # resume with nothing left to run: state only
+    peek = OnTheFlyLearner(new_model(), "emt", tmp_path / "run", optimise_every=0)
+    restored.calc = peek.calculator
+    peek.run(build(restored), 15, resume=True)
+    np.testing.assert_allclose(restored.cell, atoms.cell, atol=1e-12)
+    np.testing.assert_allclose(restored.get_momenta(), atoms.get_momenta(), atol=1e-12)
+    again = hot_cu(seed=5)
+    resumed = OnTheFlyLearner(new_model(), "emt", tmp_path / "run", optimise_every=0)
+    again.calc = resumed.calculator
+    summary = resumed.run(build(again), 30, resume=True)
+    assert summary["steps"] == 30 and summary["labels"] >= 2
+    if kind == "npt_berendsen":      # 5 GPa squeezes the cell, and the resumed run kept it
+        assert again.get_volume() < volume
+        assert not np.allclose(again.cell, hot_cu().cell)
+
+
 def test_observer_needs_start(tmp_path):
     learner = OnTheFlyLearner(new_model(), "emt", tmp_path / "run")
     with pytest.raises(GpmlipError, match="start"):

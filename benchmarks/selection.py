@@ -8,9 +8,10 @@ The pool: 32-atom fcc Cu, EMT Langevin MD at 300, 600, 900 and 1200 K, one frame
 of 4 fs (``--pool-per-t`` frames per temperature).  Held-out: 10 frames per temperature from
 independent runs.  Every method starts from the same 2 random pool frames and the same model
 (SOAP r_cut 4.5 Å, n_max 6, l_max 4, zeta 4, fixed noise 2 meV/atom and 30 meV/Å), then repeats:
-select ``--batch`` frames, label them (their stored EMT results), update the model with 10 new
-sparse points per frame (greedy: the atoms its conditioning added; top-k and random: highest
-variance), and measure the held-out force RMSE.  Results go to
+select ``--batch`` frames, label them (their stored EMT results), update the model with
+``--sparse-per-frame`` (default 10) new sparse points per frame (greedy: the atoms its
+conditioning added; top-k and random: highest variance), and measure the held-out force RMSE.
+``--score`` chooses how greedy and top-k score a structure (``max`` or ``rms``).  Results go to
 ``benchmarks/results/selection.json``; the learning curves are printed as a table.
 """
 
@@ -73,14 +74,15 @@ def curve(method: str, pool, features, test, start, args) -> list[dict]:
         t = time.perf_counter()
         if method == "random":
             picks = [left[i] for i in rng.choice(len(left), args.batch, replace=False)]
-            sparse = 10 * args.batch
+            sparse = args.sparse_per_frame * args.batch
         else:
             sel = select_batch(model, [pool[i] for i in left], args.batch, method=method,
-                               features=[features[i] for i in left], atoms_per_pick=10,
+                               features=[features[i] for i in left],
+                               atoms_per_pick=args.sparse_per_frame,
                                score=args.score)
             picks = [left[i] for i in sel.indices]
-            sparse = ([a[:10] or [0] for a in sel.added_atoms] if method == "greedy"
-                      else 10 * args.batch)
+            sparse = ([a[:args.sparse_per_frame] or [0] for a in sel.added_atoms]
+                      if method == "greedy" else args.sparse_per_frame * args.batch)
         seconds = time.perf_counter() - t
         model.update([pool[i] for i in picks], new_sparse=sparse)
         labelled += picks
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5)
     parser.add_argument("--labels", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sparse-per-frame", type=int, default=10)
     parser.add_argument("--methods", default="greedy,topk,random")
     parser.add_argument("--score", choices=["max", "rms"], default="max",
                         help="structure score for greedy and top-k (see select_batch)")

@@ -27,15 +27,24 @@ def label_hash(record: dict) -> str:
     return hashlib.sha256(np.round(positions, 8).tobytes()).hexdigest()[:16]
 
 
-def check_run(directory: Path) -> dict:
-    """What every finished run must satisfy; returns its summary."""
+def check_run(directory: Path, *, in_flight_may_repeat: bool = False) -> dict:
+    """What every finished run must satisfy; returns its summary.
+
+    ``in_flight_may_repeat``: a kill at an arbitrary moment can land after the labeller returned
+    but before its result reached the disk (the write is the last thing between them); that one
+    call is then made again on resume.  No other call may repeat or be missing.
+    """
     summary = json.loads((directory / "summary.json").read_text())
     assert summary["steps"] == STEPS
     records = [json.loads(p.read_text()) for p in sorted((directory / "labels").glob("*.json"))]
     assert [r["index"] for r in records] == list(range(1, len(records) + 1))
     completed = (directory.parent / "calls.log").read_text().split()[1::2]
+    on_disk = sorted(label_hash(r) for r in records)
+    repeated = sorted({h for h in completed if completed.count(h) > 1})
+    if in_flight_may_repeat and len(repeated) == 1:
+        completed.remove(repeated[0])
     # every labeller call that finished is on disk exactly once, and nothing else is
-    assert sorted(completed) == sorted(label_hash(r) for r in records)
+    assert sorted(completed) == on_disk
     assert len(set(completed)) == len(completed), "a structure was labelled twice"
     assert summary["labels"] == len(records) == summary["labelled_frames"]
     steps = [r["step"] for r in records]
@@ -91,7 +100,7 @@ def test_kill_at_a_random_moment(tmp_path, reference):
     proc.wait()
     resumed = run_job(tmp_path / "run", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    check_run(tmp_path / "run")
+    check_run(tmp_path / "run", in_flight_may_repeat=True)
 
 
 def test_a_new_run_refuses_a_used_directory(tmp_path, reference):

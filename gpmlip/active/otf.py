@@ -292,6 +292,11 @@ class OnTheFlyLearner:
     def _call_labeller(self, atoms, std, step, attempt, before) -> dict:
         """Call the labeller once and write the record to disk; nothing else."""
         index = self.n_applied + 1
+        # everything that does not need the label is done first, so that the time between the
+        # labeller returning and its result being on disk (where a kill costs a repeated
+        # call) is only building and writing the record
+        sparse = self._choose_sparse(atoms, std)
+        md = mdstate.capture(self._dyn)
         started = datetime.now(timezone.utc).isoformat()
         t = time.perf_counter()
         result = run_labeller(self.labeller, atoms)
@@ -303,8 +308,8 @@ class OnTheFlyLearner:
             "provenance": {**provenance(), "start": started,
                            "end": datetime.now(timezone.utc).isoformat()},
             "max_std": float(std.max()),
-            "sparse_atoms": self._choose_sparse(atoms, std) if result.ok else [],
-            "md": mdstate.capture(self._dyn),
+            "sparse_atoms": sparse if result.ok else [],
+            "md": md,
         }
         if result.ok and before:
             err = before["forces"] - result.forces

@@ -8,7 +8,8 @@ candidates' uncertainties drop where they resemble the pick, and the next pick i
 uncertain structure that is left.  Uncertainty here is the normalised local-energy std of the
 projected process, ``u_i = sqrt(1 - k_i K^-1 k_i')`` with ``K`` the unit-variance kernel of the
 model's sparse points plus the picks so far; a structure scores its largest ``u_i`` (the same
-quantity the on-the-fly learner thresholds).  ``"topk"`` (no conditioning) and ``"random"`` are
+quantity the on-the-fly learner thresholds) or, with ``score="rms"``, the root-mean-square over
+its atoms.  ``"topk"`` (no conditioning) and ``"random"`` are
 the baselines; MLIP-2's maxvol (D-optimality on the model's basis) is the peer reference.
 
 The conditioning is done with one pivoted-Cholesky basis per species, so a batch of ``b`` picks

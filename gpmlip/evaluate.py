@@ -11,20 +11,24 @@ from gpmlip.data import Dataset, load_frames
 ALL = "all"
 
 
-def predictions(model, frames, *, progress: bool = False) -> list[dict]:
+def predictions(model, frames, *, force_std: bool = False,
+                progress: bool = False) -> list[dict]:
     """Reference and predicted labels of every frame (what error tables and parity plots use).
 
     Returns
     -------
     list of dict
         Per frame: ``config_type``, ``n_atoms``, ``energy``/``energy_pred`` (eV), ``forces``/
-        ``forces_pred`` (eV/Å), ``stress``/``stress_pred`` (eV/Å³), ``force_std`` (eV/Å);
-        a label the frame lacks is None.
+        ``forces_pred`` (eV/Å), ``stress``/``stress_pred`` (eV/Å³), ``force_std`` (eV/Å,
+        only with ``force_std=True``); a label the frame lacks is None.
 
     Parameters
     ----------
     model : gpmlip.SparseGP
     frames : Dataset, list of Atoms or a path
+    force_std : bool
+        Also the predicted force std (what calibration plots need; it costs a prior-variance
+        contraction per atom, so error tables go without it).
     progress : bool
         Show a progress bar (only when stderr is a terminal).
     """
@@ -36,7 +40,7 @@ def predictions(model, frames, *, progress: bool = False) -> list[dict]:
     for frame in progress_bar(list(data), desc="predicting", unit="frame",
                               enable=None if progress else False):
         want_stress = frame.stress is not None
-        pred = model.predict(frame.atoms, stress=want_stress, force_std=True)
+        pred = model.predict(frame.atoms, stress=want_stress, force_std=force_std)
         out.append({"config_type": frame.config_type, "n_atoms": len(frame.atoms),
                     "energy": frame.energy, "energy_pred": pred.energy,
                     "forces": frame.forces, "forces_pred": pred.forces,

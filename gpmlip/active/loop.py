@@ -15,7 +15,6 @@ labels what is still queued, learns the done rows the model has not seen, and go
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from ase import Atoms
 from gpmlip.active.pool import select_batch
 from gpmlip.active.rundir import read_json, write_json
 from gpmlip.errors import SettingsError
+from gpmlip.labelling.queue import content_key
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
     rng = np.random.default_rng(seed)
     pool_features = None     # a fixed pool is described once
     stop = "max_rounds"
-    sparse_hint: dict[str, list[int]] = {}
+    sparse_hint: dict[int, list[int]] = {}     # queue row id -> atoms the selection chose
     for _ in range(max_rounds):
         if len(state["applied"]) >= max_labels:
             stop = "max_labels"
@@ -100,8 +100,10 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
             candidates = list(pool) if pool is not None else list(explore(model))
             if pool is not None and pool_features is None and model.is_fitted:
                 pool_features = [model.descriptor.describe(a).features for a in candidates]
-            seen = {_key(f) for f in queue.frames(None)}      # queued once, ever
-            keep = [k for k, a in enumerate(candidates) if _key(a) not in seen]
+            labeller = queue.check_labeller(None)
+            seen = {row.content_key for row in queue.rows()}  # queued once, ever
+            keep = [k for k, a in enumerate(candidates)
+                    if content_key(a, labeller) not in seen]
             feats = [pool_features[k] for k in keep] if pool_features is not None else None
             candidates = [candidates[k] for k in keep]
             if not candidates:
@@ -114,13 +116,13 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
                 if sel.initial_scores.max() <= target_std:
                     stop = "target_std"
                     break
-                picks = sel.indices
-                for k, atoms in zip(picks, sel.added_atoms or [[]] * len(picks)):
-                    sparse_hint[_key(candidates[k])] = atoms[:sparse_per_frame]
+                picks, chosen = sel.indices, sel.added_atoms or [[]] * len(sel.indices)
                 score = float(sel.initial_scores.max())
             else:
                 picks, score = list(rng.choice(len(candidates), n, replace=False)), 1.0
+                chosen = [[]] * len(picks)
             ids = queue.add([candidates[k] for k in picks], source=f"round {state['round'] + 1}")
+            sparse_hint.update({i: a[:sparse_per_frame] for i, a in zip(ids, chosen)})
             log.info("round %d: queued rows %s (largest std %.3g)", state["round"] + 1, ids,
                      score)
         summary = label_queue(queue, executor=executor, max_workers=max_workers,
@@ -129,7 +131,7 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
         state["round"] += 1
         if new:
             if model.is_fitted:
-                hints = [sparse_hint.get(_key(f)) for f in new]
+                hints = [sparse_hint.get(f.info["queue_id"]) for f in new]
                 if all(h for h in hints):
                     model.update(new, new_sparse=hints)
                 else:
@@ -153,8 +155,3 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
               "history": state["history"]}
     return result
 
-
-def _key(atoms: Atoms) -> str:
-    """Identity of a candidate by numbers and positions (the queue returns copies)."""
-    data = atoms.numbers.tobytes() + np.round(atoms.positions, 6).tobytes()
-    return hashlib.sha256(data).hexdigest()

@@ -54,7 +54,7 @@ def evaluate(args) -> int:
 
     model = gpmlip.load_model(args.model)
     data = build.data(args.data, {}, model.species)
-    records = predictions(model, data, progress=True)
+    records = predictions(model, data, force_std=bool(args.plot), progress=True)
     table = error_table(records)
     if args.plot:
         from gpmlip.plots import parity_plots

@@ -57,11 +57,19 @@ SYSTEMS = {
 }
 
 
-@pytest.fixture(params=sorted(SYSTEMS))
+WEIGHTINGS = {"smooth": "smooth", "hard": None}
+"""The default smooth cutoff and dscribe's unweighted density (hard cutoff at r_cut + padding)."""
+
+
+@pytest.fixture(params=[(name, w) for name in sorted(SYSTEMS) for w in WEIGHTINGS],
+                ids=lambda p: f"{p[0]}-{p[1]}")
 def system(request):
-    """(name, atoms, gpmlip.SOAP, settings) for each kind of cell."""
-    build, settings = SYSTEMS[request.param]
-    return request.param, build(), gpmlip.SOAP(**settings), settings
+    """(name, atoms, gpmlip.SOAP, settings) for each kind of cell, smooth and hard cutoff;
+    ``settings`` include the weighting as dscribe takes it."""
+    name, w = request.param
+    build, settings = SYSTEMS[name]
+    soap = gpmlip.SOAP(**settings, weighting=WEIGHTINGS[w])
+    return name, build(), soap, {**settings, "weighting": soap.settings.weighting_dict}
 
 
 SMALL_CU = dict(species=["Cu"], r_cut=4.0, n_max=4, l_max=3, sigma=0.5)

@@ -117,8 +117,14 @@ def test_variances_known_and_unknown(model, train):
     np.testing.assert_allclose(p.local_variance, v * model.signal_variance_[29])
 
 
-def test_force_std_is_dense_dtc_variance(model, train):
-    """prior - Q_ff + k_f (K_mm + K_mn Lambda^-1 K_nm)^-1 k_f', assembled densely."""
+def test_force_std_is_dense_dtc_variance(train):
+    """prior - Q_ff + k_f (K_mm + K_mn Lambda^-1 K_nm)^-1 k_f', assembled densely.
+
+    The dense reference inverts K_mm and the posterior precision explicitly: it needs a
+    well-conditioned K_mm (cond 3e7 with the hard cutoff here, 9e8 with the smooth one, where the
+    explicit inverse itself is only good to ~1e-5 of the prior)."""
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU, weighting=None), n_sparse=12,
+                            e0={"Cu": 0.0}).fit(train)
     knm, y, lam, kmm, d = dense_system(model, train)
     atoms = emt_frames(1, seed=8)[0]
     env = model.descriptor.describe(atoms, gradients=True)
@@ -166,7 +172,9 @@ def test_update_equals_refit(train):
     m.update(second[2:])
     m.update([], new_sparse=None) if False else None
     ref = gpmlip.SparseGP(soap, e0={"Cu": 0.0}).fit(train, sparse_atoms=m.sparse_origin_)
-    np.testing.assert_allclose(m.posterior_.beta, ref.posterior_.beta, rtol=1e-8, atol=1e-10)
+    # the weights are large and cancel (|beta| ~ 1e4 with the smooth cutoff's similar
+    # environments): compare them to 1e-6 and the predictions to 1e-8 eV
+    np.testing.assert_allclose(m.posterior_.beta, ref.posterior_.beta, rtol=1e-6, atol=1e-10)
     atoms = emt_frames(1, seed=21)[0]
     a, b = m.predict(atoms), ref.predict(atoms)
     assert abs(a.energy - b.energy) < 1e-8

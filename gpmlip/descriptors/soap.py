@@ -1,6 +1,9 @@
-"""SOAP descriptors from dscribe, with exact analytical Jacobians for periodic systems.
+"""SOAP descriptors as dscribe defines them, computed by the compiled engine, with dscribe kept as
+the reference path.
 
-dscribe (2.1) only offers analytical SOAP derivatives for non-periodic systems, and its periodic
+:class:`SOAP` computes features, forces (by back-propagation) and Jacobians with
+:class:`gpmlip.descriptors.engine.SOAPEngine` from a pair list.  The reference path below is what
+the engine is tested against.  dscribe (2.1) only offers analytical SOAP derivatives for non-periodic systems, and its periodic
 numerical derivatives are dense in N².  :class:`SOAP` gets exact periodic derivatives in linear time
 by the *local-cluster* construction: for every centre i it builds a non-periodic cluster holding i
 and every periodic image within ``r_cut + padding`` (the reach of dscribe's Gaussian density), asks
@@ -21,9 +24,11 @@ from functools import lru_cache
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
+from scipy.spatial import cKDTree
 
+from gpmlip.descriptors.engine import PairList, SOAPEngine
 from gpmlip.descriptors.environments import Environments
-from gpmlip.descriptors.neighbours import find_neighbours, min_distance, wrap
+from gpmlip.descriptors.neighbours import find_neighbours, wrap
 from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
 
@@ -43,10 +48,17 @@ class SOAPSettings:
     l_max: int
     sigma: float = 0.5
     rbf: str = "gto"
+    weighting: tuple | None = None
+    """dscribe's weighting dictionary as sorted (key, value) items (hashable), or None."""
+
+    @property
+    def weighting_dict(self) -> dict | None:
+        """The weighting as dscribe takes it."""
+        return dict(self.weighting) if self.weighting else None
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
-        return {**asdict(self), "species": list(self.species)}
+        return {**asdict(self), "species": list(self.species), "weighting": self.weighting_dict}
 
 
 def _species_numbers(species) -> tuple[int, ...]:
@@ -77,8 +89,47 @@ def _validate_settings(settings: SOAPSettings) -> None:
         raise SettingsError(f"l_max={settings.l_max}: use an integer from 0 to 20 (typical 4-8)")
     if not np.isfinite(settings.sigma) or settings.sigma <= 0:
         raise SettingsError(f"sigma={settings.sigma} Å: use a positive width (typical 0.3-0.7)")
-    if settings.rbf not in ("gto", "polynomial"):
-        raise SettingsError(f"rbf={settings.rbf!r}: use 'gto' or 'polynomial'")
+    if settings.rbf != "gto":
+        raise SettingsError(f"rbf={settings.rbf!r}: only the 'gto' radial basis is supported")
+    w = settings.weighting_dict
+    if w is not None:
+        if w.get("function") != "poly" or set(w) - {"function", "r0", "c", "m", "w0"}:
+            raise SettingsError(f"weighting={w}: use {{'function': 'poly', 'r0': ..., 'm': ..., "
+                                "'c': ...}} (dscribe's poly weighting) or None")
+        r0, m, c = float(w.get("r0", 0)), float(w.get("m", 0)), float(w.get("c", 1.0))
+        if not (np.isfinite(r0) and 1.0 < r0 and np.isfinite(m) and m >= 1 and c > 0):
+            raise SettingsError(f"weighting={w}: r0 must exceed 1 Å, m must be >= 1 (smooth "
+                                "energy and forces need it) and c > 0")
+
+
+SMOOTH_M = 2.0
+"""Exponent of the default smooth cutoff (see :func:`smooth_weighting`)."""
+
+
+def smooth_weighting(r_cut: float, r0: float | None = None, m: float = SMOOTH_M) -> dict:
+    """The default smooth cutoff: dscribe's ``poly`` weighting reaching zero at ``r0``.
+
+    ``w(r) = (1 + 2x^3 - 3x^2)^m``, ``x = r / r0``; ``r0`` defaults to ``r_cut`` plus half of
+    dscribe's density padding for ``sigma = 0.5`` (see the README's cutoff section for the
+    measurements behind the defaults).
+    """
+    return {"function": "poly", "r0": float(r_cut if r0 is None else r0), "c": 1.0,
+            "m": float(m)}
+
+
+def _weighting_items(weighting, r_cut: float) -> tuple | None:
+    if weighting is None:
+        return None
+    if isinstance(weighting, str):
+        if weighting != "smooth":
+            raise SettingsError(f"weighting={weighting!r}: use 'smooth', None or a dscribe "
+                                "poly weighting dict")
+        weighting = smooth_weighting(r_cut)
+    if not isinstance(weighting, dict):
+        raise SettingsError(f"weighting={weighting!r}: give a dict, 'smooth' or None")
+    out = {k: (v if k == "function" else float(v)) for k, v in weighting.items()}
+    out.setdefault("c", 1.0)
+    return tuple(sorted(out.items()))
 
 
 @lru_cache(maxsize=16)
@@ -94,6 +145,7 @@ def _dscribe(settings: SOAPSettings, periodic: bool):
         sigma=settings.sigma,
         rbf=settings.rbf,
         periodic=periodic,
+        weighting=settings.weighting_dict,
     )
 
 
@@ -156,33 +208,37 @@ BLOCK_SIZE = 32
 
 
 class SOAP:
-    """Smooth Overlap of Atomic Positions power spectrum with exact, linear-scaling Jacobians.
+    """Smooth Overlap of Atomic Positions power spectrum, its forces and Jacobians.
 
     Parameters
     ----------
     species : sequence of str or int
         Every chemical species the structures may contain.
     r_cut : float
-        Cutoff radius in Å (> 1).
+        Cutoff radius in Å (> 1); it places dscribe's GTO radial basis.
     n_max : int
         Number of radial basis functions (1-20).
     l_max : int
         Maximum spherical-harmonic degree (0-20).
     sigma : float, default 0.5
-        Width of the Gaussian atomic density in Å.  Smaller is more resolving but reaches less far
-        past the cutoff (dscribe pads the cutoff by ``sigma * sqrt(-2 ln 0.001)``), so it is also a
-        speed knob: the Jacobian's cost follows the number of neighbours within ``r_cut + padding``.
-    rbf : {"gto", "polynomial"}, default "gto"
-        Radial basis.
+        Width of the Gaussian atomic density in Å.
+    weighting : "smooth", dict or None, default "smooth"
+        ``"smooth"``: dscribe's ``poly`` weighting from :func:`smooth_weighting`, which takes each
+        neighbour's density to zero at ``r0`` with continuous derivatives, so energy and forces
+        are smooth through the cutoff and only neighbours within ``r0`` are visited.  A dict is
+        dscribe's weighting dictionary (``poly`` only).  None: no weighting, dscribe's hard
+        density cutoff at ``r_cut + 3.7 sigma`` (what models before format 2 used).
+    rbf : {"gto"}
+        Radial basis (the engine implements dscribe's GTO basis).
     n_jobs : int, default 1
-        Worker processes for Jacobians of large structures.  Ignored when ``executor`` is given to
-        :meth:`describe`.
+        Worker processes for the reference path and for training frames.  The engine itself uses
+        the process's numba threads (``NUMBA_NUM_THREADS``).
 
     Notes
     -----
-    Features equal dscribe's periodic ``SOAP.create`` (same settings, ``periodic=True``) for any
-    ``pbc``.  Jacobians come from the local-cluster construction described in the module docstring;
-    they are exact (tests compare them with central finite differences).
+    Features equal dscribe's ``SOAP.create`` with the same settings (``periodic=True`` for any
+    ``pbc``); the tests check them against dscribe and the derivatives against finite
+    differences.
 
     References
     ----------
@@ -198,6 +254,7 @@ class SOAP:
         l_max: int,
         sigma: float = 0.5,
         *,
+        weighting: str | dict | None = "smooth",
         rbf: str = "gto",
         n_jobs: int = 1,
     ) -> None:
@@ -208,12 +265,14 @@ class SOAP:
             l_max=l_max,
             sigma=float(sigma),
             rbf=rbf,
+            weighting=_weighting_items(weighting, float(r_cut)),
         )
         _validate_settings(self.settings)
         if int(n_jobs) < 1:
             raise SettingsError(f"n_jobs={n_jobs}: use 1 or more worker processes")
         self.n_jobs = int(n_jobs)
         self._pool: ProcessPoolExecutor | None = None
+        self._engine: SOAPEngine | None = None
 
     # -- settings --------------------------------------------------------------------------
     @property
@@ -222,19 +281,34 @@ class SOAP:
         return self.settings.species
 
     @property
+    def engine(self) -> SOAPEngine:
+        """The compiled engine for these settings."""
+        if self._engine is None:
+            s = self.settings
+            self._engine = SOAPEngine(s.species, s.r_cut, s.n_max, s.l_max, s.sigma,
+                                      s.weighting_dict)
+        return self._engine
+
+    @property
     def n_features(self) -> int:
         """Length of one atom's descriptor vector."""
-        return int(_dscribe(self.settings, False).get_number_of_features())
+        return self.engine.n_features
 
     @property
     def cutoff_padding(self) -> float:
         """How far past ``r_cut`` dscribe's Gaussian densities reach, in Å."""
-        return float(_dscribe(self.settings, False).get_cutoff_padding())
+        return self.engine.padding
 
     @property
     def neighbour_cutoff(self) -> float:
-        """Radius of the local clusters: ``r_cut + cutoff_padding``."""
-        return self.settings.r_cut + self.cutoff_padding
+        """Radius within which neighbours contribute: ``r0`` with a smooth cutoff, else
+        ``r_cut + cutoff_padding``."""
+        return self.engine.cutoff
+
+    @property
+    def smooth(self) -> bool:
+        """Whether the energy is smooth through the cutoff (a weighting that vanishes at r0)."""
+        return self.settings.weighting is not None
 
     def to_dict(self) -> dict:
         """JSON-ready settings, the inverse of :meth:`from_dict`."""
@@ -242,16 +316,18 @@ class SOAP:
 
     @classmethod
     def from_dict(cls, data: dict) -> SOAP:
-        """Rebuild from :meth:`to_dict` output."""
+        """Rebuild from :meth:`to_dict` output (files without ``weighting`` have none)."""
         data = dict(data)
         if data.pop("type", "SOAP") != "SOAP":
             raise SettingsError("descriptor settings are not for SOAP")
+        data.setdefault("weighting", None)
         return cls(**data)
 
     def __repr__(self) -> str:
         s = self.settings
         sym = [chemical_symbols[z] for z in s.species]
-        return f"SOAP(species={sym}, r_cut={s.r_cut}, n_max={s.n_max}, l_max={s.l_max}, sigma={s.sigma})"
+        return (f"SOAP(species={sym}, r_cut={s.r_cut}, n_max={s.n_max}, l_max={s.l_max}, "
+                f"sigma={s.sigma}, weighting={s.weighting_dict})")
 
     # -- validation ------------------------------------------------------------------------
     def check_structure(self, atoms: Atoms) -> None:
@@ -275,14 +351,40 @@ class SOAP:
                 f"species {missing} are not in this descriptor (it knows {known}); build the "
                 f"descriptor with species={known + missing} or remove those atoms"
             )
-        d = min_distance(pos, atoms.cell.array, atoms.pbc, MIN_DISTANCE)
-        if d < MIN_DISTANCE:
-            raise StructureError(
-                f"atoms overlap: two atoms (or periodic images) are {d:.3g} Å apart, closer than "
-                f"{MIN_DISTANCE} Å; check the positions and the cell"
-            )
 
-    # -- computation -----------------------------------------------------------------------
+    # -- the engine path -------------------------------------------------------------------
+    def pair_list(self, atoms: Atoms) -> PairList:
+        """Every neighbour (periodic images included) within :attr:`neighbour_cutoff`.
+
+        Raises a :class:`~gpmlip.errors.StructureError` for atoms closer than 0.1 Å.
+        """
+        self.check_structure(atoms)
+        pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc,
+                                self.neighbour_cutoff)
+        if len(atoms) > 1:   # the pair search drops exact zero distances: look for them
+            _, _, wrapped = wrap(atoms.positions, atoms.cell.array, atoms.pbc)
+            d, _ = cKDTree(wrapped).query(wrapped, k=2)
+            if (d[:, 1] == 0.0).any():
+                raise StructureError("atoms overlap: two atoms sit on the same position; check the "
+                                     "positions")
+        if len(pairs.centre):
+            d2 = np.einsum("pa,pa->p", pairs.vector, pairs.vector)
+            if d2.min() < MIN_DISTANCE ** 2:
+                raise StructureError(
+                    f"atoms overlap: two atoms (or periodic images) are {np.sqrt(d2.min()):.3g} "
+                    f"Å apart, closer than {MIN_DISTANCE} Å; check the positions and the cell")
+        numbers = np.asarray(atoms.numbers, dtype=np.int64)
+        return PairList(centre_species=numbers, centre=pairs.centre, vector=pairs.vector,
+                        neighbour_species=numbers[pairs.neighbour], neighbour=pairs.neighbour)
+
+    def features(self, pairs: PairList) -> np.ndarray:
+        """Descriptor of every centre of a pair list, shape (n_centres, n_features)."""
+        return self.engine.features(pairs)
+
+    def backward(self, pairs: PairList, grad: np.ndarray) -> np.ndarray:
+        """``dE/dr_ij`` for every pair given ``grad = dE/dq`` per centre (see the engine)."""
+        return self.engine.backward(pairs, grad)
+
     def describe(
         self, atoms: Atoms, gradients: bool = False, *, executor: Executor | None = None
     ) -> Environments:
@@ -293,27 +395,44 @@ class SOAP:
         atoms : ase.Atoms
             Molecule, slab or bulk: any ``pbc`` and any cell, however small.
         gradients : bool, default False
-            Also compute the sparse Jacobian and the strain Jacobian.
-        executor : concurrent.futures.Executor, optional
-            Where to compute the Jacobian blocks; default: this descriptor's own process pool when
-            ``n_jobs > 1``, else in this process.
+            Also compute the sparse Jacobian and the strain Jacobian (for training rows and
+            force uncertainties; prediction back-propagates instead).
+        executor : ignored
+            Kept for the reference path's signature; the engine uses threads.
 
         Returns
         -------
         Environments
         """
-        self.check_structure(atoms)
+        pairs = self.pair_list(atoms)
         if not gradients:
-            return Environments(features=self._create(atoms), species=atoms.numbers.copy())
-        return self._describe_with_gradients(atoms, executor)
+            return Environments(features=self.features(pairs), species=atoms.numbers.copy())
+        features, jac = self.engine.jacobian(pairs)
+        return environments_from_pairs(features, pairs, jac)
 
-    def _create(self, atoms: Atoms) -> np.ndarray:
+    # -- the dscribe reference path ----------------------------------------------------------
+    def reference_features(self, atoms: Atoms) -> np.ndarray:
+        """Features from dscribe's own ``create`` (the definition the engine is tested against)."""
+        self.check_structure(atoms)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         if not pbc.any():
             return _dscribe(self.settings, False).create(atoms)
         system = Atoms(numbers=atoms.numbers, positions=atoms.positions, pbc=pbc)
         system.set_cell(wrap(atoms.positions, atoms.cell.array, pbc)[0])
         return _dscribe(self.settings, True).create(system)
+
+    def reference_environments(self, atoms: Atoms, *,
+                               executor: Executor | None = None) -> Environments:
+        """Features and Jacobians from dscribe's analytical derivatives of local clusters.
+
+        The pre-engine path (~5 ms per centre): for tests.  dscribe has no derivatives with a
+        weighting, so this needs ``weighting=None``.
+        """
+        if self.settings.weighting is not None:
+            raise SettingsError("dscribe computes no derivatives with a weighting; the "
+                                "reference Jacobian needs SOAP(..., weighting=None)")
+        self.check_structure(atoms)
+        return self._describe_with_gradients(atoms, executor)
 
     def _describe_with_gradients(self, atoms: Atoms, executor: Executor | None) -> Environments:
         n_atoms = len(atoms)
@@ -400,3 +519,33 @@ class SOAP:
             self.close()
         except Exception:  # interpreter shutdown
             pass
+
+
+def environments_from_pairs(features: np.ndarray, pairs: PairList,
+                            jac: np.ndarray) -> Environments:
+    """Per-pair Jacobians ``d q_i / d r_ij`` -> :class:`Environments` (images summed onto their
+    atom, the centre's own derivative ``-sum_j d q_i / d r_ij`` added, strain derivatives)."""
+    n = pairs.n_centres
+    n_feat = features.shape[1]
+    strain = np.zeros((n, 3, 3, n_feat))
+    # d q_i / d eps_ab = sum_j (d q_i / d r_ij)_a (r_ij)_b
+    for a in range(3):
+        for b in range(3):
+            np.add.at(strain[:, a, b], pairs.centre, jac[:, a, :] * pairs.vector[:, b, None])
+    centre = np.concatenate([pairs.centre, np.arange(n)])
+    atom = np.concatenate([pairs.neighbour, np.arange(n)])
+    keys, inverse = np.unique(centre * n + atom, return_inverse=True)
+    jacobian = np.zeros((len(keys), 3, n_feat))
+    np.add.at(jacobian, inverse[:len(pairs.centre)], jac)
+    np.add.at(jacobian, np.searchsorted(keys, np.arange(n) * n + np.arange(n)),
+              -_sum_by_centre(jac, pairs.centre, n))
+    pair_centre, pair_atom = np.divmod(keys, n)
+    return Environments(features=features, species=np.asarray(pairs.centre_species).copy(),
+                        pair_centre=pair_centre, pair_atom=pair_atom, jacobian=jacobian,
+                        strain_jacobian=strain)
+
+
+def _sum_by_centre(jac: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n,) + jac.shape[1:])
+    np.add.at(out, centre, jac)
+    return out

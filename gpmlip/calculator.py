@@ -23,8 +23,12 @@ class GPCalculator(Calculator):
     model : gpmlip.SparseGP
         A fitted model.  When it changes (``fit``/``update``/hyper-parameters), cached results
         are dropped on the next call.
+    uncertainty : bool, default False
+        Compute the local-energy variances with every call.  Without it they are computed only
+        when asked for (``get_property("local_variance_normalised", atoms)``), from the same
+        descriptor pass when the forces are already known: plain MD pays nothing for them.
     force_std : bool, default False
-        Also compute force uncertainties (one kernel-row contraction per sparse point: slower).
+        Also compute force uncertainties (needs the descriptor Jacobian: slower).
 
     Notes
     -----
@@ -37,9 +41,11 @@ class GPCalculator(Calculator):
                               "local_variance", "local_variance_normalised", "max_uncertainty",
                               "force_std"]
 
-    def __init__(self, model, *, force_std: bool = False, **kwargs) -> None:
+    def __init__(self, model, *, uncertainty: bool = False, force_std: bool = False,
+                 **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
+        self.uncertainty = uncertainty
         self.force_std = force_std
         self._model_version = model.version
 
@@ -60,18 +66,31 @@ class GPCalculator(Calculator):
         has_volume = atoms.pbc.all() and abs(atoms.cell.volume) > 1e-8
         if "stress" in properties and not has_volume:
             raise PropertyNotImplementedError("stress needs a periodic cell with a volume")
-        pred = self.model.predict(atoms, forces=True, stress=has_volume,
-                                  force_std=self.force_std)
+        want_var = self.uncertainty or any(p in UNCERTAINTY_RESULTS for p in properties)
+        if not system_changes and "forces" in self.results and want_var:
+            # same structure, forces known: add only what is missing
+            pred = self.model.predict(atoms, forces=False, stress=False, variance=True,
+                                      force_std=self.force_std and "force_std" not in self.results)
+            self._store_uncertainty(pred)
+            return
+        pred = self.model.predict(atoms, forces=True, stress=has_volume, variance=want_var,
+                                  force_std=self.force_std and want_var)
         self.results = {
             "energy": pred.energy,
             "free_energy": pred.energy,
             "energies": pred.energies,
             "forces": pred.forces,
-            "local_variance": pred.local_variance,
-            "local_variance_normalised": pred.local_variance_normalised,
-            "max_uncertainty": pred.max_uncertainty,
         }
         if pred.stress is not None:
             self.results["stress"] = voigt(pred.stress)   # ASE's Voigt order
+        if want_var:
+            self._store_uncertainty(pred)
+
+    def _store_uncertainty(self, pred) -> None:
+        self.results.update({
+            "local_variance": pred.local_variance,
+            "local_variance_normalised": pred.local_variance_normalised,
+            "max_uncertainty": pred.max_uncertainty,
+        })
         if pred.force_std is not None:
             self.results["force_std"] = pred.force_std

@@ -59,7 +59,7 @@ class SparseSet:
         return np.flatnonzero(self.species == z)
 
 
-def _unit_kernel(zeta: int, zq: np.ndarray, zx: np.ndarray) -> NormalizedDotProduct:
+def unit_kernel(zeta: int, zq: np.ndarray, zx: np.ndarray) -> NormalizedDotProduct:
     """The kernel at unit signal variance for every species present."""
     return NormalizedDotProduct(zeta, {int(z): 1.0 for z in np.union1d(zq, zx)})
 
@@ -67,7 +67,7 @@ def _unit_kernel(zeta: int, zq: np.ndarray, zx: np.ndarray) -> NormalizedDotProd
 def local_kernel(features: np.ndarray, species: np.ndarray, sparse: SparseSet,
                  zeta: int) -> np.ndarray:
     """Unit-variance kernel ``k(q_i, x_m) = c_im^zeta`` (0 across species), shape (n, m)."""
-    kernel = _unit_kernel(zeta, species, sparse.species)
+    kernel = unit_kernel(zeta, species, sparse.species)
     return kernel(features, species, sparse.features, sparse.species)
 
 
@@ -78,7 +78,7 @@ def energy_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
 
 def _prefactor(env: Environments, sparse: SparseSet, zeta: int):
     """``delta(z) zeta c^(zeta-1) / |q_i|`` (n, m), the cosines (n, m) and q_hat (n, F)."""
-    kernel = _unit_kernel(zeta, env.species, sparse.species)
+    kernel = unit_kernel(zeta, env.species, sparse.species)
     qh, qn, _, c, pref = kernel.gradient_terms(env.features, env.species, sparse.features,
                                                 sparse.species)
     return pref / qn, c, qh
@@ -128,7 +128,7 @@ def energy_gradient(env: Environments, sparse: SparseSet, zeta: int,
 
     Contract it with the Jacobian (:meth:`Environments.position_vjp`) for forces.
     """
-    kernel = _unit_kernel(zeta, env.species, sparse.species)
+    kernel = unit_kernel(zeta, env.species, sparse.species)
     return kernel.gradient_dot(env.features, env.species, sparse.features, sparse.species,
                                weights)
 

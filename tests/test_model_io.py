@@ -78,9 +78,27 @@ def test_bad_files_are_clear_errors(model, tmp_path):
         gpmlip.load_model(pickled)
 
 
+def test_calculator_variance_on_demand(model):
+    """Plain MD computes no variance; asking for it afterwards adds it without redoing forces."""
+    atoms = emt_frames(1, seed=5)[0]
+    atoms.calc = gpmlip.GPCalculator(model)
+    forces = atoms.get_forces()
+    assert "local_variance" not in atoms.calc.results
+    calls = []
+    original = model.predict
+    model.predict = lambda *a, **k: calls.append(k) or original(*a, **k)
+    try:
+        v = atoms.calc.get_property("local_variance_normalised", atoms)
+    finally:
+        del model.predict
+    assert calls == [dict(forces=False, stress=False, variance=True, force_std=False)]
+    np.testing.assert_allclose(v, model.predict(atoms).local_variance_normalised)
+    np.testing.assert_array_equal(atoms.calc.results["forces"], forces)
+
+
 def test_calculator_results_caching_and_reset(model):
     atoms = emt_frames(1, seed=5)[0]
-    atoms.calc = gpmlip.GPCalculator(model, force_std=True)
+    atoms.calc = gpmlip.GPCalculator(model, uncertainty=True, force_std=True)
     e = atoms.get_potential_energy()
     p = model.predict(atoms)
     assert e == pytest.approx(p.energy)

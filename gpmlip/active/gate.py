@@ -88,7 +88,7 @@ class UncertaintyGate:
         self.min_steps_between = int(min_steps_between)
         self.rundir = RunDirectory(directory)
         self.rundir.create()
-        self.calculator = GPCalculator(model)
+        self.calculator = GPCalculator(model, uncertainty=True)
         self.counts = {"steps": 0, "gated": 0, **{p: 0 for p in POLICIES}}
         self.max_std = 0.0
         self.stopped = False

@@ -48,7 +48,7 @@ class _LearnerCalculator(GPCalculator):
     """GPCalculator that times itself into the learner's ``predict`` phase."""
 
     def __init__(self, learner: OnTheFlyLearner) -> None:
-        super().__init__(learner.model)
+        super().__init__(learner.model, uncertainty=True)
         self._learner = learner
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):

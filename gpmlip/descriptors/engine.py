@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 _PID = os.getpid()
 _PARALLEL = threading.Lock()
 
+PARALLEL_MIN_PAIRS = 2048
+"""Below this many pairs the one-thread kernels run: waking threads costs more than the work."""
+
 THRESHOLD = 1e-3
 """dscribe's density threshold: the Gaussian reaches ``sigma sqrt(-2 ln THRESHOLD)`` past r_cut."""
 
@@ -224,11 +227,12 @@ class SOAPEngine:
 
     @staticmethod
     def _run(name: str, *args) -> None:
-        """Call the threaded kernel, or the one-thread kernel in a forked child (OpenMP is not
-        fork-safe) or while another Python thread already runs a threaded one."""
+        """Call the threaded kernel, or the one-thread kernel for small pair lists, in a forked
+        child (OpenMP is not fork-safe) or while another Python thread runs a threaded one."""
         from gpmlip.descriptors import _soap_kernels as kern
 
-        if os.getpid() == _PID and _PARALLEL.acquire(blocking=False):
+        big = len(args[1]) >= PARALLEL_MIN_PAIRS
+        if big and os.getpid() == _PID and _PARALLEL.acquire(blocking=False):
             try:
                 getattr(kern, name)(*args)
             finally:

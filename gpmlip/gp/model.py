@@ -13,8 +13,9 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from threadpoolctl import threadpool_limits
 
-from gpmlip.covariance import (SparseSet, energy_gradient, force_prior_variance, force_rows,
+from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
                                local_kernel)
+from gpmlip.descriptors.engine import PairList
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
@@ -23,6 +24,9 @@ from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.solver import GROUPS, GramStats, Hyper, Posterior, solve
 
 log = logging.getLogger(__name__)
+
+PREDICT_BLOCK = 512
+"""Atoms whose kernel rows are formed at once in prediction (bounds the atoms x sparse block)."""
 
 DEFAULT_SIGMAS = {"energy": 0.005, "forces": 0.05, "stress": 0.001}
 """Default noise: eV/atom (times sqrt(n_atoms) per structure), eV/Å, eV/Å³ (0.16 GPa)."""
@@ -61,7 +65,40 @@ class Prediction:
     @property
     def max_uncertainty(self) -> float:
         """``max_i sqrt(v_i) / sigma_z``: the number on-the-fly learning thresholds."""
+        if self.local_variance_normalised is None:
+            raise ValueError("predicted without variances: use predict(..., variance=True)")
         return float(np.sqrt(self.local_variance_normalised.max()))
+
+
+@dataclass
+class PairEnergies:
+    """What :meth:`SparseGP.pair_energies` returns.
+
+    Attributes
+    ----------
+    energies : ndarray, shape (n_centres,)
+        Local energies including e0, eV.
+    dE_dr : ndarray, shape (n_pairs, 3)
+        Derivative of the total energy with respect to every pair vector ``r_ij``.
+    std : ndarray, shape (n_centres,) or None
+        Normalised local-energy std in [0, 1] (when asked for).
+    variance : ndarray, shape (n_centres,) or None
+        Local-energy variance in eV^2 (when asked for).
+    """
+
+    energies: np.ndarray
+    dE_dr: np.ndarray | None
+    std: np.ndarray | None = None
+    variance: np.ndarray | None = None
+
+
+def pair_forces(pairs: PairList, d_e: np.ndarray, n_atoms: int) -> np.ndarray:
+    """Forces from ``dE/dr_ij``: ``F_j -= dE/dr_ij`` and ``F_i += dE/dr_ij``, shape (n, 3)."""
+    out = np.empty((n_atoms, 3))
+    for a in range(3):
+        out[:, a] = (np.bincount(pairs.centre, d_e[:, a], minlength=n_atoms)
+                     - np.bincount(pairs.neighbour, d_e[:, a], minlength=n_atoms))
+    return out
 
 
 def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
@@ -375,48 +412,130 @@ class SparseGP:
         return optimise(self, max_iterations=max_iterations)
 
     # -- prediction ------------------------------------------------------------------------
+    @property
+    def pair_cutoff(self) -> float:
+        """Distance (Å) beyond which a neighbour contributes nothing to a local energy."""
+        return float(self.descriptor.neighbour_cutoff)
+
+    def _check_species(self, numbers) -> None:
+        missing = sorted(set(np.asarray(numbers).tolist()) - set(self.sparse_.species.tolist()))
+        if missing and set(missing) <= set(self.species):
+            raise UnknownSpeciesError(
+                f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "
+                "it was not trained on them; add training structures that contain them")
+
+    def _local(self, features: np.ndarray, species: np.ndarray, *, gradient: bool,
+               variance: bool):
+        """Local energies (with e0), dE/dq per atom and local variances, in blocks of atoms so
+        that the (atoms x sparse) kernel block stays small."""
+        post = self.posterior_
+        kernel = unit_kernel(self.zeta, species, self.sparse_.species)
+        e0 = np.array([self.e0_.energies[int(z)] for z in species])
+        sigma2 = np.array([self.signal_variance_[int(z)] for z in species])
+        energies = np.empty(len(species))
+        grad = np.empty_like(features) if gradient else None
+        var = np.empty(len(species)) if variance else None
+        x, zx = self.sparse_.features, self.sparse_.species
+        for a in range(0, len(species), PREDICT_BLOCK):
+            b = min(a + PREDICT_BLOCK, len(species))
+            k = kernel(features[a:b], species[a:b], x, zx)
+            energies[a:b] = k @ post.beta + e0[a:b]
+            if gradient:
+                grad[a:b] = kernel.gradient_dot(features[a:b], species[a:b], x, zx, post.beta)
+            if variance:
+                var[a:b] = post.variance(k, sigma2[a:b])
+        return energies, grad, var, sigma2
+
+    def pair_energies(self, centre_numbers, i, j, r_ij, neighbour_numbers, *,
+                      std: bool = False) -> PairEnergies:
+        """Per-atom energies and ``dE/dr_ij`` from a pair list: no ASE, no neighbour search.
+
+        The entry point for any MD engine that owns its neighbour list (LAMMPS's pair style
+        calls it); :meth:`predict` and :class:`gpmlip.GPCalculator` run on the same path.
+
+        Parameters
+        ----------
+        centre_numbers : array of int, shape (n_centres,)
+            Atomic numbers of the centres ``0 .. n_centres - 1``.
+        i : array of int, shape (n_pairs,)
+            Centre index of every pair.
+        j : array of int, shape (n_pairs,)
+            Neighbour index of every pair (not used for the energy; forces go to it).
+        r_ij : array, shape (n_pairs, 3)
+            ``r_j - r_i`` in Å; a periodic image or a ghost atom is its own pair.  Pairs
+            farther than :attr:`pair_cutoff` may be included: they contribute nothing.
+        neighbour_numbers : array of int, shape (n_pairs,)
+            Atomic numbers of the neighbours.
+        std : bool, default False
+            Also the per-atom normalised local-energy std (costs the variance).
+
+        Returns
+        -------
+        PairEnergies
+            ``energies`` (n_centres,) in eV, summing to the total energy; ``dE_dr``
+            (n_pairs, 3), with forces ``F_j -= dE_dr[p]``, ``F_i += dE_dr[p]`` and virial
+            ``W = -sum_p r_ij (x) dE_dr[p]``; ``std`` (n_centres,) in [0, 1] or None.
+        """
+        self._check_fitted()
+        pairs = PairList(centre_species=np.asarray(centre_numbers, dtype=np.int64),
+                         centre=np.asarray(i, dtype=np.int64),
+                         vector=np.asarray(r_ij, dtype=float),
+                         neighbour_species=np.asarray(neighbour_numbers, dtype=np.int64),
+                         neighbour=np.asarray(j, dtype=np.int64))
+        self._check_species(pairs.centre_species)
+        return self._evaluate(pairs, gradient=True, variance=std)
+
+    def _evaluate(self, pairs: PairList, *, gradient: bool, variance: bool) -> PairEnergies:
+        features = self.descriptor.features(pairs)
+        energies, grad, var, sigma2 = self._local(features, pairs.centre_species,
+                                                  gradient=gradient, variance=variance)
+        d_e = self.descriptor.backward(pairs, grad) if gradient else None
+        std = None if var is None else np.sqrt(np.clip(var / sigma2, 0.0, 1.0))
+        return PairEnergies(energies=energies, dE_dr=d_e, std=std, variance=var)
+
     def predict(self, atoms: Atoms, *, forces: bool = True, stress: bool = True,
-                force_std: bool = False) -> Prediction:
+                force_std: bool = False, variance: bool = True) -> Prediction:
         """Energy, forces, stress, local energies and their uncertainties for one structure.
 
         Parameters
         ----------
         atoms : ase.Atoms
         forces, stress : bool
-            Compute them (they need the descriptor Jacobian).
+            Compute them (by back-propagation through the descriptor: no Jacobian).
         force_std : bool
-            Also the force uncertainty (costs one kernel-row contraction per sparse point).
+            Also the force uncertainty (needs the descriptor Jacobian and one kernel-row
+            contraction per sparse point: for labelling decisions, not for every MD step).
+        variance : bool, default True
+            Compute the local-energy variances (plain MD does not need them); without them the
+            variance fields of the result are None.
         """
         self._check_fitted()
-        missing = sorted(set(atoms.numbers.tolist()) - set(self.sparse_.species.tolist()))
-        if missing and set(missing) <= set(self.species):
-            raise UnknownSpeciesError(
-                f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "
-                "it was not trained on them; add training structures that contain them")
+        self._check_species(atoms.numbers)
         volume = abs(atoms.cell.volume) if atoms.pbc.all() else 0.0
         want_stress = stress and volume > 1e-8
-        env = self.descriptor.describe(atoms, gradients=forces or want_stress or force_std)
-        post = self.posterior_
-        k = local_kernel(env.features, env.species, self.sparse_, self.zeta)
-        sigma2 = np.array([self.signal_variance_[int(z)] for z in env.species])
-        energies = k @ post.beta + np.array([self.e0_.energies[int(z)] for z in env.species])
-        variance = post.variance(k, sigma2)
-        result = Prediction(energy=float(energies.sum()), energies=energies, forces=None,
-                            stress=None, local_variance=variance,
-                            local_variance_normalised=np.clip(variance / sigma2, 0.0, 1.0))
-        if forces or want_stress:
-            grad = energy_gradient(env, self.sparse_, self.zeta, post.beta)
-            if forces:
-                result.forces = -env.position_vjp(grad)
-            if want_stress:
-                s = env.strain_vjp(grad) / volume
-                result.stress = 0.5 * (s + s.T)
+        pairs = self.descriptor.pair_list(atoms)
+        out = self._evaluate(pairs, gradient=forces or want_stress, variance=variance)
+        sigma2 = np.array([self.signal_variance_[int(z)] for z in atoms.numbers])
+        result = Prediction(energy=float(out.energies.sum()), energies=out.energies, forces=None,
+                            stress=None, local_variance=out.variance,
+                            local_variance_normalised=None if out.variance is None else
+                            np.clip(out.variance / sigma2, 0.0, 1.0))
+        if forces:
+            result.forces = pair_forces(pairs, out.dE_dr, len(atoms))
+        if want_stress:
+            s = np.einsum("pa,pb->ab", out.dE_dr, pairs.vector) / volume
+            result.stress = 0.5 * (s + s.T)
         if force_std:
-            rows = force_rows(env, self.sparse_, self.zeta).reshape(3 * len(atoms), -1)
-            prior = force_prior_variance(env, self.zeta, self.signal_variance_).ravel()
-            columns = np.array([self.signal_variance_[int(z)] for z in self.sparse_.species])
-            result.force_std = np.sqrt(post.dtc_variance(prior, rows, columns)).reshape(-1, 3)
+            result.force_std = self._force_std(atoms)
         return result
+
+    def _force_std(self, atoms: Atoms) -> np.ndarray:
+        """DTC standard deviation of every force component, shape (n_atoms, 3)."""
+        env = self.descriptor.describe(atoms, gradients=True)
+        rows = force_rows(env, self.sparse_, self.zeta).reshape(3 * len(atoms), -1)
+        prior = force_prior_variance(env, self.zeta, self.signal_variance_).ravel()
+        columns = np.array([self.signal_variance_[int(z)] for z in self.sparse_.species])
+        return np.sqrt(self.posterior_.dtc_variance(prior, rows, columns)).reshape(-1, 3)
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path) -> None:

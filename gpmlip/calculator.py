@@ -8,8 +8,9 @@ from gpmlip.covariance import voigt
 
 UNCERTAINTY_RESULTS = {
     "local_variance": "per-atom predictive variance of the local energy, eV^2",
-    "local_variance_normalised": "the same over the species' signal variance, in [0, 1]",
-    "max_uncertainty": "max over atoms of sqrt(local_variance_normalised) (what OTF thresholds)",
+    "local_std_normalised": "sqrt(local_variance) over the species' signal std, in [0, 1]: the "
+                            "novelty every threshold of gpmlip is on",
+    "max_uncertainty": "max over atoms of local_std_normalised (what OTF and the gate threshold)",
     "force_std": "per-component force standard deviation, eV/Å (only with force_std=True)",
 }
 """Extra entries of ``calc.results`` and what they mean."""
@@ -29,12 +30,12 @@ class GPCalculator(Calculator):
     Notes
     -----
     ``results`` holds, besides ASE's properties, the entries of :data:`UNCERTAINTY_RESULTS`.
-    Read them with ``calc.get_property("local_variance_normalised", atoms)`` or after any
+    Read them with ``calc.get_property("local_std_normalised", atoms)`` or after any
     property call from ``calc.results``.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
-                              "local_variance", "local_variance_normalised", "max_uncertainty",
+                              "local_variance", "local_std_normalised", "max_uncertainty",
                               "force_std"]
 
     def __init__(self, model, *, force_std: bool = False, **kwargs) -> None:
@@ -68,7 +69,7 @@ class GPCalculator(Calculator):
             "energies": pred.energies,
             "forces": pred.forces,
             "local_variance": pred.local_variance,
-            "local_variance_normalised": pred.local_variance_normalised,
+            "local_std_normalised": pred.local_std_normalised,
             "max_uncertainty": pred.max_uncertainty,
         }
         if pred.stress is not None:

@@ -58,6 +58,20 @@ def test_scores_match_the_models_uncertainty_order(cold_model):
     assert sel.indices == list(np.argsort(model_max)[::-1])
 
 
+def test_pool_score_is_the_std_the_learner_thresholds(cold_model):
+    """The pool scores a structure by the prediction's largest local_std_normalised (weight
+    term included), not by the projected-process residual alone."""
+    pool = [emt_frames(1, seed=s, rattle=r, strain=0.0)[0]
+            for s, r in ((3, 0.02), (4, 0.1), (5, 0.3))]
+    sel = select_batch(cold_model, pool, 3, method="greedy")
+    expected = [cold_model.predict(a, forces=False).local_std_normalised.max() for a in pool]
+    np.testing.assert_allclose(sel.initial_scores, expected, rtol=1e-8)
+    assert sel.scores[0] == pytest.approx(max(expected), rel=1e-8)
+    rms = select_batch(cold_model, pool, 1, method="topk", score="rms").initial_scores
+    np.testing.assert_allclose(rms, [np.sqrt(np.mean(cold_model.predict(
+        a, forces=False).local_std_normalised ** 2)) for a in pool], rtol=1e-8)
+
+
 def test_rms_score_is_between_mean_and_max(cold_model):
     pool = [emt_frames(1, seed=s, rattle=r, strain=0.0)[0] for s, r in ((3, 0.05), (4, 0.2))]
     rms = select_batch(cold_model, pool, 2, method="topk", score="rms").initial_scores

@@ -109,12 +109,17 @@ def test_multi_species_and_molecule_derivatives():
 
 def test_variances_known_and_unknown(model, train):
     p = model.predict(train[0], forces=False)
-    v = p.local_variance_normalised
-    assert np.all((v >= 0) & (v <= 1))
+    u = p.local_std_normalised
+    assert np.all((u >= 0) & (u <= 1)) and p.max_uncertainty == u.max()
     far = emt_frames(1, seed=2, rattle=0.0, strain=0.0)[0]
     far.set_cell(far.cell * 1.25, scale_atoms=True)    # 25 % stretched: never seen
     assert model.predict(far, forces=False).max_uncertainty > 2 * p.max_uncertainty
-    np.testing.assert_allclose(p.local_variance, v * model.signal_variance_[29])
+    np.testing.assert_allclose(p.local_variance, u ** 2 * model.signal_variance_[29])
+    features = model.descriptor.describe(train[0]).features
+    np.testing.assert_allclose(model.local_std_normalised(features, train[0].numbers), u,
+                               rtol=1e-8)
+    with pytest.warns(DeprecationWarning, match="local_std_normalised"):
+        np.testing.assert_allclose(p.local_variance_normalised, u ** 2)
 
 
 def test_force_std_is_dense_dtc_variance(model, train):

@@ -124,7 +124,7 @@ class UncertaintyGate:
             raise GpmlipError("the atoms' calculator is not the gate's: atoms.calc = "
                               "gate.calculator")
         step = int(getattr(self._dyn, "nsteps", 0))
-        std = np.sqrt(self.calculator.get_property("local_variance_normalised", atoms))
+        std = self.calculator.get_property("local_std_normalised", atoms)
         self.counts["steps"] += 1
         self.max_std = max(self.max_std, float(std.max()))
         if std.max() <= self.threshold or step < self._quiet_until:

@@ -155,7 +155,7 @@ class OnTheFlyLearner:
         if not isinstance(calc, GPCalculator) or calc.model is not self.model:
             raise GpmlipError("the atoms' calculator is not the learner's: set "
                               "atoms.calc = learner.calculator")
-        std = np.sqrt(calc.get_property("local_variance_normalised", atoms))
+        std = calc.get_property("local_std_normalised", atoms)
         self.counters["steps"] = step
         labelled = False
         if std.max() > self.settings.std_tolerance and step >= self._cooldown_until:
@@ -381,8 +381,8 @@ class OnTheFlyLearner:
         frame = atoms.copy()
         frame.calc = None
         frame.info.update(step=step, labelled=labelled,
-                          max_std=float(np.sqrt(res["local_variance_normalised"].max())))
-        frame.arrays["local_std"] = np.sqrt(res["local_variance_normalised"])
+                          max_std=float(res["local_std_normalised"].max()))
+        frame.arrays["local_std"] = res["local_std_normalised"].copy()
         frame.arrays["local_energy"] = res["energies"].copy()
         frame.arrays["gp_forces"] = res["forces"].copy()
         self.rundir.append_trajectory(frame)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -42,9 +43,12 @@ class Prediction:
     stress : ndarray, shape (3, 3) or None
         ASE sign convention, eV/Å³ (None for a structure without a cell volume).
     local_variance : ndarray, shape (n_atoms,)
-        Predictive variance of each local energy, eV².
-    local_variance_normalised : ndarray, shape (n_atoms,)
-        The same divided by the species' signal variance, in [0, 1]: 0 = known, 1 = unknown.
+        Predictive variance of each local energy, eV² (Nystroem residual plus the uncertainty
+        of the weights).
+    local_std_normalised : ndarray, shape (n_atoms,)
+        ``sqrt(local_variance) / sigma_z``, clipped to [0, 1]: 0 = known, 1 = unknown.  The one
+        novelty quantity of gpmlip: what the on-the-fly learner, the gate, the pool and the
+        loop threshold (see :mod:`gpmlip.active.settings`).
     force_std : ndarray, shape (n_atoms, 3) or None
         Standard deviation of each force component from the uncertainty of the weights
         (the DTC term ``k_F' A^-1 k_F``), when asked for.
@@ -55,13 +59,26 @@ class Prediction:
     forces: np.ndarray | None
     stress: np.ndarray | None
     local_variance: np.ndarray
-    local_variance_normalised: np.ndarray
+    local_std_normalised: np.ndarray
     force_std: np.ndarray | None = None
 
     @property
     def max_uncertainty(self) -> float:
-        """``max_i sqrt(v_i) / sigma_z``: the number on-the-fly learning thresholds."""
-        return float(np.sqrt(self.local_variance_normalised.max()))
+        """``local_std_normalised.max()``: the number on-the-fly learning thresholds."""
+        return float(self.local_std_normalised.max())
+
+    @property
+    def local_variance_normalised(self) -> np.ndarray:
+        """Deprecated: ``local_std_normalised ** 2``; threshold the std instead."""
+        warnings.warn("Prediction.local_variance_normalised is deprecated: use "
+                      "local_std_normalised (a std, the quantity every threshold is on)",
+                      DeprecationWarning, stacklevel=2)
+        return self.local_std_normalised ** 2
+
+
+def normalised_std(variance: np.ndarray, signal_variance: np.ndarray) -> np.ndarray:
+    """``sqrt(variance / signal_variance)`` clipped to [0, 1] (see ``Prediction``)."""
+    return np.sqrt(np.clip(variance / signal_variance, 0.0, 1.0))
 
 
 def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
@@ -375,6 +392,26 @@ class SparseGP:
         return optimise(self, max_iterations=max_iterations)
 
     # -- prediction ------------------------------------------------------------------------
+    def local_std_normalised(self, features: np.ndarray, species: np.ndarray) -> np.ndarray:
+        """:attr:`Prediction.local_std_normalised` of environments given by their descriptors.
+
+        Parameters
+        ----------
+        features : ndarray, shape (n, n_features)
+            Descriptor vectors (``descriptor.describe(atoms).features``; need not be unit length).
+        species : ndarray of int, shape (n,)
+
+        Returns
+        -------
+        ndarray, shape (n,)
+            The normalised local-energy std, in [0, 1], that :meth:`predict` gives these atoms.
+        """
+        self._check_fitted()
+        species = np.asarray(species, dtype=np.int64)
+        k = local_kernel(np.asarray(features, dtype=float), species, self.sparse_, self.zeta)
+        sigma2 = np.array([self.signal_variance_[int(z)] for z in species])
+        return normalised_std(self.posterior_.variance(k, sigma2), sigma2)
+
     def predict(self, atoms: Atoms, *, forces: bool = True, stress: bool = True,
                 force_std: bool = False) -> Prediction:
         """Energy, forces, stress, local energies and their uncertainties for one structure.
@@ -403,7 +440,7 @@ class SparseGP:
         variance = post.variance(k, sigma2)
         result = Prediction(energy=float(energies.sum()), energies=energies, forces=None,
                             stress=None, local_variance=variance,
-                            local_variance_normalised=np.clip(variance / sigma2, 0.0, 1.0))
+                            local_std_normalised=normalised_std(variance, sigma2))
         if forces or want_stress:
             grad = energy_gradient(env, self.sparse_, self.zeta, post.beta)
             if forces:

@@ -34,7 +34,7 @@ def test_round_trip_predicts_identically(model, tmp_path):
     np.testing.assert_array_equal(a.local_variance, b.local_variance)
     np.testing.assert_array_equal(a.force_std, b.force_std)
     # the loaded model can still be updated (it carries its training set)
-    loaded.update(emt_frames(1, seed=4), new_sparse=2)
+    loaded.update(emt_frames(1, seed=4), n_sparse=2)
     assert loaded.n_sparse_points == model.n_sparse_points + 2
 
 

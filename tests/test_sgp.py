@@ -7,6 +7,7 @@ import gpmlip
 from gpmlip.covariance import force_prior_variance, force_rows, local_kernel
 from gpmlip.data import load_frames
 from gpmlip.gp.hyper import objective
+from gpmlip.errors import DataError, SettingsError
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.testing import check_forces, check_stress
 
@@ -167,9 +168,8 @@ def test_update_equals_refit(train):
     soap = gpmlip.SOAP(**SMALL_CU)
     first, second = train[:3], train[3:]
     m = gpmlip.SparseGP(soap, n_sparse=5, e0={"Cu": 0.0}).fit(first)
-    m.update(second[:2], new_sparse=[[0, 3], [5]])
+    m.update(second[:2], sparse_atoms=[(0, 0), (0, 3), (1, 5)])
     m.update(second[2:])
-    m.update([], new_sparse=None) if False else None
     ref = gpmlip.SparseGP(soap, e0={"Cu": 0.0}).fit(train, sparse_atoms=m.sparse_origin_)
     np.testing.assert_allclose(m.posterior_.beta, ref.posterior_.beta, rtol=1e-8, atol=1e-10)
     atoms = emt_frames(1, seed=21)[0]
@@ -182,7 +182,7 @@ def test_update_equals_refit(train):
 def test_update_by_variance_adds_sparse_points(model, train):
     m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(train[:2])
     before = m.n_sparse_points
-    m.update(train[2:4], new_sparse=3)
+    m.update(train[2:4], n_sparse=3)
     assert m.n_sparse_points == before + 3
 
 
@@ -238,10 +238,30 @@ def test_failed_update_leaves_the_model_unchanged(train, monkeypatch):
 
     monkeypatch.setattr(model_module, "compute_rows", crash)
     with pytest.raises(RuntimeError, match="worker died"):
-        m.update(train[2:4], new_sparse=2)
+        m.update(train[2:4], n_sparse=2)
     monkeypatch.undo()
     after = m.predict(atoms)
     assert m.n_sparse_points == 4 and len(m.frames_) == 2
     assert after.energy == before.energy
-    m.update(train[2:4], new_sparse=2)          # and it still works
+    m.update(train[2:4], n_sparse=2)          # and it still works
     assert m.n_sparse_points == 6
+
+
+def test_sparse_atoms_one_format_in_fit_and_update(train):
+    soap = gpmlip.SOAP(**SMALL_CU)
+    m = gpmlip.SparseGP(soap, n_sparse=3, e0={"Cu": 0.0}).fit(train[:2])
+    before = m.n_sparse_points
+    m.update(train[2:4], sparse_atoms=[(1, 3)])     # frame 1 of those passed, atom 3
+    assert m.n_sparse_points == before + 1
+    np.testing.assert_array_equal(m.sparse_origin_[-1], [3, 3])
+    m.update(train[4:5], n_sparse=3)                # three points, not atom 3
+    assert m.n_sparse_points == before + 4
+    with pytest.raises(SettingsError, match="not both"):
+        m.update(train[5:6], n_sparse=2, sparse_atoms=[(0, 1)])
+    with pytest.raises(SettingsError, match="pairs"):
+        m.update(train[5:6], sparse_atoms=[3])
+    with pytest.raises(DataError, match="does not exist"):
+        m.update(train[5:6], sparse_atoms=[(1, 0)])
+    with pytest.raises(TypeError):
+        m.update(train[5:6], [3])                   # no positional sparse argument
+    assert m.n_sparse_points == before + 4 and len(m.frames_) == 5

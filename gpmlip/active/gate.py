@@ -186,7 +186,7 @@ class UncertaintyGate:
             self._record(atoms, std, step, label=self._labels, ok=False, error=result.error)
             return
         sparse = record["sparse_atoms"]          # may be empty: the frame still adds data
-        self.model.update([label_frame(record)], new_sparse=[sparse])
+        self.model.update([label_frame(record)], sparse_atoms=[(0, a) for a in sparse])
         self.calculator.reset()
         log.info("step %d: labelled and learnt (%.1f s, %d new sparse points)", step,
                  time.perf_counter() - t, len(sparse))

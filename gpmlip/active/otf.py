@@ -337,7 +337,7 @@ class OnTheFlyLearner:
         if not self.model.is_fitted:
             self.model.fit([frame], sparse_atoms=[(0, a) for a in sparse])
         else:
-            self.model.update([frame], new_sparse=[sparse])
+            self.model.update([frame], sparse_atoms=[(0, a) for a in sparse])
         self.counters["sparse_added"] += len(sparse)
         n_ok = self.counters["labels"] - self.counters["failed"]
         s = self.settings

@@ -91,6 +91,24 @@ def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
     return {z: value for z in species}
 
 
+def _sparse_pairs(sparse_atoms, frames: list[Frame]) -> np.ndarray:
+    """``sparse_atoms`` as an (n, 2) array of (frame, atom) indices into ``frames``, checked."""
+    advice = "sparse_atoms: give (frame index, atom index) pairs, e.g. [(0, 3), (0, 7), (1, 2)]"
+    try:
+        origin = np.asarray(sparse_atoms, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise SettingsError(advice) from None
+    if origin.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if origin.ndim != 2 or origin.shape[1] != 2:
+        raise SettingsError(advice)
+    for i, a in origin:
+        if not (0 <= i < len(frames) and 0 <= a < frames[i].n_atoms):
+            raise DataError(f"sparse atom ({i}, {a}) does not exist in the frames given "
+                            f"({len(frames)} frames; frame indices count from 0)")
+    return origin
+
+
 class SparseGP:
     """Sparse GP on local atomic energies (GAP-style), trained on energies, forces and stresses.
 
@@ -207,8 +225,9 @@ class SparseGP:
         ----------
         frames : list of ase.Atoms, Dataset, list of Frame, or a file path
             Labelled structures; each may have any of energy, forces, stress.
-        sparse_atoms : sequence of (frame index, atom index), optional
-            Use exactly these environments as sparse points instead of ``n_sparse``.
+        sparse_atoms : sequence of (frame index, atom index) pairs, optional
+            Use exactly these environments as sparse points instead of ``n_sparse``; frame
+            indices count the frames passed in (the same format as in :meth:`update`).
         executor : concurrent.futures.Executor, optional
             Where the training Jacobians are computed (default: ``n_jobs`` local processes).
 
@@ -238,7 +257,7 @@ class SparseGP:
         if sparse_atoms is None:
             origin = self._select(frames, features, self.n_sparse, self.sparse_method)
         else:
-            origin = np.asarray(sparse_atoms, dtype=np.int64).reshape(-1, 2)
+            origin = _sparse_pairs(sparse_atoms, frames)
         self._add(frames, features, origin, executor)
         return self
 
@@ -328,17 +347,21 @@ class SparseGP:
                  len(self.sparse_), sum(st.n for st in stats.values()),
                  self.posterior_.log_likelihood)
 
-    def update(self, frames, new_sparse: int | dict | Sequence | None = None, *,
+    def update(self, frames, *, n_sparse: int | dict | None = None,
+               sparse_atoms: Sequence[tuple[int, int]] | None = None,
                executor: Executor | None = None) -> SparseGP:
         """Add labelled structures (and sparse points) without recomputing what is known.
 
         Parameters
         ----------
         frames : list of ase.Atoms, list of Frame, Dataset or path
-        new_sparse : int, dict, sequence or None
-            None: no new sparse points.  int or dict: that many per species, chosen among the new
-            frames' environments by highest remaining variance.  A sequence (one entry per new
-            frame) of atom-index lists: exactly those atoms.
+        n_sparse : int or dict, optional
+            New sparse points per species (a dict maps symbol or Z to a count), chosen among the
+            new frames' environments by highest remaining variance.
+        sparse_atoms : sequence of (frame index, atom index) pairs, optional
+            Exactly these environments as new sparse points; frame indices count the frames
+            passed in (the format of :meth:`fit`).  Give ``n_sparse`` or ``sparse_atoms`` (or
+            neither: no new sparse points), not both.
         executor : concurrent.futures.Executor, optional
 
         Notes
@@ -348,20 +371,21 @@ class SparseGP:
         worker that dies) the model is left exactly as it was before the call.
         """
         self._check_fitted()
+        if n_sparse is not None and sparse_atoms is not None:
+            raise SettingsError("give update() n_sparse (how many new sparse points per species) "
+                                "or sparse_atoms (which ones), not both")
+        if n_sparse is not None and not isinstance(n_sparse, (int, np.integer, dict)):
+            raise SettingsError(f"n_sparse={n_sparse!r}: a count (int) or a dict species -> "
+                                "count; to name atoms use sparse_atoms=[(frame, atom), ...]")
         frames = self._frames(frames)
         features = self._features(frames)
-        base = len(self.frames_)
-        if new_sparse is None:
-            origin = np.zeros((0, 2), dtype=np.int64)
-        elif isinstance(new_sparse, (int, dict)):
-            origin = self._select(frames, features, new_sparse, "variance", cap=True)
-            origin[:, 0] += base
+        if n_sparse is not None:
+            origin = self._select(frames, features, n_sparse, "variance", cap=True)
+        elif sparse_atoms is not None:
+            origin = _sparse_pairs(sparse_atoms, frames)
         else:
-            if len(new_sparse) != len(frames):
-                raise SettingsError("new_sparse as a sequence needs one list of atom indices "
-                                    "per new frame")
-            origin = np.array([(base + i, a) for i, atoms in enumerate(new_sparse)
-                               for a in atoms], dtype=np.int64).reshape(-1, 2)
+            origin = np.zeros((0, 2), dtype=np.int64)
+        origin[:, 0] += len(self.frames_)
         saved = self._state()
         try:
             self._add(frames, features, origin, executor)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 from threadpoolctl import threadpool_limits
 
 from gpmlip.covariance import (SparseSet, energy_gradient, force_prior_variance, force_rows,
@@ -22,6 +22,7 @@ from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeci
 from gpmlip.gp import selection
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.solver import GROUPS, GramStats, Hyper, Posterior, solve
+from gpmlip.species import by_atomic_number
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def normalised_std(variance: np.ndarray, signal_variance: np.ndarray) -> np.ndar
 
 def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
     if isinstance(value, dict):
-        out = {atomic_numbers[k] if isinstance(k, str) else int(k): v for k, v in value.items()}
+        out = by_atomic_number(value, name)
         missing = [chemical_symbols[z] for z in species if z not in out]
         if missing:
             raise SettingsError(f"{name} gives no value for {missing}; add them")

@@ -38,6 +38,28 @@ def test_round_trip_predicts_identically(model, tmp_path):
     assert loaded.n_sparse_points == model.n_sparse_points + 2
 
 
+@pytest.mark.parametrize("e0", ["auto", {"Cu": -0.01}])
+def test_loaded_model_refits_to_itself(tmp_path, e0):
+    """fit, optimise, save, load, refit on the same data: the same model (the optimised signal
+    level and the e0 rule travel with the file, not only the fitted values)."""
+    frames = emt_frames(4, seed=11)
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=8, e0=e0).fit(frames)
+    model.optimise_hyperparameters(max_iterations=30)
+    assert abs(model.signal_variance_[29] - 1.0) > 1e-3     # the optimum moved sigma_z
+    model.save(tmp_path / "m.npz")
+    loaded = gpmlip.load_model(tmp_path / "m.npz")
+    refit = gpmlip.load_model(tmp_path / "m.npz").fit(frames)
+    assert refit.signal_variance_ == pytest.approx(model.signal_variance_, rel=1e-14)
+    assert refit.noise_ == pytest.approx(model.noise_, rel=1e-14)
+    assert refit.e0_.energies == pytest.approx(model.e0_.energies, rel=1e-14)
+    atoms = emt_frames(1, seed=12)[0]
+    for other in (loaded, refit):
+        a, b = model.predict(atoms, force_std=True), other.predict(atoms, force_std=True)
+        assert b.energy == pytest.approx(a.energy, rel=1e-12, abs=1e-10)
+        np.testing.assert_allclose(b.forces, a.forces, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(b.local_std_normalised, a.local_std_normalised, rtol=1e-8)
+
+
 def test_file_is_data_not_pickle(model, tmp_path):
     path = tmp_path / "model.npz"
     model.save(path)

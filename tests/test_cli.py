@@ -167,6 +167,13 @@ def test_otf_ctrl_c_then_resume(tmp_path):
     assert Path(summary["plot"]).exists()
 
 
+def test_otf_needs_a_labeller(tmp_path):
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=5).replace('labeller = "emt"\n', ""))
+    proc = gpmlip("otf", tmp_path / "otf.toml", "-d", tmp_path / "run", check=False)
+    assert proc.returncode == 1 and "[otf] labeller is needed" in proc.stderr
+    assert not (tmp_path / "run" / "labels").exists()
+
+
 @pytest.mark.parametrize("case", ["bad_key", "bad_type", "missing_file", "future_model",
                                   "unknown_table"])
 def test_errors_are_one_clear_line(trained, tmp_path, case):

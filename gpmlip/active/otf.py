@@ -32,7 +32,7 @@ from gpmlip.active import mdstate
 from gpmlip.active.rundir import RunDirectory, label_frame, structure_dict, write_json
 from gpmlip.active.settings import OTFSettings
 from gpmlip.calculator import GPCalculator
-from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError
+from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError, SettingsError
 from gpmlip.gp.selection import greedy_variance
 from gpmlip.kernels import normalise
 from gpmlip.labellers import get_labeller, provenance, run_labeller
@@ -65,8 +65,9 @@ class OnTheFlyLearner:
     model : SparseGP or path
         An unfitted model (empty start: the first frame is labelled and seeds the sparse set),
         a fitted one, or a model file.  With ``initial_data`` an unfitted model is fitted first.
-    labeller : str, dict, callable or Labeller, default "emt"
-        See :func:`gpmlip.labellers.get_labeller`.
+    labeller : str, dict, callable or Labeller
+        The reference method (required: e.g. ``"emt"`` for tests, a GPAW dict, a factory of
+        ASE calculators); see :func:`gpmlip.labellers.get_labeller`.
     directory : str or Path, default "otf_run"
         Where labels, checkpoints, the trajectory and the final model go.
     settings : OTFSettings or dict, optional
@@ -78,7 +79,7 @@ class OnTheFlyLearner:
         ``"updated"`` (model updated and checkpointed) and ``"checkpoint"``.
     """
 
-    def __init__(self, model, labeller="emt", directory="otf_run", *,
+    def __init__(self, model, labeller, directory="otf_run", *,
                  settings: OTFSettings | dict | None = None, initial_data=None,
                  callbacks: list[Callable] | None = None, **overrides) -> None:
         if isinstance(model, (str, Path)):
@@ -88,6 +89,10 @@ class OnTheFlyLearner:
         base = settings.to_dict() if isinstance(settings, OTFSettings) else dict(settings or {})
         self.settings = OTFSettings.from_dict({**base, **overrides})
         self.model = model
+        if labeller is None:
+            raise SettingsError("OnTheFlyLearner needs a labeller: the reference calculation "
+                                "to run on uncertain frames, e.g. 'emt', {'name': 'gpaw', ...} "
+                                "or a function returning an ASE calculator")
         self.labeller = get_labeller(labeller, timeout=self.settings.timeout)
         self.rundir = RunDirectory(directory)
         self.initial_data = initial_data

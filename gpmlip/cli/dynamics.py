@@ -90,7 +90,11 @@ def otf(args) -> int:
     cfg = config.load(args.config)
     md_cfg = config.merge(cfg, "md", steps=args.steps)
     otf_cfg = config.merge(cfg, "otf", directory=args.directory)
-    labeller = otf_cfg.pop("labeller", "emt")
+    labeller = otf_cfg.pop("labeller", None)
+    if labeller is None:
+        raise gpmlip.errors.SettingsError("[otf] labeller is needed: the reference method for "
+                                          "uncertain frames, e.g. labeller = \"emt\" or a "
+                                          "[otf.labeller] table with name = \"gpaw\"")
     directory = args.resume or otf_cfg.pop("directory", None) or \
         time.strftime("runs/otf-%Y%m%d-%H%M%S")
     otf_cfg.pop("directory", None)

@@ -265,3 +265,30 @@ def test_sparse_atoms_one_format_in_fit_and_update(train):
     with pytest.raises(TypeError):
         m.update(train[5:6], [3])                   # no positional sparse argument
     assert m.n_sparse_points == before + 4 and len(m.frames_) == 5
+
+
+def test_update_refits_e0_when_a_new_composition_arrives():
+    """An on-the-fly run that starts on Cu: its first CuAu label refits e0, and the model is
+    then the fresh fit on the union (same sparse points); within that composition space e0
+    then stays put."""
+    soap = gpmlip.SOAP(**SMALL_MULTI)
+    cu = emt_frames(2, seed=30)
+    cuau = emt_frames(2, seed=31, alloy=True)
+    m = gpmlip.SparseGP(soap, n_sparse=4).fit(cu[:1])
+    assert m.e0_.method == "fit" and set(m.e0_.energies) == {29}
+    m.update(cu[1:], n_sparse=2)
+    e0_cu = dict(m.e0_.energies)
+    m.update(cuau[:1], n_sparse=3)
+    union = cu + cuau[:1]
+    ref = gpmlip.SparseGP(soap).fit(union, sparse_atoms=m.sparse_origin_)
+    assert set(m.e0_.energies) == {29, 79} and m.e0_.energies[29] != e0_cu[29]
+    assert m.e0_.energies == pytest.approx(ref.e0_.energies, rel=1e-12)
+    probe = emt_frames(1, seed=32, alloy=True)[0]
+    a, b = m.predict(probe), ref.predict(probe)
+    assert abs(a.energy - b.energy) < 1e-8
+    np.testing.assert_allclose(a.energies, b.energies, atol=1e-8)
+    np.testing.assert_allclose(a.forces, b.forces, atol=1e-8)
+    np.testing.assert_allclose(a.local_variance, b.local_variance, atol=1e-8)
+    e0 = dict(m.e0_.energies)
+    m.update(cuau[1:])                 # same composition space: e0 is kept
+    assert m.e0_.energies == e0

@@ -283,8 +283,9 @@ class SparseGP:
             picked.extend(where[k] for k in idx)
         return np.array(picked, dtype=np.int64).reshape(-1, 2)
 
-    def _add(self, new_frames, new_features, origin, executor) -> None:
-        """Add frames and sparse points (origin indices refer to ``self.frames_ + new_frames``)."""
+    def _add(self, new_frames, new_features, origin, executor, rebuild: bool = False) -> None:
+        """Add frames and sparse points (origin indices refer to ``self.frames_ + new_frames``);
+        ``rebuild``: recompute every frame's observations (e0 changed)."""
         frames = self.frames_ + list(new_frames)
         features = self.features_ + list(new_features)
         m_old = len(self.sparse_)
@@ -298,7 +299,7 @@ class SparseGP:
                                      np.concatenate([self.sparse_.species, z_new]))
             self.sparse_origin_ = np.vstack([self.sparse_origin_, origin])
             self._grow_kmm(m_old)
-        if len(self.sparse_) > m_old:
+        if len(self.sparse_) > m_old or rebuild:
             # New kernel columns: every known frame contributes to them.  Its Jacobian is
             # recomputed (never stored) and its rows are folded in again for all columns.
             self.stats_ = {g: GramStats.empty(len(self.sparse_)) for g in self.stats_}
@@ -389,16 +390,45 @@ class SparseGP:
         origin[:, 0] += len(self.frames_)
         saved = self._state()
         try:
-            self._add(frames, features, origin, executor)
+            e0 = self._grown_e0(frames)
+            if e0 is not None:
+                self.e0_ = e0
+            self._add(frames, features, origin, executor, rebuild=e0 is not None)
         except BaseException:
             self.__dict__.update(saved)   # a failed update leaves the model as it was
             raise
         return self
 
+    def _grown_e0(self, new_frames: list[Frame]) -> ReferenceEnergies | None:
+        """e0 refitted on all frames if the new ones widen the composition space, else None.
+
+        With ``e0`` "auto", "fit" or "isolated", e0 is re-derived (as a fresh fit on the union
+        would) when the compositions of the energy-labelled frames span more dimensions than
+        before, e.g. the first CuAu frame of a run that started on pure Cu.  Within the same
+        composition space e0 stays as it is, so that the model does not drift label by label.
+        """
+        if not isinstance(self.e0, str):
+            return None
+        species = sorted({int(z) for f in self.frames_ + new_frames for z in f.atoms.numbers})
+
+        def rank(frames) -> int:
+            counts = [[np.count_nonzero(f.atoms.numbers == z) for z in species]
+                      for f in frames if f.energy is not None]
+            return int(np.linalg.matrix_rank(np.array(counts, dtype=float))) if counts else 0
+
+        if rank(self.frames_ + new_frames) == rank(self.frames_):
+            return None
+        e0 = reference_energies(Dataset(self.frames_ + new_frames), self.e0)
+        if e0.energies == self.e0_.energies:
+            return None
+        log.info("the compositions span more species than before: e0 refitted from %s to %s "
+                 "eV; energy rows rebuilt", self.e0_.to_dict(), e0.to_dict())
+        return e0
+
     def _state(self) -> dict:
         """References to everything :meth:`_add` replaces, and copies of what it mutates."""
         names = ("frames_", "features_", "sparse_", "sparse_origin_", "kmm_", "posterior_",
-                 "version")
+                 "version", "e0_")
         state = {n: getattr(self, n) for n in names}
         state["stats_"] = {g: copy.deepcopy(st) for g, st in self.stats_.items()}
         return state

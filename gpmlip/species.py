@@ -29,8 +29,8 @@ def atomic_number(species, what: str = "species") -> int:
         if species.strip().isdigit():
             species = int(species)
         else:
-            raise SettingsError(f"{what}: {species!r} is not a chemical symbol; use one such as "
-                                "'Cu' or 'Au' (capital first letter) or an atomic number")
+            raise SettingsError(f"{what}: unknown chemical symbol {species!r}; give a symbol "
+                                "such as 'Cu' or 'Au' (capital first letter) or an atomic number")
     try:
         z = int(species)
     except (TypeError, ValueError):

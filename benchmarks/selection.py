@@ -81,10 +81,15 @@ def curve(method: str, pool, features, test, start, args) -> list[dict]:
                                atoms_per_pick=args.sparse_per_frame,
                                score=args.score)
             picks = [left[i] for i in sel.indices]
-            sparse = ([a[:args.sparse_per_frame] or [0] for a in sel.added_atoms]
+            sparse = ([(i, a) for i, atoms in enumerate(sel.added_atoms)
+                       for a in atoms[:args.sparse_per_frame] or [0]]
                       if method == "greedy" else args.sparse_per_frame * args.batch)
         seconds = time.perf_counter() - t
-        model.update([pool[i] for i in picks], new_sparse=sparse)
+        picked = [pool[i] for i in picks]
+        if isinstance(sparse, int):
+            model.update(picked, n_sparse=sparse)
+        else:
+            model.update(picked, sparse_atoms=sparse)
         labelled += picks
         temps = [pool[i].info["temperature"] for i in picks]
         points.append({"labels": len(labelled), "rmse": force_rmse(model, test),

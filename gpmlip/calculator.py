@@ -8,8 +8,9 @@ from gpmlip.covariance import voigt
 
 UNCERTAINTY_RESULTS = {
     "local_variance": "per-atom predictive variance of the local energy, eV^2",
-    "local_variance_normalised": "the same over the species' signal variance, in [0, 1]",
-    "max_uncertainty": "max over atoms of sqrt(local_variance_normalised) (what OTF thresholds)",
+    "local_std_normalised": "sqrt(local_variance) over the species' signal std, in [0, 1]: the "
+                            "novelty every threshold of gpmlip is on",
+    "max_uncertainty": "max over atoms of local_std_normalised (what OTF and the gate threshold)",
     "force_std": "per-component force standard deviation, eV/Å (only with force_std=True)",
 }
 """Extra entries of ``calc.results`` and what they mean."""
@@ -25,7 +26,7 @@ class GPCalculator(Calculator):
         are dropped on the next call.
     uncertainty : bool, default False
         Compute the local-energy variances with every call.  Without it they are computed only
-        when asked for (``get_property("local_variance_normalised", atoms)``), from the same
+        when asked for (``get_property("local_std_normalised", atoms)``), from the same
         descriptor pass when the forces are already known: plain MD pays nothing for them.
     force_std : bool, default False
         Also compute force uncertainties (needs the descriptor Jacobian: slower).
@@ -33,12 +34,12 @@ class GPCalculator(Calculator):
     Notes
     -----
     ``results`` holds, besides ASE's properties, the entries of :data:`UNCERTAINTY_RESULTS`.
-    Read them with ``calc.get_property("local_variance_normalised", atoms)`` or after any
+    Read them with ``calc.get_property("local_std_normalised", atoms)`` or after any
     property call from ``calc.results``.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
-                              "local_variance", "local_variance_normalised", "max_uncertainty",
+                              "local_variance", "local_std_normalised", "max_uncertainty",
                               "force_std"]
 
     def __init__(self, model, *, uncertainty: bool = False, force_std: bool = False,
@@ -89,7 +90,7 @@ class GPCalculator(Calculator):
     def _store_uncertainty(self, pred) -> None:
         self.results.update({
             "local_variance": pred.local_variance,
-            "local_variance_normalised": pred.local_variance_normalised,
+            "local_std_normalised": pred.local_std_normalised,
             "max_uncertainty": pred.max_uncertainty,
         })
         if pred.force_std is not None:

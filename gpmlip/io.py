@@ -77,6 +77,20 @@ def _frames_from_arrays(arrays, config_types: list[str]):
     return frames
 
 
+def _e0_setting(e0):
+    """The model's ``e0`` argument as JSON: a mode string, or symbol -> eV."""
+    from gpmlip.data.reference import ReferenceEnergies
+    from gpmlip.species import atomic_number
+
+    if isinstance(e0, ReferenceEnergies):
+        return e0.to_dict()
+    if isinstance(e0, dict):
+        from ase.data import chemical_symbols
+
+        return {chemical_symbols[atomic_number(k, "e0")]: float(v) for k, v in e0.items()}
+    return e0
+
+
 def save_model(model, path) -> None:
     """Write a fitted :class:`~gpmlip.SparseGP` to ``path`` (``.npz``), atomically.
 
@@ -97,6 +111,7 @@ def save_model(model, path) -> None:
         "config_sigmas": model.config_sigmas,
         "e0": {str(z): e for z, e in model.e0_.energies.items()},
         "e0_method": model.e0_.method,
+        "e0_setting": _e0_setting(model.e0),
         "settings": {"n_sparse": model.n_sparse, "sparse_method": model.sparse_method,
                      "jitter": model.jitter, "seed": model.seed},
         "config_types": [f.config_type for f in model.frames_],
@@ -177,7 +192,12 @@ def load_model(path, *, n_jobs: int = 1):
                          seed=settings["seed"], config_sigmas=meta["config_sigmas"],
                          energy_sigma=meta["noise"]["energy"],
                          force_sigma=meta["noise"]["forces"],
-                         stress_sigma=meta["noise"]["stress"])
+                         stress_sigma=meta["noise"]["stress"],
+                         # the fitted signal levels and the e0 rule, so that a refit of the
+                         # loaded model is the model that was saved
+                         signal_std={int(z): float(np.sqrt(v)) for z, v in
+                                     kernel.signal_variance.items()},
+                         e0=meta.get("e0_setting") or {int(z): float(e) for z, e in meta["e0"].items()})
         model.signal_variance_ = kernel.signal_variance
         model.noise_ = {k: float(v) for k, v in meta["noise"].items()}
         model.e0_ = ReferenceEnergies({int(z): float(e) for z, e in meta["e0"].items()},

@@ -91,6 +91,28 @@ def test_md_with_a_gate_that_queues(trained):
     assert LabelQueue(work / "q.db", "emt").counts()["queued"] == summary["gate"]["queue"]
 
 
+def test_md_with_a_gate_that_labels_saves_the_model_and_resumes(trained, tmp_path):
+    work, _ = trained
+    args = ["md", work / "cu.npz", "-s", "Cu fcc 3.61 2", "-T", "1500", "--gate-threshold",
+            "2e-4", "--gate-policy", "label", "--labeller", "emt", "-o", tmp_path / "md.extxyz",
+            "--interval", "5", "--json"]
+    summary = json.loads(gpmlip(*args, "-n", "20").stdout)
+    gate = summary["gate"]
+    assert summary["steps"] == 20 == gate["steps"] and gate["labels"] >= 1
+    import gpmlip as lib
+    trained_frames = len(lib.load_model(work / "cu.npz").frames_)
+    saved = lib.load_model(gate["model"])
+    assert len(saved.frames_) == trained_frames + gate["labels"]
+    # the same command with --resume and more steps goes on from step 20
+    more = json.loads(gpmlip(*args, "-n", "30", "--resume").stdout)
+    assert more["steps"] == 30 and more["gate"]["labels"] >= gate["labels"]
+    import ase.io
+    frames = ase.io.read(tmp_path / "md.extxyz", ":")
+    assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20, 25, 30]
+    again = gpmlip(*args, "-n", "30", check=False)          # a new run may not reuse it
+    assert again.returncode == 1 and "resume" in again.stderr
+
+
 def test_select_label_export(trained):
     work, _ = trained
     import ase.io
@@ -166,6 +188,13 @@ def test_otf_ctrl_c_then_resume(tmp_path):
     summary = json.loads(done.stdout)
     assert summary["labels"] >= labels and summary["steps"] >= 60
     assert Path(summary["plot"]).exists()
+
+
+def test_otf_needs_a_labeller(tmp_path):
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=5).replace('labeller = "emt"\n', ""))
+    proc = gpmlip("otf", tmp_path / "otf.toml", "-d", tmp_path / "run", check=False)
+    assert proc.returncode == 1 and "[otf] labeller is needed" in proc.stderr
+    assert not (tmp_path / "run" / "labels").exists()
 
 
 @pytest.mark.parametrize("case", ["bad_key", "bad_type", "missing_file", "future_model",

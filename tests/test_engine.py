@@ -166,7 +166,7 @@ def test_pair_energies_equal_the_calculator(smooth_model):
     np.testing.assert_allclose(f, forces, rtol=1e-10, atol=1e-12)
     virial = -np.einsum("pa,pb->ab", pairs.vector, res.dE_dr)
     np.testing.assert_allclose(-virial / atoms.get_volume(), stress, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(res.std, np.sqrt(calc.results["local_variance_normalised"]),
+    np.testing.assert_allclose(res.std, calc.results["local_std_normalised"],
                                rtol=1e-10)
 
 

@@ -34,8 +34,30 @@ def test_round_trip_predicts_identically(model, tmp_path):
     np.testing.assert_array_equal(a.local_variance, b.local_variance)
     np.testing.assert_array_equal(a.force_std, b.force_std)
     # the loaded model can still be updated (it carries its training set)
-    loaded.update(emt_frames(1, seed=4), new_sparse=2)
+    loaded.update(emt_frames(1, seed=4), n_sparse=2)
     assert loaded.n_sparse_points == model.n_sparse_points + 2
+
+
+@pytest.mark.parametrize("e0", ["auto", {"Cu": -0.01}])
+def test_loaded_model_refits_to_itself(tmp_path, e0):
+    """fit, optimise, save, load, refit on the same data: the same model (the optimised signal
+    level and the e0 rule travel with the file, not only the fitted values)."""
+    frames = emt_frames(4, seed=11)
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=8, e0=e0).fit(frames)
+    model.optimise_hyperparameters(max_iterations=30)
+    assert abs(model.signal_variance_[29] - 1.0) > 1e-3     # the optimum moved sigma_z
+    model.save(tmp_path / "m.npz")
+    loaded = gpmlip.load_model(tmp_path / "m.npz")
+    refit = gpmlip.load_model(tmp_path / "m.npz").fit(frames)
+    assert refit.signal_variance_ == pytest.approx(model.signal_variance_, rel=1e-14)
+    assert refit.noise_ == pytest.approx(model.noise_, rel=1e-14)
+    assert refit.e0_.energies == pytest.approx(model.e0_.energies, rel=1e-14)
+    atoms = emt_frames(1, seed=12)[0]
+    for other in (loaded, refit):
+        a, b = model.predict(atoms, force_std=True), other.predict(atoms, force_std=True)
+        assert b.energy == pytest.approx(a.energy, rel=1e-12, abs=1e-10)
+        np.testing.assert_allclose(b.forces, a.forces, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(b.local_std_normalised, a.local_std_normalised, rtol=1e-8)
 
 
 def test_file_is_data_not_pickle(model, tmp_path):
@@ -88,11 +110,11 @@ def test_calculator_variance_on_demand(model):
     original = model.predict
     model.predict = lambda *a, **k: calls.append(k) or original(*a, **k)
     try:
-        v = atoms.calc.get_property("local_variance_normalised", atoms)
+        v = atoms.calc.get_property("local_std_normalised", atoms)
     finally:
         del model.predict
     assert calls == [dict(forces=False, stress=False, variance=True, force_std=False)]
-    np.testing.assert_allclose(v, model.predict(atoms).local_variance_normalised)
+    np.testing.assert_allclose(v, model.predict(atoms).local_std_normalised)
     np.testing.assert_array_equal(atoms.calc.results["forces"], forces)
 
 

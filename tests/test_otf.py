@@ -176,6 +176,14 @@ def test_label_budget(tmp_path):
     assert learner.run(langevin(atoms), 30)["labels"] == 2
 
 
+def test_the_labeller_is_required(tmp_path):
+    """No silent EMT: a learner without a labeller is an error, not an EMT run."""
+    with pytest.raises(TypeError):
+        OnTheFlyLearner(new_model(), directory=tmp_path / "run")
+    with pytest.raises(SettingsError, match="needs a labeller"):
+        OnTheFlyLearner(new_model(), None, tmp_path / "run")
+
+
 def test_settings_are_validated():
     with pytest.raises(SettingsError, match="std_tolerans.*allowed"):
         OTFSettings.from_dict({"std_tolerans": 0.1})

@@ -61,6 +61,20 @@ def test_scores_match_the_models_uncertainty_order(cold_model):
     assert sel.indices == list(np.argsort(model_max)[::-1])
 
 
+def test_pool_score_is_the_std_the_learner_thresholds(cold_model):
+    """The pool scores a structure by the prediction's largest local_std_normalised (weight
+    term included), not by the projected-process residual alone."""
+    pool = [emt_frames(1, seed=s, rattle=r, strain=0.0)[0]
+            for s, r in ((3, 0.02), (4, 0.1), (5, 0.3))]
+    sel = select_batch(cold_model, pool, 3, method="greedy")
+    expected = [cold_model.predict(a, forces=False).local_std_normalised.max() for a in pool]
+    np.testing.assert_allclose(sel.initial_scores, expected, rtol=1e-8)
+    assert sel.scores[0] == pytest.approx(max(expected), rel=1e-8)
+    rms = select_batch(cold_model, pool, 1, method="topk", score="rms").initial_scores
+    np.testing.assert_allclose(rms, [np.sqrt(np.mean(cold_model.predict(
+        a, forces=False).local_std_normalised ** 2)) for a in pool], rtol=1e-8)
+
+
 def test_rms_score_is_between_mean_and_max(cold_model):
     pool = [emt_frames(1, seed=s, rattle=r, strain=0.0)[0] for s, r in ((3, 0.05), (4, 0.2))]
     rms = select_batch(cold_model, pool, 2, method="topk", score="rms").initial_scores
@@ -106,7 +120,7 @@ def test_gate_warns_or_queues_and_counts(cold_model, tmp_path, policy):
                            min_steps_between=5)
     atoms, dyn = _hot_md(gate)
     summary = gate.run(dyn, 40)
-    assert summary["steps"] == 41 and summary["gated"] >= 2
+    assert summary["steps"] == 40 == dyn.nsteps and summary["gated"] >= 2
     assert summary[policy] == summary["gated"] and summary["max_std_seen"] > 0.01
     frames = ase.io.read(tmp_path / "gated.extxyz", ":")
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -162,6 +176,54 @@ def test_gate_label_learns_and_keeps_labels(tmp_path):
     assert record["result"]["energy"] == pytest.approx(check.get_potential_energy())
     # the labelled frame is now known to the model
     assert model.predict(check, forces=False).max_uncertainty < record["max_std"]
+
+
+def _label_gate(directory, **kwargs):
+    frames = emt_frames(2, seed=0, rattle=0.03, strain=0.0)
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(frames)
+    return UncertaintyGate(model, directory, threshold=0.003, policy="label", labeller="emt",
+                           min_steps_between=3, **kwargs)
+
+
+def test_gate_label_saves_its_model_and_resumes_like_an_otf_run(tmp_path):
+    """The label policy is the on-the-fly learner's machinery: the model with the new labels
+    is saved, and a run killed between a label reaching the disk and the model learning it
+    resumes (label re-applied, not recomputed) to the same end as an uncut run."""
+    gate = _label_gate(tmp_path / "ref")
+    atoms, dyn = _hot_md(gate)
+    ref = gate.run(dyn, 30)
+    assert ref["labels"] >= 2 and ref["steps"] == 30
+    saved = gpmlip.load_model(tmp_path / "ref" / "model.npz")
+    assert len(saved.frames_) == 2 + ref["labels"]
+    assert {f.config_type for f in saved.frames_[2:]} == {"gate"}
+    record = json.loads((tmp_path / "ref/labels/000001.json").read_text())
+    assert record["provenance"]["start"] and record["md"]["nsteps"] == record["step"]
+
+    class Killed(Exception):
+        pass
+
+    seen = []
+
+    def kill(event, info):
+        if event == "labelled":
+            seen.append(info["index"])
+            if len(seen) == 2:
+                raise Killed
+
+    gate = _label_gate(tmp_path / "cut", callbacks=[kill])
+    _, dyn = _hot_md(gate)
+    with pytest.raises(Killed):
+        gate.run(dyn, 30)
+    with pytest.raises(gpmlip.errors.RunDirectoryError, match="resume"):
+        _label_gate(tmp_path / "cut").run(_hot_md(gate)[1], 30)
+    gate = _label_gate(tmp_path / "cut")
+    again, dyn = _hot_md(gate)
+    summary = gate.run(dyn, 30, resume=True)
+    assert summary["steps"] == 30 and summary["labels"] == ref["labels"]
+    assert summary["sparse_points"] == ref["sparse_points"]
+    assert summary["gated"] == ref["gated"]
+    np.testing.assert_allclose(again.positions, atoms.positions, atol=1e-6)
+    assert len(list((tmp_path / "cut/labels").glob("*.json"))) == ref["labels"]
 
 
 def test_gate_bad_settings(cold_model, tmp_path):

@@ -7,6 +7,7 @@ import gpmlip
 from gpmlip.covariance import force_prior_variance, force_rows, local_kernel
 from gpmlip.data import load_frames
 from gpmlip.gp.hyper import objective
+from gpmlip.errors import DataError, SettingsError
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.testing import check_forces, check_stress
 
@@ -109,12 +110,17 @@ def test_multi_species_and_molecule_derivatives():
 
 def test_variances_known_and_unknown(model, train):
     p = model.predict(train[0], forces=False)
-    v = p.local_variance_normalised
-    assert np.all((v >= 0) & (v <= 1))
+    u = p.local_std_normalised
+    assert np.all((u >= 0) & (u <= 1)) and p.max_uncertainty == u.max()
     far = emt_frames(1, seed=2, rattle=0.0, strain=0.0)[0]
     far.set_cell(far.cell * 1.25, scale_atoms=True)    # 25 % stretched: never seen
     assert model.predict(far, forces=False).max_uncertainty > 2 * p.max_uncertainty
-    np.testing.assert_allclose(p.local_variance, v * model.signal_variance_[29])
+    np.testing.assert_allclose(p.local_variance, u ** 2 * model.signal_variance_[29])
+    features = model.descriptor.describe(train[0]).features
+    np.testing.assert_allclose(model.local_std_normalised(features, train[0].numbers), u,
+                               rtol=1e-8)
+    with pytest.warns(DeprecationWarning, match="local_std_normalised"):
+        np.testing.assert_allclose(p.local_variance_normalised, u ** 2)
 
 
 def test_force_std_is_dense_dtc_variance(train):
@@ -168,9 +174,8 @@ def test_update_equals_refit(train):
     soap = gpmlip.SOAP(**SMALL_CU)
     first, second = train[:3], train[3:]
     m = gpmlip.SparseGP(soap, n_sparse=5, e0={"Cu": 0.0}).fit(first)
-    m.update(second[:2], new_sparse=[[0, 3], [5]])
+    m.update(second[:2], sparse_atoms=[(0, 0), (0, 3), (1, 5)])
     m.update(second[2:])
-    m.update([], new_sparse=None) if False else None
     ref = gpmlip.SparseGP(soap, e0={"Cu": 0.0}).fit(train, sparse_atoms=m.sparse_origin_)
     # the weights are large and cancel (|beta| ~ 1e4 with the smooth cutoff's similar
     # environments): compare them to 1e-6 and the predictions to 1e-8 eV
@@ -185,7 +190,7 @@ def test_update_equals_refit(train):
 def test_update_by_variance_adds_sparse_points(model, train):
     m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(train[:2])
     before = m.n_sparse_points
-    m.update(train[2:4], new_sparse=3)
+    m.update(train[2:4], n_sparse=3)
     assert m.n_sparse_points == before + 3
 
 
@@ -241,10 +246,57 @@ def test_failed_update_leaves_the_model_unchanged(train, monkeypatch):
 
     monkeypatch.setattr(model_module, "compute_rows", crash)
     with pytest.raises(RuntimeError, match="worker died"):
-        m.update(train[2:4], new_sparse=2)
+        m.update(train[2:4], n_sparse=2)
     monkeypatch.undo()
     after = m.predict(atoms)
     assert m.n_sparse_points == 4 and len(m.frames_) == 2
     assert after.energy == before.energy
-    m.update(train[2:4], new_sparse=2)          # and it still works
+    m.update(train[2:4], n_sparse=2)          # and it still works
     assert m.n_sparse_points == 6
+
+
+def test_sparse_atoms_one_format_in_fit_and_update(train):
+    soap = gpmlip.SOAP(**SMALL_CU)
+    m = gpmlip.SparseGP(soap, n_sparse=3, e0={"Cu": 0.0}).fit(train[:2])
+    before = m.n_sparse_points
+    m.update(train[2:4], sparse_atoms=[(1, 3)])     # frame 1 of those passed, atom 3
+    assert m.n_sparse_points == before + 1
+    np.testing.assert_array_equal(m.sparse_origin_[-1], [3, 3])
+    m.update(train[4:5], n_sparse=3)                # three points, not atom 3
+    assert m.n_sparse_points == before + 4
+    with pytest.raises(SettingsError, match="not both"):
+        m.update(train[5:6], n_sparse=2, sparse_atoms=[(0, 1)])
+    with pytest.raises(SettingsError, match="pairs"):
+        m.update(train[5:6], sparse_atoms=[3])
+    with pytest.raises(DataError, match="does not exist"):
+        m.update(train[5:6], sparse_atoms=[(1, 0)])
+    with pytest.raises(TypeError):
+        m.update(train[5:6], [3])                   # no positional sparse argument
+    assert m.n_sparse_points == before + 4 and len(m.frames_) == 5
+
+
+def test_update_refits_e0_when_a_new_composition_arrives():
+    """An on-the-fly run that starts on Cu: its first CuAu label refits e0, and the model is
+    then the fresh fit on the union (same sparse points); within that composition space e0
+    then stays put."""
+    soap = gpmlip.SOAP(**SMALL_MULTI)
+    cu = emt_frames(2, seed=30)
+    cuau = emt_frames(2, seed=31, alloy=True)
+    m = gpmlip.SparseGP(soap, n_sparse=4).fit(cu[:1])
+    assert m.e0_.method == "fit" and set(m.e0_.energies) == {29}
+    m.update(cu[1:], n_sparse=2)
+    e0_cu = dict(m.e0_.energies)
+    m.update(cuau[:1], n_sparse=3)
+    union = cu + cuau[:1]
+    ref = gpmlip.SparseGP(soap).fit(union, sparse_atoms=m.sparse_origin_)
+    assert set(m.e0_.energies) == {29, 79} and m.e0_.energies[29] != e0_cu[29]
+    assert m.e0_.energies == pytest.approx(ref.e0_.energies, rel=1e-12)
+    probe = emt_frames(1, seed=32, alloy=True)[0]
+    a, b = m.predict(probe), ref.predict(probe)
+    assert abs(a.energy - b.energy) < 1e-8
+    np.testing.assert_allclose(a.energies, b.energies, atol=1e-8)
+    np.testing.assert_allclose(a.forces, b.forces, atol=1e-8)
+    np.testing.assert_allclose(a.local_variance, b.local_variance, atol=1e-8)
+    e0 = dict(m.e0_.energies)
+    m.update(cuau[1:])                 # same composition space: e0 is kept
+    assert m.e0_.energies == e0

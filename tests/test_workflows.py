@@ -19,7 +19,7 @@ def script(name, *args, cwd, timeout=600):
 def test_gated_md(tmp_path):
     out = script("gated_md.py", "--policy", "warn", "--steps", "60", "--directory",
                  tmp_path / "g", cwd=tmp_path)
-    assert "61 steps at 1200 K, policy warn" in out
+    assert "60 steps at 1200 K, policy warn" in out      # steps = dyn.nsteps
     assert (tmp_path / "g" / "gate_summary.json").exists()
 
 

@@ -10,7 +10,8 @@ Without ``--model`` a small model is first fitted to 10 EMT frames at 300 K, so 
 normalised local-energy std: ``warn`` logs and writes the frame to ``gated.extxyz``; ``queue``
 also adds it to ``queue.db`` for labelling later (``gpmlip.labelling.label_queue``); ``stop``
 saves the frame and the MD state and ends the run; ``label`` labels with EMT at once, updates
-the model and goes on.  The summary counts every decision.
+the model and goes on (the updated model is written to ``model.npz`` in the directory).  The
+summary counts every decision.
 """
 
 from __future__ import annotations
@@ -81,7 +82,11 @@ def main() -> None:
     if queue is not None:
         print(f"queue {queue.path}: {queue.counts()}; label with "
               "gpmlip.labelling.label_queue(LabelQueue(path))")
-    print(f"files: {directory}/ (gated.extxyz, events.jsonl, gate_summary.json)")
+    if args.policy == "label":
+        print(f"model with the {summary['labels']} new labels: {summary['model']}; files: "
+              f"{directory}/ (labels/, labelled.extxyz, events.jsonl, gate_summary.json)")
+    else:
+        print(f"files: {directory}/ (gated.extxyz, events.jsonl, gate_summary.json)")
 
 
 if __name__ == "__main__":

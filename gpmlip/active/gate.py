@@ -15,17 +15,21 @@ applies its policy:
     thermostat state) and stop cleanly: :meth:`UncertaintyGate.run` returns, and an attached
     gate raises :class:`~gpmlip.errors.UncertaintyStop` out of ``dyn.run``.
 ``"label"``
-    call the labeller now, write the label to ``labels/`` before use, update the model with the
-    frame and its uncertain atoms as new sparse points, and go on.
+    call the labeller now and learn: the gate drives an :class:`~gpmlip.active.OnTheFlyLearner`
+    on the same directory, so labels, retries, checkpoints (model and MD state), the final
+    ``model.npz`` and resuming a killed run (``run(dyn, steps, resume=True)``) are the
+    on-the-fly learner's, with the same label records (``config_type`` "gate").
 
 Every decision is a line in ``events.jsonl``; :meth:`UncertaintyGate.summary` counts them.
+Steps are counted as the learner counts them: ``steps`` is the dynamics' ``nsteps``, so
+``run(dyn, 40)`` takes (and reports) 40 steps; like an ASE observer, the gate checks the
+starting frame only when ``nsteps`` is 0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,11 +37,11 @@ import ase.io
 import numpy as np
 
 from gpmlip.active import mdstate
-from gpmlip.active.otf import choose_sparse_atoms
-from gpmlip.active.rundir import RunDirectory, label_frame, structure_dict, write_json
+from gpmlip.active.otf import OnTheFlyLearner
+from gpmlip.active.rundir import RunDirectory, write_json
+from gpmlip.active.settings import OTFSettings
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, SettingsError, UncertaintyStop
-from gpmlip.labellers import get_labeller, provenance, run_labeller
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class UncertaintyGate:
     directory : str or Path
         Where gated frames, events, labels and the stop state go (created).
     threshold : float
-        Normalised local-energy std (0-1) above which a frame is gated.
+        ``local_std_normalised`` (0-1) above which a frame is gated.
     policy : {"warn", "queue", "stop", "label"}
     queue : object with ``add(structures, source=...)``, optional
         Needed by ``"queue"``.
@@ -65,11 +69,18 @@ class UncertaintyGate:
     min_steps_between : int
         Steps after a gated frame before the next one is acted on (a trajectory that wanders
         off stays off for a while; one action per excursion is usually enough).
+    label_settings : dict, optional
+        Further :class:`~gpmlip.active.OTFSettings` of the ``"label"`` policy's learner
+        (``on_failure``, ``max_retries``, ``max_labels``, ``timeout``, ``optimise_every``,
+        ``checkpoint_interval``...); by default it does not re-optimise hyper-parameters.
+    callbacks : list of callable, optional
+        Passed to the learner (``"label"``): ``callback(event, info)``.
     """
 
     def __init__(self, model, directory, threshold: float, policy: str = "warn", *,
                  queue=None, labeller=None, max_atoms_added: int = 20,
-                 min_steps_between: int = 10) -> None:
+                 min_steps_between: int = 10, label_settings: dict | None = None,
+                 callbacks: list | None = None) -> None:
         if policy not in POLICIES:
             raise SettingsError(f"policy={policy!r}: choose one of {POLICIES}")
         if not 0 < threshold <= 1:
@@ -79,41 +90,92 @@ class UncertaintyGate:
             raise SettingsError("policy 'queue' needs queue= (e.g. gpmlip.labelling.LabelQueue)")
         if policy == "label" and labeller is None:
             raise SettingsError("policy 'label' needs labeller= (e.g. 'emt' or a GPAW dict)")
-        self.model = model
+        if label_settings and policy != "label":
+            raise SettingsError("label_settings= is for policy 'label'")
         self.threshold = float(threshold)
         self.policy = policy
         self.queue = queue
-        self.labeller = get_labeller(labeller) if labeller is not None else None
-        self.max_atoms_added = int(max_atoms_added)
         self.min_steps_between = int(min_steps_between)
         self.rundir = RunDirectory(directory)
         self.rundir.create()
-        self.calculator = GPCalculator(model, uncertainty=True)
-        self.counts = {"steps": 0, "gated": 0, **{p: 0 for p in POLICIES}}
-        self.max_std = 0.0
         self.stopped = False
         self._dyn = None
-        self._quiet_until = -1
-        self._labels = len(self.rundir.labels())
+        # what a resumed "label" run gets back from the learner's checkpoint
+        self._state = {"counts": {"steps": 0, "gated": 0, **{p: 0 for p in POLICIES}},
+                       "max_std": 0.0, "quiet_until": -1}
+        self._learner = None
+        self._model = model
+        self._calculator = None
+        if policy == "label":
+            settings = OTFSettings.from_dict({
+                "std_tolerance": self.threshold, "update_threshold": self.threshold / 10,
+                "max_atoms_added": int(max_atoms_added), "optimise_every": 0,
+                "min_steps_between_labels": self.min_steps_between, **(label_settings or {})})
+            self._learner = OnTheFlyLearner(model, labeller, directory, settings=settings,
+                                            callbacks=[*(callbacks or []), self._replayed],
+                                            config_type="gate")
+            self._learner.extra_state = self._state
+        else:
+            self._calculator = GPCalculator(model, uncertainty=True)
+
+    @property
+    def model(self):
+        """The model (for ``"label"`` the learner's: a resumed run loads its checkpoint's)."""
+        return self._learner.model if self._learner is not None else self._model
+
+    @property
+    def calculator(self) -> GPCalculator:
+        """The ASE calculator to put on the atoms (it follows the model)."""
+        return self._learner.calculator if self._learner is not None else self._calculator
+
+    @property
+    def counts(self) -> dict:
+        """Steps (``dyn.nsteps``), gated frames, and actions per policy."""
+        return self._state["counts"]
+
+    @property
+    def max_std(self) -> float:
+        """The largest ``local_std_normalised`` seen."""
+        return self._state["max_std"]
 
     # -- driving -------------------------------------------------------------------------
-    def start(self, dyn) -> None:
-        """Bind the gate to ``dyn`` (its atoms must use :attr:`calculator`)."""
-        self._dyn = dyn
+    def start(self, dyn, *, resume: bool = False) -> None:
+        """Bind the gate to ``dyn`` (its atoms must use :attr:`calculator`).
 
-    def run(self, dyn, steps: int, **irun_kwargs) -> dict:
-        """Run ``dyn`` for ``steps`` steps (or until a ``"stop"``); return :meth:`summary`."""
+        ``resume`` (policy ``"label"``): continue the run in the directory as the on-the-fly
+        learner does (model and MD state from the checkpoint, labels on disk re-applied).
+        """
+        if resume and self._learner is None:
+            raise SettingsError(f"resume: only policy 'label' keeps a resumable run, not "
+                                f"{self.policy!r}")
+        self._dyn = dyn
+        if self._learner is not None:
+            self._learner.start(dyn, resume=resume)
+
+    def run(self, dyn, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
+        """Run ``dyn`` until its step counter reaches ``steps`` (or a ``"stop"``).
+
+        Returns :meth:`finish`'s summary.  A resumed run (``resume=True``) does only the steps
+        that remain.
+        """
         from gpmlip.progress import progress_bar
 
-        self.start(dyn)
-        with progress_bar(total=steps + 1, desc="gated MD", unit="step") as bar:
-            for _ in dyn.irun(steps=steps, **irun_kwargs):
-                bar.update(1)
-                try:
-                    self()
-                except UncertaintyStop:
-                    break
-        return self.summary()
+        if self._dyn is not dyn:
+            self.start(dyn, resume=resume)
+        first = int(getattr(dyn, "nsteps", 0))
+        remaining = steps - first
+        if remaining > 0:
+            with progress_bar(total=remaining, desc="gated MD", unit="step") as bar:
+                for _ in dyn.irun(steps=remaining, **irun_kwargs):
+                    if dyn.nsteps == first and first > 0:
+                        continue          # a restored frame was checked before it was saved
+                    if dyn.nsteps > first:
+                        bar.update(1)
+                    try:
+                        self()
+                    except UncertaintyStop:
+                        break
+        return self.finish()
 
     def __call__(self) -> None:
         """Observer hook: check the current frame."""
@@ -124,14 +186,26 @@ class UncertaintyGate:
             raise GpmlipError("the atoms' calculator is not the gate's: atoms.calc = "
                               "gate.calculator")
         step = int(getattr(self._dyn, "nsteps", 0))
-        std = np.sqrt(self.calculator.get_property("local_variance_normalised", atoms))
-        self.counts["steps"] += 1
-        self.max_std = max(self.max_std, float(std.max()))
-        if std.max() <= self.threshold or step < self._quiet_until:
+        std = self.calculator.get_property("local_std_normalised", atoms)
+        state = self._state
+        state["counts"]["steps"] = step
+        state["max_std"] = max(state["max_std"], float(std.max()))
+        gated = std.max() > self.threshold and step >= state["quiet_until"]
+        if gated:
+            state["counts"]["gated"] += 1
+            state["quiet_until"] = step + self.min_steps_between
+            getattr(self, f"_{self.policy}")(atoms, std, step)
+        if self._learner is not None:
+            self._learner.step_done(step, labelled=gated)
+    def _replayed(self, event: str, record: dict) -> None:
+        """On resume, count a label the checkpoint did not (it was on disk, not yet learnt)."""
+        if event != "replayed" or record["attempt"] != 0:
             return
-        self.counts["gated"] += 1
-        self._quiet_until = step + self.min_steps_between
-        getattr(self, f"_{self.policy}")(atoms, std, step)
+        state = self._state
+        state["counts"]["gated"] += 1
+        state["counts"]["label"] += 1
+        state["max_std"] = max(state["max_std"], record["max_std"])
+        state["quiet_until"] = record["step"] + self.min_steps_between
 
     # -- policies --------------------------------------------------------------------------
     def _record(self, atoms, std, step: int, **extra) -> None:
@@ -170,33 +244,31 @@ class UncertaintyGate:
                               f"{self.rundir.path}")
 
     def _label(self, atoms, std, step: int) -> None:
-        t = time.perf_counter()
-        result = run_labeller(self.labeller, atoms)
-        self._labels += 1
-        sparse = choose_sparse_atoms(self.model, atoms, std, self.threshold / 10,
-                                     self.max_atoms_added) if result.ok else []
-        record = {"index": self._labels, "step": step, "attempt": 0, "config_type": "gate",
-                  "structure": structure_dict(atoms), "result": result.to_dict(),
-                  "labeller": self.labeller.describe(), "provenance": provenance(),
-                  "max_std": float(std.max()), "sparse_atoms": sparse}
-        self.rundir.write_label(record)        # on disk before the model sees it
-        if not result.ok:
-            log.warning("step %d: labeller failed (%s); MD goes on unlabelled", step,
-                        result.error)
-            self._record(atoms, std, step, label=self._labels, ok=False, error=result.error)
+        learner = self._learner
+        if not learner.budget_left():
             return
-        sparse = record["sparse_atoms"]          # may be empty: the frame still adds data
-        self.model.update([label_frame(record)], new_sparse=[sparse])
-        self.calculator.reset()
-        log.info("step %d: labelled and learnt (%.1f s, %d new sparse points)", step,
-                 time.perf_counter() - t, len(sparse))
-        self._record(atoms, std, step, label=self._labels, ok=True, new_sparse=len(sparse))
+        self.counts["label"] += 1
+        if learner.label(atoms, std):      # on disk, learnt, checkpointed with this counter
+            log.info("step %d: max std %.3g > %.3g, labelled and learnt (%d sparse points)",
+                     step, std.max(), self.threshold, self.model.n_sparse_points)
 
     # -- results ---------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """End the run: for ``"label"`` the learner writes ``model.npz`` (with every label),
+        ``labelled.extxyz`` and its ``summary.json``; return :meth:`summary`."""
+        if self._learner is not None and self._dyn is not None:
+            self._learner.finish()
+        return self.summary()
+
     def summary(self) -> dict:
         """Counts of steps, gated frames and actions, the largest std seen; also written."""
         out = {"policy": self.policy, "threshold": self.threshold, **self.counts,
                "max_std_seen": self.max_std, "stopped": self.stopped,
                "directory": str(self.rundir.path)}
+        if self._learner is not None:
+            c = self._learner.counters
+            out.update(labels=c["labels"], failed_labels=c["failed"],
+                       sparse_points=self.model.n_sparse_points,
+                       model=str(self.rundir.path / "model.npz"))
         (Path(self.rundir.path) / "gate_summary.json").write_text(json.dumps(out, indent=1))
         return out

@@ -133,9 +133,10 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
             if model.is_fitted:
                 hints = [sparse_hint.get(f.info["queue_id"]) for f in new]
                 if all(h for h in hints):
-                    model.update(new, new_sparse=hints)
+                    model.update(new, sparse_atoms=[(i, a) for i, h in enumerate(hints)
+                                                       for a in h])
                 else:
-                    model.update(new, new_sparse=sparse_per_frame * len(new))
+                    model.update(new, n_sparse=sparse_per_frame * len(new))
             else:
                 model.fit(new)
             name = f"model-{state['round']:04d}.npz"

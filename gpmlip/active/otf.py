@@ -32,7 +32,7 @@ from gpmlip.active import mdstate
 from gpmlip.active.rundir import RunDirectory, label_frame, structure_dict, write_json
 from gpmlip.active.settings import OTFSettings
 from gpmlip.calculator import GPCalculator
-from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError
+from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError, SettingsError
 from gpmlip.gp.selection import greedy_variance
 from gpmlip.kernels import normalise
 from gpmlip.labellers import get_labeller, provenance, run_labeller
@@ -65,8 +65,9 @@ class OnTheFlyLearner:
     model : SparseGP or path
         An unfitted model (empty start: the first frame is labelled and seeds the sparse set),
         a fitted one, or a model file.  With ``initial_data`` an unfitted model is fitted first.
-    labeller : str, dict, callable or Labeller, default "emt"
-        See :func:`gpmlip.labellers.get_labeller`.
+    labeller : str, dict, callable or Labeller
+        The reference method (required: e.g. ``"emt"`` for tests, a GPAW dict, a factory of
+        ASE calculators); see :func:`gpmlip.labellers.get_labeller`.
     directory : str or Path, default "otf_run"
         Where labels, checkpoints, the trajectory and the final model go.
     settings : OTFSettings or dict, optional
@@ -75,12 +76,22 @@ class OnTheFlyLearner:
         Labelled data to fit an unfitted model on before the run.
     callbacks : list of callable, optional
         ``callback(event, info)`` after ``"labelled"`` (label on disk, not yet used),
-        ``"updated"`` (model updated and checkpointed) and ``"checkpoint"``.
+        ``"updated"`` (model updated and checkpointed), ``"checkpoint"`` and, on resume,
+        ``"replayed"`` (a label found on disk after the checkpoint, now learnt).
+    config_type : str, default "otf"
+        ``config_type`` of the labelled frames (the gate uses "gate").
+
+    Attributes
+    ----------
+    extra_state : dict
+        Saved in every checkpoint and restored (updated in place) on resume: where a driver
+        built on the learner (the uncertainty gate) keeps its own counters.
     """
 
-    def __init__(self, model, labeller="emt", directory="otf_run", *,
+    def __init__(self, model, labeller, directory="otf_run", *,
                  settings: OTFSettings | dict | None = None, initial_data=None,
-                 callbacks: list[Callable] | None = None, **overrides) -> None:
+                 callbacks: list[Callable] | None = None, config_type: str = "otf",
+                 **overrides) -> None:
         if isinstance(model, (str, Path)):
             from gpmlip.io import load_model
 
@@ -88,10 +99,16 @@ class OnTheFlyLearner:
         base = settings.to_dict() if isinstance(settings, OTFSettings) else dict(settings or {})
         self.settings = OTFSettings.from_dict({**base, **overrides})
         self.model = model
+        if labeller is None:
+            raise SettingsError("OnTheFlyLearner needs a labeller: the reference calculation "
+                                "to run on uncertain frames, e.g. 'emt', {'name': 'gpaw', ...} "
+                                "or a function returning an ASE calculator")
         self.labeller = get_labeller(labeller, timeout=self.settings.timeout)
         self.rundir = RunDirectory(directory)
         self.initial_data = initial_data
         self.callbacks = list(callbacks or [])
+        self.config_type = config_type
+        self.extra_state: dict = {}
         self.counters = {"steps": 0, "labels": 0, "failed": 0, "sparse_added": 0,
                          "optimisations": 0, "skipped_frames": 0}
         self.timers = dict.fromkeys(PHASES, 0.0)
@@ -138,7 +155,7 @@ class OnTheFlyLearner:
         self._atoms().calc = self.calculator
         if not self.model.is_fitted:
             log.info("empty model: labelling the first frame")
-            self._label(self._atoms(), np.ones(len(self._atoms())))
+            self.label(self._atoms(), np.ones(len(self._atoms())))
         elif self.rundir.read_checkpoint() is None:
             self._checkpoint(save_model=True)
         self._log_thresholds()
@@ -155,15 +172,24 @@ class OnTheFlyLearner:
         if not isinstance(calc, GPCalculator) or calc.model is not self.model:
             raise GpmlipError("the atoms' calculator is not the learner's: set "
                               "atoms.calc = learner.calculator")
-        std = np.sqrt(calc.get_property("local_variance_normalised", atoms))
+        std = calc.get_property("local_std_normalised", atoms)
         self.counters["steps"] = step
         labelled = False
         if std.max() > self.settings.std_tolerance and step >= self._cooldown_until:
-            if self._budget_left():
-                self._label(atoms, std)
+            if self.budget_left():
+                self.label(atoms, std)
                 labelled = True
         if labelled or step % self.settings.trajectory_interval == 0:
             self._write_frame(atoms, step, labelled)
+        self.step_done(step, labelled)
+
+    def step_done(self, step: int, labelled: bool = False) -> None:
+        """Count the step and checkpoint the MD state on schedule (a label checkpoints itself).
+
+        Drivers that decide themselves when to call :meth:`label` (the gate) call this after
+        every step, so that a killed run resumes as an on-the-fly run does.
+        """
+        self.counters["steps"] = step
         if not labelled and step % self.settings.checkpoint_interval == 0:
             self._checkpoint(save_model=False)
 
@@ -240,7 +266,8 @@ class OnTheFlyLearner:
         atoms = getattr(self._dyn, "atoms", None)
         return getattr(atoms, "atoms", atoms)
 
-    def _budget_left(self) -> bool:
+    def budget_left(self) -> bool:
+        """Whether the label budget (``max_labels``) allows another labeller call."""
         budget = self.settings.max_labels
         if budget is None or self.counters["labels"] < budget:
             return True
@@ -254,11 +281,26 @@ class OnTheFlyLearner:
         s = self.settings
         return choose_sparse_atoms(self.model, atoms, std, s.update_threshold, s.max_atoms_added)
 
-    def _label(self, atoms, std: np.ndarray) -> None:
-        """Label the current frame (with retries), write it, learn from it."""
+    def label(self, atoms, std: np.ndarray) -> bool:
+        """Label the current frame now (with retries), write it, learn from it, checkpoint.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+            The dynamics' current frame.
+        std : ndarray, shape (n_atoms,)
+            Its ``local_std_normalised`` (chooses the new sparse points).
+
+        Returns
+        -------
+        bool
+            Whether a label succeeded (else the frame was skipped, or the run stops with
+            :class:`~gpmlip.errors.LabellerError` under ``on_failure="stop"``).
+        """
         s = self.settings
         attempts = 1 + (s.max_retries if s.on_failure == "retry" else 0)
         step = int(getattr(self._dyn, "nsteps", 0))
+        self.counters["steps"] = step
         before = self._before_label(atoms)
         for attempt in range(attempts):
             record = self._call_labeller(atoms, std, step, attempt, before)
@@ -270,7 +312,7 @@ class OnTheFlyLearner:
             self._checkpoint(save_model=record["result"]["ok"], md=record["md"])   # saved here
             self._emit("updated", record)
             if record["result"]["ok"]:
-                return
+                return True
         self.counters["skipped_frames"] += 1
         if s.on_failure == "stop":
             raise LabellerError(f"the labeller failed at step {step}: "
@@ -279,6 +321,7 @@ class OnTheFlyLearner:
         self._cooldown_until = step + s.cooldown_steps
         log.warning("step %d left unlabelled after %d failed attempt(s); next try after step %d",
                     step, attempts, self._cooldown_until)
+        return False
 
     def _before_label(self, atoms) -> dict:
         """The model's view of the frame before it sees the label (for calibration records)."""
@@ -302,7 +345,7 @@ class OnTheFlyLearner:
         result = run_labeller(self.labeller, atoms)
         self.timers["label"] += time.perf_counter() - t
         record = {
-            "index": index, "step": step, "attempt": attempt, "config_type": "otf",
+            "index": index, "step": step, "attempt": attempt, "config_type": self.config_type,
             "structure": structure_dict(atoms), "result": result.to_dict(),
             "labeller": self.labeller.describe(),
             "provenance": {**provenance(), "start": started,
@@ -337,7 +380,7 @@ class OnTheFlyLearner:
         if not self.model.is_fitted:
             self.model.fit([frame], sparse_atoms=[(0, a) for a in sparse])
         else:
-            self.model.update([frame], new_sparse=[sparse])
+            self.model.update([frame], sparse_atoms=[(0, a) for a in sparse])
         self.counters["sparse_added"] += len(sparse)
         n_ok = self.counters["labels"] - self.counters["failed"]
         s = self.settings
@@ -381,8 +424,8 @@ class OnTheFlyLearner:
         frame = atoms.copy()
         frame.calc = None
         frame.info.update(step=step, labelled=labelled,
-                          max_std=float(np.sqrt(res["local_variance_normalised"].max())))
-        frame.arrays["local_std"] = np.sqrt(res["local_variance_normalised"])
+                          max_std=float(res["local_std_normalised"].max()))
+        frame.arrays["local_std"] = res["local_std_normalised"].copy()
         frame.arrays["local_energy"] = res["energies"].copy()
         frame.arrays["gp_forces"] = res["forces"].copy()
         self.rundir.append_trajectory(frame)
@@ -396,7 +439,7 @@ class OnTheFlyLearner:
                  "timers": self.timers, "cooldown_until": self._cooldown_until,
                  "wall_seconds": self._wall_before + (time.perf_counter() - self._wall0
                                                        if self._wall0 else 0.0),
-                 "model": self._model_file}
+                 "model": self._model_file, "extra": self.extra_state}
         state["step"] = state["md"]["nsteps"]
         self.rundir.write_checkpoint(state, self.model if save_model else None)
         if save_model:
@@ -421,6 +464,7 @@ class OnTheFlyLearner:
             self.timers.update(ck["timers"])
             self._cooldown_until = ck["cooldown_until"]
             self._wall_before = ck.get("wall_seconds", 0.0)
+            self.extra_state.update(ck.get("extra", {}))
             md = ck["md"]
         pending = self.rundir.labels(after=self.n_applied)
         for record in pending:
@@ -429,6 +473,7 @@ class OnTheFlyLearner:
             if record["result"]["ok"]:
                 self._cooldown_until = record["step"] + self.settings.min_steps_between_labels
             md = record["md"]
+            self._emit("replayed", record)
         if md is not None:
             mdstate.restore(self._dyn, md)
         if pending:

@@ -5,11 +5,13 @@ frames of the same excursion all look equally new.  :func:`select_batch` with
 ``method="greedy"`` conditions on every pick before the next: the picked structure's environments
 are added to the kernel basis (as if they were sparse points pinned by data), the remaining
 candidates' uncertainties drop where they resemble the pick, and the next pick is the most
-uncertain structure that is left.  Uncertainty here is the normalised local-energy std of the
-projected process, ``u_i = sqrt(1 - k_i K^-1 k_i')`` with ``K`` the unit-variance kernel of the
-model's sparse points plus the picks so far; a structure scores its largest ``u_i`` (the same
-quantity the on-the-fly learner thresholds) or, with ``score="rms"``, the root-mean-square over
-its atoms.  ``"topk"`` (no conditioning) and ``"random"`` are
+uncertain structure that is left.  Uncertainty is the model's
+:attr:`~gpmlip.gp.model.Prediction.local_std_normalised` ``u_i``, the quantity the on-the-fly
+learner and the gate threshold: the projected-process residual ``1 - k_i K^-1 k_i'`` plus the
+uncertainty of the weights, over ``sigma_z^2``, square-rooted.  Conditioning on a pick shrinks
+each candidate's residual (``K`` the unit-variance kernel of the sparse points plus the picks so
+far) and its weight term by the same fraction.  A structure scores its largest ``u_i`` or, with
+``score="rms"``, the root-mean-square over its atoms.  ``"topk"`` (no conditioning) and ``"random"`` are
 the baselines; MLIP-2's maxvol (D-optimality on the model's basis) is the peer reference.
 
 The conditioning is done with one pivoted-Cholesky basis per species, so a batch of ``b`` picks
@@ -64,7 +66,7 @@ class _Basis:
     """An incremental Cholesky basis of unit-variance kernel columns for one species."""
 
     def __init__(self, sparse: np.ndarray, candidates: np.ndarray, zeta: int,
-                 jitter: float = 1e-8) -> None:
+                 variance: np.ndarray, jitter: float = 1e-8) -> None:
         self.zeta = zeta
         self.x = candidates                                       # (n, F), normalised
         self.residual = np.ones(len(candidates))
@@ -76,14 +78,28 @@ class _Basis:
             self.columns = list(proj)
             self.residual -= (proj ** 2).sum(axis=0)
         np.clip(self.residual, 0.0, 1.0, out=self.residual)
+        self.initial_residual = self.residual.copy()
+        self.variance = variance        # the model's u^2 (residual plus weight term)
+        self.weight_term = np.clip(variance - self.residual, 0.0, None)
+
+    def normalised_variance(self) -> np.ndarray:
+        """Each candidate's ``u^2`` now: the model's before any pick; after picks the residual
+        plus the weight term shrunk by the fraction the residual kept."""
+        ratio = np.divide(self.residual, self.initial_residual,
+                          out=np.ones_like(self.residual), where=self.initial_residual > 0)
+        v = self.residual + self.weight_term * ratio
+        unchanged = self.residual == self.initial_residual
+        v[unchanged] = self.variance[unchanged]       # exactly the model's where no pick acted
+        return np.clip(v, 0.0, 1.0)
 
     def add(self, rows: np.ndarray, floor: float, cap: int) -> list[int]:
-        """Pivot on candidate ``rows`` (most uncertain first) until each has variance <= floor."""
+        """Pivot on candidate ``rows`` (most uncertain first) until each has ``u^2 <= floor``."""
         added: list[int] = []
-        rows = list(rows)
+        rows = [r for r in rows if self.residual[r] > 1e-12]     # a sparse point cannot pivot
         while rows and len(added) < cap:
-            best = max(rows, key=lambda r: self.residual[r])
-            if self.residual[best] <= floor:
+            v = self.normalised_variance()
+            best = max(rows, key=lambda r: v[r])
+            if v[best] <= floor:
                 break
             basis = np.array(self.columns) if self.columns else np.zeros((0, len(self.x)))
             col = (self.x @ self.x[best]) ** self.zeta - basis.T @ basis[:, best]
@@ -159,12 +175,13 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
     for z in np.unique(species):
         rows = np.flatnonzero(species == z)
         sparse = model.sparse_.features[model.sparse_.columns(int(z))]
-        bases[int(z)] = (rows, _Basis(sparse, features[rows], model.zeta))
+        u = model.local_std_normalised(features[rows], species[rows])
+        bases[int(z)] = (rows, _Basis(sparse, features[rows], model.zeta, u ** 2))
 
     def scores() -> np.ndarray:
         v = np.zeros(len(species))
         for rows, basis in bases.values():
-            v[rows] = basis.residual
+            v[rows] = basis.normalised_variance()
         out = np.zeros(len(candidates))
         if score == "max":
             np.maximum.at(out, owner, np.sqrt(v))

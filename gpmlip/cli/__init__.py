@@ -83,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-policy", choices=["warn", "queue", "stop", "label"])
     p.add_argument("--queue", help="queue file for --gate-policy queue")
     p.add_argument("--labeller", help="labeller of the queue (new queue) or of policy 'label'")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run with --gate-policy label (same options)")
     p.set_defaults(func=dynamics.md)
 
     p = sub.add_parser("otf", help="on-the-fly learning during MD",

@@ -102,7 +102,7 @@ def learn(args) -> int:
         raise gpmlip.errors.SettingsError("[learn] pool is needed: extxyz file(s) of candidates")
     directory = Path(loop.get("directory", "runs/learn"))
     directory.mkdir(parents=True, exist_ok=True)
-    queue = LabelQueue(loop.get("queue", str(directory / "queue.db")), loop.get("labeller", "emt"))
+    queue = LabelQueue(loop.get("queue", str(directory / "queue.db")), loop.get("labeller"))
     model_file = cfg.get("model", {}).get("file")
     model = gpmlip.load_model(model_file) if model_file else \
         build.model(cfg.get("descriptor", {}), cfg.get("model", {}))

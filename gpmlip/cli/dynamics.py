@@ -30,6 +30,9 @@ def md(args) -> int:
     if "structure" not in md_cfg:
         raise gpmlip.errors.SettingsError("give a structure: a file or a bulk spec such as "
                                           "'Cu fcc 3.61 3' (--structure or [md] structure)")
+    if args.resume and gate_cfg.get("policy") != "label":
+        raise gpmlip.errors.SettingsError("--resume continues a gated run with --gate-policy "
+                                          "label (the other policies keep no checkpoint)")
     model = gpmlip.load_model(args.model)
     atoms = build.structure(md_cfg["structure"])
     steps, interval = int(md_cfg.get("steps", 1000)), int(md_cfg.get("interval", 10))
@@ -48,38 +51,54 @@ def md(args) -> int:
     else:
         atoms.calc = gpmlip.GPCalculator(model)
     dyn = build.dynamics(atoms, md_cfg)
-    if gate is not None:
-        gate.start(dyn)
     tmp = out.with_name(out.name + ".part")
-    tmp.unlink(missing_ok=True)
+    if gate is not None:
+        gate.start(dyn, resume=args.resume)     # a resumed run restores the MD state
+    _keep_frames_until(tmp, out, int(dyn.nsteps) if args.resume else -1)
+
+    def write_frame():
+        frame = atoms.copy()
+        frame.info.update({"step": dyn.nsteps, "energy": atoms.get_potential_energy(),
+                           "temperature": atoms.get_temperature()})
+        ase.io.write(tmp, frame, format="extxyz", append=True)
+
+    dyn.attach(write_frame, interval=interval)
     t0 = time.perf_counter()
-    done = 0
-    with progress_bar(total=steps, desc="MD", unit="step") as bar:
-        for _ in dyn.irun(steps=steps):
-            if gate is not None:
-                try:
-                    gate()
-                except gpmlip.errors.UncertaintyStop as stop:
-                    log.warning("%s", stop)
-                    break
-            if dyn.nsteps % interval == 0:
-                frame = atoms.copy()
-                frame.info.update({"step": dyn.nsteps, "energy": atoms.get_potential_energy(),
-                                   "temperature": atoms.get_temperature()})
-                ase.io.write(tmp, frame, format="extxyz", append=True)
-            done = dyn.nsteps
-            bar.update(1)
+    first = int(dyn.nsteps)
+    if gate is not None:
+        gate_summary = gate.run(dyn, steps)
+    else:
+        with progress_bar(total=steps, desc="MD", unit="step") as bar:
+            for _ in dyn.irun(steps=steps):
+                bar.update(1 if dyn.nsteps else 0)
     tmp.replace(out)
     seconds = time.perf_counter() - t0
+    done = int(dyn.nsteps)
     summary = {"steps": done, "seconds": seconds, "trajectory": str(out),
                "final_temperature_K": atoms.get_temperature()}
     if gate is not None:
-        summary["gate"] = gate.summary()
+        summary["gate"] = gate_summary
+    per_step = 1000 * seconds / max(done - first, 1)
     print(json.dumps(summary, indent=1) if args.json else
-          f"{done} steps in {seconds:.1f} s ({1000 * seconds / max(done, 1):.0f} ms/step); "
+          f"{done} steps in {seconds:.1f} s ({per_step:.0f} ms/step); "
           f"trajectory {out}" + (f"; gate: {gate.counts['gated']} frames over "
-                                 f"{gate.threshold} ({gate.policy})" if gate else ""))
+                                 f"{gate.threshold} ({gate.policy})" if gate else "") +
+          (f"; model with the new labels: {gate_summary['model']}"
+           if gate is not None and "model" in gate_summary else ""))
     return 0
+
+
+def _keep_frames_until(part: Path, final: Path, step: int) -> None:
+    """Start ``part`` with the frames up to ``step`` of the run being resumed (from ``part`` if
+    it was killed, else from ``final``); with ``step`` < 0 start it empty."""
+    import ase.io
+
+    source = part if part.exists() else final
+    kept = [] if step < 0 or not source.exists() else [
+        a for a in ase.io.read(source, ":", format="extxyz") if a.info.get("step", 0) <= step]
+    part.unlink(missing_ok=True)
+    if kept:
+        ase.io.write(part, kept, format="extxyz")
 
 
 def otf(args) -> int:
@@ -90,7 +109,11 @@ def otf(args) -> int:
     cfg = config.load(args.config)
     md_cfg = config.merge(cfg, "md", steps=args.steps)
     otf_cfg = config.merge(cfg, "otf", directory=args.directory)
-    labeller = otf_cfg.pop("labeller", "emt")
+    labeller = otf_cfg.pop("labeller", None)
+    if labeller is None:
+        raise gpmlip.errors.SettingsError("[otf] labeller is needed: the reference method for "
+                                          "uncertain frames, e.g. labeller = \"emt\" or a "
+                                          "[otf.labeller] table with name = \"gpaw\"")
     directory = args.resume or otf_cfg.pop("directory", None) or \
         time.strftime("runs/otf-%Y%m%d-%H%M%S")
     otf_cfg.pop("directory", None)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from gpmlip.data.frames import DEFAULT_CONFIG_TYPE, SIGMA_KEYS, Frame, as_stress_3x3
 from gpmlip.errors import DataError
+from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def load_frames(
     keys = keys or LabelKeys()
     allowed = None
     if species is not None:
-        allowed = {atomic_numbers[s] if isinstance(s, str) else int(s) for s in species}
+        allowed = atomic_number_set(species, "species")
     images, name = _read_source(source)
     if not images:
         raise DataError(f"{name} holds no structures")

@@ -6,10 +6,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
 from gpmlip.data.dataset import Dataset
 from gpmlip.errors import DataError
+from gpmlip.species import by_atomic_number
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ def reference_energies(dataset: Dataset, e0: dict | str = "auto") -> ReferenceEn
     """
     species = dataset.species
     if isinstance(e0, dict):
-        given = {atomic_numbers[k] if isinstance(k, str) else int(k): float(v)
-                 for k, v in e0.items()}
+        given = {z: float(v) for z, v in by_atomic_number(e0, "e0").items()}
         missing = [chemical_symbols[z] for z in species if z not in given]
         if missing:
             raise DataError(f"e0 has no energy for {missing}; add them to the e0 dict")

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 from scipy.spatial import cKDTree
 
 from gpmlip.descriptors.engine import PairList, SOAPEngine
@@ -31,6 +31,7 @@ from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import find_neighbours, wrap
 from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
+from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,7 @@ class SOAPSettings:
 
 
 def _species_numbers(species) -> tuple[int, ...]:
-    out = set()
-    for s in species:
-        if isinstance(s, str):
-            if s not in atomic_numbers:
-                raise SettingsError(f"unknown chemical symbol {s!r} in species; use e.g. 'Cu'")
-            out.add(atomic_numbers[s])
-        else:
-            z = int(s)
-            if not 0 < z < len(chemical_symbols):
-                raise SettingsError(f"atomic number {s!r} in species is out of range")
-            out.add(z)
+    out = atomic_number_set(species, "species")
     if not out:
         raise SettingsError("species is empty: give every chemical species the data contains")
     return tuple(sorted(out))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 from threadpoolctl import threadpool_limits
 
 from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
@@ -22,6 +23,7 @@ from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeci
 from gpmlip.gp import selection
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.solver import GROUPS, GramStats, Hyper, Posterior, solve
+from gpmlip.species import by_atomic_number
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,12 @@ class Prediction:
     stress : ndarray, shape (3, 3) or None
         ASE sign convention, eV/Å³ (None for a structure without a cell volume).
     local_variance : ndarray, shape (n_atoms,)
-        Predictive variance of each local energy, eV².
-    local_variance_normalised : ndarray, shape (n_atoms,)
-        The same divided by the species' signal variance, in [0, 1]: 0 = known, 1 = unknown.
+        Predictive variance of each local energy, eV² (Nystroem residual plus the uncertainty
+        of the weights).
+    local_std_normalised : ndarray, shape (n_atoms,)
+        ``sqrt(local_variance) / sigma_z``, clipped to [0, 1]: 0 = known, 1 = unknown.  The one
+        novelty quantity of gpmlip: what the on-the-fly learner, the gate, the pool and the
+        loop threshold (see :mod:`gpmlip.active.settings`).
     force_std : ndarray, shape (n_atoms, 3) or None
         Standard deviation of each force component from the uncertainty of the weights
         (the DTC term ``k_F' A^-1 k_F``), when asked for.
@@ -59,15 +64,28 @@ class Prediction:
     forces: np.ndarray | None
     stress: np.ndarray | None
     local_variance: np.ndarray
-    local_variance_normalised: np.ndarray
+    local_std_normalised: np.ndarray
     force_std: np.ndarray | None = None
 
     @property
     def max_uncertainty(self) -> float:
-        """``max_i sqrt(v_i) / sigma_z``: the number on-the-fly learning thresholds."""
-        if self.local_variance_normalised is None:
+        """``local_std_normalised.max()``: the number on-the-fly learning thresholds."""
+        if self.local_std_normalised is None:
             raise ValueError("predicted without variances: use predict(..., variance=True)")
-        return float(np.sqrt(self.local_variance_normalised.max()))
+        return float(self.local_std_normalised.max())
+
+    @property
+    def local_variance_normalised(self) -> np.ndarray:
+        """Deprecated: ``local_std_normalised ** 2``; threshold the std instead."""
+        warnings.warn("Prediction.local_variance_normalised is deprecated: use "
+                      "local_std_normalised (a std, the quantity every threshold is on)",
+                      DeprecationWarning, stacklevel=2)
+        return self.local_std_normalised ** 2
+
+
+def normalised_std(variance: np.ndarray, signal_variance: np.ndarray) -> np.ndarray:
+    """``sqrt(variance / signal_variance)`` clipped to [0, 1] (see ``Prediction``)."""
+    return np.sqrt(np.clip(variance / signal_variance, 0.0, 1.0))
 
 
 @dataclass
@@ -103,12 +121,30 @@ def pair_forces(pairs: PairList, d_e: np.ndarray, n_atoms: int) -> np.ndarray:
 
 def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
     if isinstance(value, dict):
-        out = {atomic_numbers[k] if isinstance(k, str) else int(k): v for k, v in value.items()}
+        out = by_atomic_number(value, name)
         missing = [chemical_symbols[z] for z in species if z not in out]
         if missing:
             raise SettingsError(f"{name} gives no value for {missing}; add them")
         return {z: out[z] for z in species}
     return {z: value for z in species}
+
+
+def _sparse_pairs(sparse_atoms, frames: list[Frame]) -> np.ndarray:
+    """``sparse_atoms`` as an (n, 2) array of (frame, atom) indices into ``frames``, checked."""
+    advice = "sparse_atoms: give (frame index, atom index) pairs, e.g. [(0, 3), (0, 7), (1, 2)]"
+    try:
+        origin = np.asarray(sparse_atoms, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise SettingsError(advice) from None
+    if origin.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if origin.ndim != 2 or origin.shape[1] != 2:
+        raise SettingsError(advice)
+    for i, a in origin:
+        if not (0 <= i < len(frames) and 0 <= a < frames[i].n_atoms):
+            raise DataError(f"sparse atom ({i}, {a}) does not exist in the frames given "
+                            f"({len(frames)} frames; frame indices count from 0)")
+    return origin
 
 
 class SparseGP:
@@ -227,8 +263,9 @@ class SparseGP:
         ----------
         frames : list of ase.Atoms, Dataset, list of Frame, or a file path
             Labelled structures; each may have any of energy, forces, stress.
-        sparse_atoms : sequence of (frame index, atom index), optional
-            Use exactly these environments as sparse points instead of ``n_sparse``.
+        sparse_atoms : sequence of (frame index, atom index) pairs, optional
+            Use exactly these environments as sparse points instead of ``n_sparse``; frame
+            indices count the frames passed in (the same format as in :meth:`update`).
         executor : concurrent.futures.Executor, optional
             Where the training Jacobians are computed (default: ``n_jobs`` local processes).
 
@@ -258,7 +295,7 @@ class SparseGP:
         if sparse_atoms is None:
             origin = self._select(frames, features, self.n_sparse, self.sparse_method)
         else:
-            origin = np.asarray(sparse_atoms, dtype=np.int64).reshape(-1, 2)
+            origin = _sparse_pairs(sparse_atoms, frames)
         self._add(frames, features, origin, executor)
         return self
 
@@ -283,8 +320,9 @@ class SparseGP:
             picked.extend(where[k] for k in idx)
         return np.array(picked, dtype=np.int64).reshape(-1, 2)
 
-    def _add(self, new_frames, new_features, origin, executor) -> None:
-        """Add frames and sparse points (origin indices refer to ``self.frames_ + new_frames``)."""
+    def _add(self, new_frames, new_features, origin, executor, rebuild: bool = False) -> None:
+        """Add frames and sparse points (origin indices refer to ``self.frames_ + new_frames``);
+        ``rebuild``: recompute every frame's observations (e0 changed)."""
         frames = self.frames_ + list(new_frames)
         features = self.features_ + list(new_features)
         m_old = len(self.sparse_)
@@ -298,7 +336,7 @@ class SparseGP:
                                      np.concatenate([self.sparse_.species, z_new]))
             self.sparse_origin_ = np.vstack([self.sparse_origin_, origin])
             self._grow_kmm(m_old)
-        if len(self.sparse_) > m_old:
+        if len(self.sparse_) > m_old or rebuild:
             # New kernel columns: every known frame contributes to them.  Its Jacobian is
             # recomputed (never stored) and its rows are folded in again for all columns.
             self.stats_ = {g: GramStats.empty(len(self.sparse_)) for g in self.stats_}
@@ -348,17 +386,21 @@ class SparseGP:
                  len(self.sparse_), sum(st.n for st in stats.values()),
                  self.posterior_.log_likelihood)
 
-    def update(self, frames, new_sparse: int | dict | Sequence | None = None, *,
+    def update(self, frames, *, n_sparse: int | dict | None = None,
+               sparse_atoms: Sequence[tuple[int, int]] | None = None,
                executor: Executor | None = None) -> SparseGP:
         """Add labelled structures (and sparse points) without recomputing what is known.
 
         Parameters
         ----------
         frames : list of ase.Atoms, list of Frame, Dataset or path
-        new_sparse : int, dict, sequence or None
-            None: no new sparse points.  int or dict: that many per species, chosen among the new
-            frames' environments by highest remaining variance.  A sequence (one entry per new
-            frame) of atom-index lists: exactly those atoms.
+        n_sparse : int or dict, optional
+            New sparse points per species (a dict maps symbol or Z to a count), chosen among the
+            new frames' environments by highest remaining variance.
+        sparse_atoms : sequence of (frame index, atom index) pairs, optional
+            Exactly these environments as new sparse points; frame indices count the frames
+            passed in (the format of :meth:`fit`).  Give ``n_sparse`` or ``sparse_atoms`` (or
+            neither: no new sparse points), not both.
         executor : concurrent.futures.Executor, optional
 
         Notes
@@ -368,32 +410,62 @@ class SparseGP:
         worker that dies) the model is left exactly as it was before the call.
         """
         self._check_fitted()
+        if n_sparse is not None and sparse_atoms is not None:
+            raise SettingsError("give update() n_sparse (how many new sparse points per species) "
+                                "or sparse_atoms (which ones), not both")
+        if n_sparse is not None and not isinstance(n_sparse, (int, np.integer, dict)):
+            raise SettingsError(f"n_sparse={n_sparse!r}: a count (int) or a dict species -> "
+                                "count; to name atoms use sparse_atoms=[(frame, atom), ...]")
         frames = self._frames(frames)
         features = self._features(frames)
-        base = len(self.frames_)
-        if new_sparse is None:
-            origin = np.zeros((0, 2), dtype=np.int64)
-        elif isinstance(new_sparse, (int, dict)):
-            origin = self._select(frames, features, new_sparse, "variance", cap=True)
-            origin[:, 0] += base
+        if n_sparse is not None:
+            origin = self._select(frames, features, n_sparse, "variance", cap=True)
+        elif sparse_atoms is not None:
+            origin = _sparse_pairs(sparse_atoms, frames)
         else:
-            if len(new_sparse) != len(frames):
-                raise SettingsError("new_sparse as a sequence needs one list of atom indices "
-                                    "per new frame")
-            origin = np.array([(base + i, a) for i, atoms in enumerate(new_sparse)
-                               for a in atoms], dtype=np.int64).reshape(-1, 2)
+            origin = np.zeros((0, 2), dtype=np.int64)
+        origin[:, 0] += len(self.frames_)
         saved = self._state()
         try:
-            self._add(frames, features, origin, executor)
+            e0 = self._grown_e0(frames)
+            if e0 is not None:
+                self.e0_ = e0
+            self._add(frames, features, origin, executor, rebuild=e0 is not None)
         except BaseException:
             self.__dict__.update(saved)   # a failed update leaves the model as it was
             raise
         return self
 
+    def _grown_e0(self, new_frames: list[Frame]) -> ReferenceEnergies | None:
+        """e0 refitted on all frames if the new ones widen the composition space, else None.
+
+        With ``e0`` "auto", "fit" or "isolated", e0 is re-derived (as a fresh fit on the union
+        would) when the compositions of the energy-labelled frames span more dimensions than
+        before, e.g. the first CuAu frame of a run that started on pure Cu.  Within the same
+        composition space e0 stays as it is, so that the model does not drift label by label.
+        """
+        if not isinstance(self.e0, str):
+            return None
+        species = sorted({int(z) for f in self.frames_ + new_frames for z in f.atoms.numbers})
+
+        def rank(frames) -> int:
+            counts = [[np.count_nonzero(f.atoms.numbers == z) for z in species]
+                      for f in frames if f.energy is not None]
+            return int(np.linalg.matrix_rank(np.array(counts, dtype=float))) if counts else 0
+
+        if rank(self.frames_ + new_frames) == rank(self.frames_):
+            return None
+        e0 = reference_energies(Dataset(self.frames_ + new_frames), self.e0)
+        if e0.energies == self.e0_.energies:
+            return None
+        log.info("the compositions span more species than before: e0 refitted from %s to %s "
+                 "eV; energy rows rebuilt", self.e0_.to_dict(), e0.to_dict())
+        return e0
+
     def _state(self) -> dict:
         """References to everything :meth:`_add` replaces, and copies of what it mutates."""
         names = ("frames_", "features_", "sparse_", "sparse_origin_", "kmm_", "posterior_",
-                 "version")
+                 "version", "e0_")
         state = {n: getattr(self, n) for n in names}
         state["stats_"] = {g: copy.deepcopy(st) for g, st in self.stats_.items()}
         return state
@@ -490,8 +562,28 @@ class SparseGP:
         energies, grad, var, sigma2 = self._local(features, pairs.centre_species,
                                                   gradient=gradient, variance=variance)
         d_e = self.descriptor.backward(pairs, grad) if gradient else None
-        std = None if var is None else np.sqrt(np.clip(var / sigma2, 0.0, 1.0))
+        std = None if var is None else normalised_std(var, sigma2)
         return PairEnergies(energies=energies, dE_dr=d_e, std=std, variance=var)
+
+    def local_std_normalised(self, features: np.ndarray, species: np.ndarray) -> np.ndarray:
+        """:attr:`Prediction.local_std_normalised` of environments given by their descriptors.
+
+        Parameters
+        ----------
+        features : ndarray, shape (n, n_features)
+            Descriptor vectors (``descriptor.describe(atoms).features``; need not be unit length).
+        species : ndarray of int, shape (n,)
+
+        Returns
+        -------
+        ndarray, shape (n,)
+            The normalised local-energy std, in [0, 1], that :meth:`predict` gives these atoms.
+        """
+        self._check_fitted()
+        species = np.asarray(species, dtype=np.int64)
+        _, _, var, sigma2 = self._local(np.asarray(features, dtype=float), species,
+                                        gradient=False, variance=True)
+        return normalised_std(var, sigma2)
 
     def predict(self, atoms: Atoms, *, forces: bool = True, stress: bool = True,
                 force_std: bool = False, variance: bool = True) -> Prediction:
@@ -515,11 +607,9 @@ class SparseGP:
         want_stress = stress and volume > 1e-8
         pairs = self.descriptor.pair_list(atoms)
         out = self._evaluate(pairs, gradient=forces or want_stress, variance=variance)
-        sigma2 = np.array([self.signal_variance_[int(z)] for z in atoms.numbers])
         result = Prediction(energy=float(out.energies.sum()), energies=out.energies, forces=None,
                             stress=None, local_variance=out.variance,
-                            local_variance_normalised=None if out.variance is None else
-                            np.clip(out.variance / sigma2, 0.0, 1.0))
+                            local_std_normalised=out.std)
         if forces:
             result.forces = pair_forces(pairs, out.dE_dr, len(atoms))
         if want_stress:

@@ -44,11 +44,12 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 from ase.db.core import reserved_keys
 
 from gpmlip.errors import GpmlipError, SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.labellers import BUILTIN, Labeller, LabelResult, get_labeller
+from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,7 @@ class LabelQueue:
         record = self._open(lab, species)
         self.labeller = lab or self._rebuild(record.get("labeller"))
         sp = species if species is not None else record.get("species")
-        self.species = None if sp is None else sorted(
-            {atomic_numbers[s] if isinstance(s, str) else int(s) for s in sp})
+        self.species = None if sp is None else sorted(atomic_number_set(sp, "species"))
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -222,8 +222,7 @@ class LabelQueue:
                 record = {"format": FORMAT, "created": time.time(),
                           "labeller": None if lab is None else lab.describe(),
                           "species": None if species is None else [
-                              chemical_symbols[atomic_numbers[s] if isinstance(s, str) else int(s)]
-                              for s in species]}
+                              chemical_symbols[z] for z in sorted(atomic_number_set(species))]}
                 db.connection.execute("CREATE INDEX IF NOT EXISTS gpmlip_text_value "
                                       "ON text_key_values(key, value)")
                 db.metadata = {**meta, "gpmlip_queue": record,

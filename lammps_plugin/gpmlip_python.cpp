@@ -171,18 +171,21 @@ int gpmlip_bridge_compute(void *model, int64_t n_centres, int64_t n_pairs,
   PyObject *out = PyObject_CallMethod((PyObject *) model, "compute", "OOOOOOOO", args[0],
                                       args[1], args[2], args[3], args[4], args[5], args[6],
                                       args[7]);
+  std::string failure = out == nullptr ? fetch_error() : "";
+  Py_XDECREF(out);
   // views of LAMMPS memory must not outlive this call
   for (auto *a : args) {
-    if (PyMemoryView_Check(a)) Py_XDECREF(PyObject_CallMethod(a, "release", nullptr));
+    if (PyMemoryView_Check(a)) {
+      PyObject *r = PyObject_CallMethod(a, "release", nullptr);
+      if (r == nullptr && failure.empty())
+        failure = "the model kept a view of LAMMPS's arrays: " + fetch_error();
+      PyErr_Clear();
+      Py_XDECREF(r);
+    }
     Py_DECREF(a);
   }
-  if (out == nullptr) {
-    set_err(err, errlen, fetch_error());
-    return 1;
-  }
-  Py_DECREF(out);
-  if (PyErr_Occurred()) {
-    set_err(err, errlen, fetch_error());
+  if (!failure.empty()) {
+    set_err(err, errlen, failure);
     return 1;
   }
   return 0;

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ENSEMBLES = ("nve", "nvt", "npt", "langevin")
 BAR = 1.0 / 1.6021765e6    # eV/Angstrom^3 per bar: LAMMPS metal units' own factor (nktv2p)
-THERMO = ("step", "temp", "pe", "etotal", "vol", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz",
+THERMO = ("step", "temp", "pe", "etotal", "press", "vol", "pxx", "pyy", "pzz", "pxy", "pxz", "pyz",
           "max_std")
 
 
@@ -106,8 +106,8 @@ def input_deck(model: str, species: list[str], s: MDSettings, *, data="data.lmp"
     if s.std_threshold is not None:
         lines.append(f"fix halt all halt {s.std_every} v_max_std > {s.std_threshold:.10g} "
                      "error continue")
-    names = {"step": "step", "temp": "temp", "pe": "pe", "etotal": "etotal", "vol": "vol",
-             **{k: f"c_pvir[{n + 1}]" for n, k in enumerate(THERMO[5:11])}, "max_std": "v_max_std"}
+    names = {**{k: k for k in THERMO[:6]}, "max_std": "v_max_std",
+             **{k: f"c_pvir[{n + 1}]" for n, k in enumerate(THERMO[6:12])}}
     lines += [f"variable t_{k} equal {v}" for k, v in names.items()]
     record = " ".join(f"${{t_{k}}}" for k in THERMO)
     lines += [f"thermo {s.interval}", "thermo_style custom step temp pe etotal press vol",

@@ -1,11 +1,14 @@
 """A smooth many-body stand-in with :class:`gpmlip.SparseGP`'s pair-list interface.
 
 It lets the LAMMPS plugin, its tests and its benchmark run before (and independently of) a
-fitted model.  Per-atom energy, with a smooth cosine cutoff ``fc``:
+fitted model.  Per-atom energy of the second-moment tight-binding form (Cleri & Rosato, Phys.
+Rev. B 48, 22 (1993); Cu-like parameters), with a cutoff ``fc`` that switches smoothly from 1 to 0
+over the last Angstrom and a species-pair factor ``a``:
 
-    E_i = -sqrt( sum_j a(Z_i, Z_j) exp(-2 (r_ij - r0)) fc(r_ij) )
+    E_i = sum_j A a_ij exp(-p (r_ij/r0 - 1)) fc(r_ij) - sqrt( sum_j xi^2 a_ij exp(-2q (r_ij/r0 - 1)) fc(r_ij) )
 
-which is not pairwise (the square root couples all neighbours of i).  :class:`ToyCalculator`
+which is not pairwise (the square root couples all neighbours of i) and has a stable fcc
+lattice near a = 3.6 Angstrom, so NVT and NPT runs behave like a metal.  :class:`ToyCalculator`
 evaluates the same model through ASE's neighbour list, as the reference LAMMPS is checked against.
 """
 
@@ -30,16 +33,24 @@ class PairResult:
 class ToyModel:
     """Stand-in model; ``species`` atomic numbers, cutoff in Angstrom."""
 
-    def __init__(self, species=(29, 79), cutoff: float = 5.0, r0: float = 2.5) -> None:
+    A, p, xi, q, r0, width = 0.0855, 10.96, 1.224, 2.278, 2.556, 1.0
+
+    def __init__(self, species=(29, 79), cutoff: float = 5.0) -> None:
         self.species = tuple(species)
         self.pair_cutoff = float(cutoff)
-        self.r0 = r0
         n = max(self.species) + 1
-        # a symmetric, species-dependent prefactor so two-species cells test the type mapping
+        # a symmetric, species-dependent factor so two-species cells test the type mapping
         self.a = np.ones((n, n))
-        for p, zi in enumerate(self.species):
-            for q, zj in enumerate(self.species):
-                self.a[zi, zj] = 1.0 + 0.3 * p + 0.3 * q + 0.2 * p * q
+        for u, zi in enumerate(self.species):
+            for v, zj in enumerate(self.species):
+                self.a[zi, zj] = 1.0 + 0.1 * (u + v) + 0.05 * u * v
+
+    def _cutoff(self, r):
+        rc, w = self.pair_cutoff, self.width
+        t = np.clip((r - (rc - w)) / w, 0.0, 1.0)
+        fc = 0.5 * (1.0 + np.cos(np.pi * t))
+        dfc = np.where((t > 0) & (t < 1), -0.5 * np.pi / w * np.sin(np.pi * t), 0.0)
+        return fc, dfc
 
     def pair_energies(self, centre_numbers, i, j, r_ij, neighbour_numbers, *, std=False):
         """Per-atom energies and dE/dr_ij for a pair list (see gpmlip.SparseGP.pair_energies)."""
@@ -48,20 +59,17 @@ class ToyModel:
         r_ij = np.asarray(r_ij, dtype=np.float64).reshape(-1, 3)
         n = len(centre_numbers)
         r = np.linalg.norm(r_ij, axis=1)
-        rc = self.pair_cutoff
-        inside = r < rc
-        fc = np.where(inside, 0.5 * (np.cos(np.pi * np.minimum(r, rc) / rc) + 1.0), 0.0)
-        dfc = np.where(inside, -0.5 * np.pi / rc * np.sin(np.pi * np.minimum(r, rc) / rc), 0.0)
+        fc, dfc = self._cutoff(r)
         a = self.a[centre_numbers[i], np.asarray(neighbour_numbers)]
-        g = np.exp(-2.0 * (r - self.r0))
-        rho = np.bincount(i, weights=a * g * fc, minlength=n)
+        rep = self.A * a * np.exp(-self.p * (r / self.r0 - 1.0))
+        band = self.xi ** 2 * a * np.exp(-2.0 * self.q * (r / self.r0 - 1.0))
+        rho = np.bincount(i, weights=band * fc, minlength=n)
         root = np.sqrt(rho)
-        energies = -root
-        # dE_i/drho_i = -1 / (2 sqrt(rho_i)); drho/dr = a (g' fc + g fc')
+        energies = np.bincount(i, weights=rep * fc, minlength=n) - root
         de_drho = np.where(root > 0, -0.5 / np.where(root > 0, root, 1.0), 0.0)
-        drho_dr = a * g * (-2.0 * fc + dfc)
-        scale = de_drho[i] * drho_dr / np.where(r > 0, r, 1.0)
-        d = scale[:, None] * r_ij
+        de_dr = (rep * (-self.p / self.r0 * fc + dfc)
+                 + de_drho[i] * band * (-2.0 * self.q / self.r0 * fc + dfc))
+        d = (de_dr / np.where(r > 0, r, 1.0))[:, None] * r_ij
         s = np.tanh(rho / 20.0) if std else None    # a bounded per-atom "uncertainty" in [0, 1)
         return PairResult(energies, d, s)
 

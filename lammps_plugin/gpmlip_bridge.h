@@ -28,12 +28,13 @@ typedef int (*gpmlip_species_fn)(void *model, int n, const char *const *symbols,
                                  int64_t *numbers, char *err, size_t errlen);
 
 /* energies[n_centres], dE_dr[3 * n_pairs] and (if std is not null) std[n_centres] from the
-   model's pair_energies on one rank's pairs. */
+   model's pair_energies on one rank's pairs; *model_seconds = wall time inside pair_energies. */
 typedef int (*gpmlip_compute_fn)(void *model, int64_t n_centres, int64_t n_pairs,
                                  const int64_t *centre_numbers, const int64_t *i,
                                  const int64_t *j, const double *r_ij,
                                  const int64_t *neighbour_numbers, double *energies,
-                                 double *dE_dr, double *std, char *err, size_t errlen);
+                                 double *dE_dr, double *std, double *model_seconds, char *err,
+                                 size_t errlen);
 
 /* Drop the model. */
 typedef void (*gpmlip_release_fn)(void *model);

@@ -154,8 +154,8 @@ int gpmlip_bridge_species(void *model, int n, const char *const *symbols, int64_
 int gpmlip_bridge_compute(void *model, int64_t n_centres, int64_t n_pairs,
                           const int64_t *centre_numbers, const int64_t *i, const int64_t *j,
                           const double *r_ij, const int64_t *neighbour_numbers,
-                          double *energies, double *dE_dr, double *std, char *err,
-                          size_t errlen)
+                          double *energies, double *dE_dr, double *std,
+                          double *model_seconds, char *err, size_t errlen)
 {
   GIL gil;
   const int64_t b = 8;
@@ -172,6 +172,7 @@ int gpmlip_bridge_compute(void *model, int64_t n_centres, int64_t n_pairs,
                                       args[1], args[2], args[3], args[4], args[5], args[6],
                                       args[7]);
   std::string failure = out == nullptr ? fetch_error() : "";
+  *model_seconds = out != nullptr && PyFloat_Check(out) ? PyFloat_AsDouble(out) : 0.0;
   Py_XDECREF(out);
   // views of LAMMPS memory must not outlive this call
   for (auto *a : args) {

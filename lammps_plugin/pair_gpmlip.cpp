@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <sys/resource.h>
 
 #ifndef GPMLIP_LIBPYTHON
 #define GPMLIP_LIBPYTHON "libpython3.so"
@@ -255,12 +256,13 @@ void PairGpmlip::compute(int eflag, int vflag)
   std_centre.assign(want_std ? n_centres : 0, 0.0);
   if (n_centres > 0) {
     char err[ERRLEN] = "";
-    double tm = platform::walltime();
+    double tm = platform::walltime(), inside = 0.0;
     int rc = bridge(error).compute(model, n_centres, n_pairs, centre_numbers.data(),
                                    pair_i.data(), pair_j.data(), r_ij.data(),
                                    neighbour_numbers.data(), energies.data(), dE_dr.data(),
-                                   want_std ? std_centre.data() : nullptr, err, ERRLEN);
-    time_model += platform::walltime() - tm;
+                                   want_std ? std_centre.data() : nullptr, &inside, err, ERRLEN);
+    time_bridge += platform::walltime() - tm;
+    time_model += inside;
     if (rc != 0) error->one(FLERR, "pair_style gpmlip: the model failed: {}", err);
   }
   scatter_results(want_std);
@@ -309,15 +311,22 @@ void PairGpmlip::scatter_results(bool want_std)
 
 void PairGpmlip::finish()
 {
-  double local[2] = {time_total, time_model}, sum[2] = {0.0, 0.0};
-  MPI_Allreduce(local, sum, 2, MPI_DOUBLE, MPI_SUM, world);
+  // timings summed over ranks; peak resident memory (LAMMPS + Python + model) of the worst rank
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  double local[3] = {time_total, time_bridge, time_model}, sum[3] = {0.0, 0.0, 0.0};
+  double rss = usage.ru_maxrss / 1024.0, rss_max = 0.0;    // MiB (ru_maxrss is in KiB)
+  MPI_Allreduce(local, sum, 3, MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(&rss, &rss_max, 1, MPI_DOUBLE, MPI_MAX, world);
   if (comm->me == 0 && n_calls > 0) {
-    double outside = sum[0] - sum[1];
+    double outside = sum[0] - sum[2];
     utils::logmesg(lmp,
                    "pair_style gpmlip: {} force calls, {:.6g} s in the pair style, {:.6g} s in "
-                   "the Python model, {:.6g} s outside it ({:.3g}%), summed over {} ranks\n",
-                   n_calls, sum[0], sum[1], outside, sum[0] > 0 ? 100.0 * outside / sum[0] : 0.0,
-                   comm->nprocs);
+                   "the Python bridge call, {:.6g} s in the model's pair_energies, {:.6g} s "
+                   "outside the model ({:.3g}%), summed over {} ranks; peak memory {:.1f} MiB "
+                   "per rank (max)\n",
+                   n_calls, sum[0], sum[1], sum[2], outside,
+                   sum[0] > 0 ? 100.0 * outside / sum[0] : 0.0, comm->nprocs, rss_max);
   }
 }
 

@@ -54,7 +54,7 @@ class PairGpmlip : public Pair {
   std::vector<int> centre_atom;    // LAMMPS local index of each centre
   std::vector<double> r_ij, energies, dE_dr, std_centre;
 
-  double time_total = 0.0, time_model = 0.0;
+  double time_total = 0.0, time_bridge = 0.0, time_model = 0.0;
   long long n_calls = 0;
 };
 

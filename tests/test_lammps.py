@@ -60,7 +60,7 @@ def _fitted_gp(path: Path) -> Path:
     from conftest import emt_frames
 
     model = gpmlip.SparseGP(gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5),
-                            n_sparse=20)
+                            n_sparse=20, e0={"Cu": 0.0, "Au": 0.0})
     model.fit(emt_frames(4, seed=3, alloy=True))
     model.save(path)
     return path
@@ -158,7 +158,8 @@ def _in_process(commands):
 def _setup_commands(data: Path, spec: str, species=("Cu", "Au")):
     return ["units metal", "atom_style atomic", f"read_data {data}",
             f"pair_style gpmlip {spec}", f"pair_coeff * * {' '.join(species)}",
-            "compute peatom all pe/atom", "compute pv all pressure NULL virial"]
+            "compute peatom all pe/atom", "compute pv all pressure NULL virial",
+            "compute sa all stress/atom NULL virial", "compute sasum all reduce sum c_sa[*]"]
 
 
 def _data_file(atoms, path: Path, species=("Cu", "Au")) -> Path:
@@ -180,6 +181,8 @@ def test_in_python_process_matches_ase(pair_model, tmp_path):
         energies = lmp.numpy.extract_compute("peatom", 1, 1)[:n][order]
         pe = lmp.get_thermo("pe")
         virial_p = lmp.numpy.extract_compute("pv", 0, 1).copy()
+        per_atom_sum = lmp.numpy.extract_compute("sasum", 0, 1).copy()    # bar * A^3
+        volume = lmp.get_thermo("vol")
     finally:
         lmp.close()
     atoms.calc = pair_model.calculator()
@@ -188,6 +191,8 @@ def test_in_python_process_matches_ase(pair_model, tmp_path):
     assert_close(forces, atoms.get_forces(), what="forces")
     stress = -virial_p / 1.6021765e6    # bar -> eV/A^3 with LAMMPS's own factor
     assert_close(stress[[0, 1, 2, 5, 4, 3]], atoms.get_stress(), what="stress")
+    # compute stress/atom (pair virial split half-and-half) sums to minus the global virial
+    assert_close(-per_atom_sum / volume, virial_p, what="per-atom virial")
 
 
 def test_registered_through_entry_point_without_plugin_path(tmp_path):
@@ -343,3 +348,17 @@ def test_standalone_lmp_reports_python_errors(monkeypatch):
         gl.run_md(cu_cell(), "python:test_lammps:raising_toy", steps=0)
     with pytest.raises(LammpsError, match="does not exist"):
         gl.run_md(cu_cell(), "/nonexistent/model.npz", steps=0)
+
+
+def test_readme_input_runs(tmp_path):
+    """The README's in.gpmlip, with the toy for the model file and 20 steps."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    deck = readme.split("`in.gpmlip` (a fcc CuAu")[1].split("```")[1]
+    deck = deck.replace("cuau.npz", TOY).replace("run             10000", "run 20")
+    _data_file(cuau_cell(), tmp_path / "data.lmp")
+    (tmp_path / "in.gpmlip").write_text(deck)
+    done = subprocess.run([str(Path(sys.executable).parent / "lmp"), "-in", "in.gpmlip",
+                           "-log", "none"], cwd=tmp_path, env=gl.environment(),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    assert (tmp_path / "traj.dump").is_file()

@@ -17,6 +17,7 @@ Model specifications accepted by :func:`load`:
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +76,11 @@ class PairModel:
         return out
 
     def compute(self, centre_numbers, i, j, r_ij, neighbour_numbers, energies_out, dE_dr_out,
-                std_out) -> None:
+                std_out) -> float:
         """One force evaluation: buffers from LAMMPS in, results written into the out buffers.
 
         Inputs are copied (they are views of LAMMPS memory that end with the call), so the model
-        may keep what it is given.
+        may keep what it is given.  Returns the seconds spent in ``pair_energies``.
         """
         n = len(memoryview(energies_out)) // 8
         cz = np.frombuffer(centre_numbers, dtype=np.int64).copy()
@@ -87,7 +88,9 @@ class PairModel:
         jj = np.frombuffer(j, dtype=np.int64).copy()
         r = np.frombuffer(r_ij, dtype=np.float64).reshape(-1, 3).copy()
         nz = np.frombuffer(neighbour_numbers, dtype=np.int64).copy()
+        start = time.perf_counter()
         res = self.model.pair_energies(cz, ii, jj, r, nz, std=std_out is not None)
+        seconds = time.perf_counter() - start
         e = np.asarray(res.energies, dtype=np.float64)
         d = np.asarray(res.dE_dr, dtype=np.float64)
         if e.shape != (n,) or d.shape != r.shape:
@@ -101,3 +104,4 @@ class PairModel:
                 raise ValueError(f"pair_energies(std=True) returned std {s.shape} for {n} "
                                  "centres")
             np.frombuffer(std_out, dtype=np.float64)[:] = s
+        return seconds

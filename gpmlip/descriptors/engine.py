@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _PID = os.getpid()
 _PARALLEL = threading.Lock()
 
-PARALLEL_MIN_PAIRS = 2048
+PARALLEL_MIN_PAIRS = 16384
 """Below this many pairs the one-thread kernels run: waking threads costs more than the work."""
 
 THRESHOLD = 1e-3

@@ -108,6 +108,56 @@ class NormalizedDotProduct:
         w = pref * weights[None, :]
         return (w @ xh - (w * c).sum(axis=1, keepdims=True) * qh) / qn
 
+    def local_terms(self, q: np.ndarray, zq: np.ndarray, x_hat: np.ndarray, zx: np.ndarray,
+                    weights: np.ndarray, *, gradient: bool = True, rows: bool = False):
+        """What prediction needs, per species block and with the cosines formed once.
+
+        Parameters
+        ----------
+        q : ndarray, shape (n, F)
+            Descriptors (any length).
+        zq : ndarray of int, shape (n,)
+        x_hat : ndarray, shape (m, F)
+            Sparse descriptors, already of unit length.
+        zx : ndarray of int, shape (m,)
+        weights : ndarray, shape (m,)
+        gradient, rows : bool
+            Also return ``sum_m w_m dk_im/dq_i`` (n, F) and the kernel rows (n, m).
+
+        Returns
+        -------
+        values : ndarray, shape (n,)
+            ``sum_m w_m k(q_i, x_m)``.
+        grad : ndarray, shape (n, F) or None
+        k : ndarray, shape (n, m) or None
+        """
+        n = len(zq)
+        values = np.zeros(n)
+        grad = np.zeros_like(q) if gradient else None
+        k_all = np.zeros((n, len(zx))) if rows else None
+        zeta = int(self.zeta)
+        for z in np.unique(zq):
+            i = np.flatnonzero(zq == z)
+            m = np.flatnonzero(zx == z)
+            if len(m) == 0:
+                continue
+            var = self._variance(np.array([z]))[0]
+            qh, qn = unit_rows(q[i])
+            xh = x_hat[m]
+            c = qh @ xh.T
+            c_pow = np.ones_like(c) if zeta == 1 else c.copy()
+            for _ in range(zeta - 2):
+                c_pow *= c                                   # c^(zeta - 1)
+            w = weights[m]
+            k = c_pow * c
+            values[i] = var * (k @ w)
+            if rows:
+                k_all[np.ix_(i, m)] = var * k
+            if gradient:
+                g = (var * zeta) * c_pow * w[None, :]
+                grad[i] = (g @ xh - (g * c).sum(axis=1, keepdims=True) * qh) / qn
+        return values, grad, k_all
+
     def to_dict(self) -> dict:
         """JSON-ready settings."""
         return {"type": "NormalizedDotProduct", "zeta": int(self.zeta),

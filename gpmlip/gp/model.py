@@ -507,13 +507,14 @@ class SparseGP:
         energies = np.empty(len(species))
         grad = np.empty_like(features) if gradient else None
         var = np.empty(len(species)) if variance else None
-        x, zx = self.sparse_.features, self.sparse_.species
+        x, zx = self.sparse_.features, self.sparse_.species   # unit rows already
         for a in range(0, len(species), PREDICT_BLOCK):
             b = min(a + PREDICT_BLOCK, len(species))
-            k = kernel(features[a:b], species[a:b], x, zx)
-            energies[a:b] = k @ post.beta + e0[a:b]
+            values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta,
+                                              gradient=gradient, rows=variance)
+            energies[a:b] = values + e0[a:b]
             if gradient:
-                grad[a:b] = kernel.gradient_dot(features[a:b], species[a:b], x, zx, post.beta)
+                grad[a:b] = g
             if variance:
                 var[a:b] = post.variance(k, sigma2[a:b])
         return energies, grad, var, sigma2

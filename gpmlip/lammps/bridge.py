@@ -17,6 +17,7 @@ Model specifications accepted by :func:`load`:
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from pathlib import Path
 
@@ -40,8 +41,28 @@ def _from_spec(spec: str):
     return gpmlip.load_model(path)
 
 
+LOCAL_RANK_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SIZE")
+"""Environment variables that MPI launchers (MPICH's hydra, Open MPI) set to the ranks on a node."""
+
+
+def share_cores() -> int:
+    """Give each MPI rank its share of the node's cores for the engine's threads (unless
+    ``NUMBA_NUM_THREADS`` is set): two ranks with two threads each on two cores run at half
+    speed.  Returns the thread count."""
+    import numba
+
+    if "NUMBA_NUM_THREADS" not in os.environ:
+        ranks = next((int(os.environ[v]) for v in LOCAL_RANK_VARIABLES
+                      if os.environ.get(v, "").isdigit()), 1)
+        if ranks > 1:
+            numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
+                                             (os.cpu_count() or 1) // ranks)))
+    return numba.get_num_threads()
+
+
 def load(spec: str) -> "PairModel":
     """The model named by ``spec`` (see the module docstring), wrapped for the plugin."""
+    share_cores()
     model = _from_spec(spec)
     missing = [a for a in ("species", "pair_cutoff", "pair_energies") if not hasattr(model, a)]
     if missing:

@@ -46,17 +46,20 @@ LOCAL_RANK_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_SI
 
 
 def share_cores() -> int:
-    """Give each MPI rank its share of the node's cores for the engine's threads (unless
-    ``NUMBA_NUM_THREADS`` is set): two ranks with two threads each on two cores run at half
-    speed.  Returns the thread count."""
+    """Give each MPI rank its share of the node's cores for the engine's and BLAS's threads
+    (unless ``NUMBA_NUM_THREADS`` is set): two ranks with two threads each on two cores run at
+    half speed.  Returns the engine's thread count."""
     import numba
 
     if "NUMBA_NUM_THREADS" not in os.environ:
         ranks = next((int(os.environ[v]) for v in LOCAL_RANK_VARIABLES
                       if os.environ.get(v, "").isdigit()), 1)
         if ranks > 1:
-            numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
-                                             (os.cpu_count() or 1) // ranks)))
+            share = max(1, (os.cpu_count() or 1) // ranks)
+            numba.set_num_threads(min(numba.config.NUMBA_NUM_THREADS, share))
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(share)   # the kernel's matrix products (BLAS) too
     return numba.get_num_threads()
 
 

@@ -68,7 +68,7 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
     seed : int
         For the first, random batch of an unfitted model.
     """
-    from gpmlip.io import load_model
+    from gpmlip.gp.model import load_model
     from gpmlip.labelling import label_queue
 
     if (pool is None) == (explore is None):

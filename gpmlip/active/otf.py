@@ -93,7 +93,7 @@ class OnTheFlyLearner:
                  callbacks: list[Callable] | None = None, config_type: str = "otf",
                  **overrides) -> None:
         if isinstance(model, (str, Path)):
-            from gpmlip.io import load_model
+            from gpmlip.gp.model import load_model
 
             model = load_model(model)
         base = settings.to_dict() if isinstance(settings, OTFSettings) else dict(settings or {})
@@ -249,12 +249,12 @@ class OnTheFlyLearner:
             "steps": self.counters["steps"], "labels": self.counters["labels"],
             "failed_labels": self.counters["failed"],
             "skipped_frames": self.counters["skipped_frames"],
-            "labelled_frames": len(self.model.frames_) if self.model.is_fitted else 0,
+            "labelled_frames": len(self.model.training_frames) if self.model.is_fitted else 0,
             "sparse_points": self.model.n_sparse_points,
             "optimisations": self.counters["optimisations"],
             "wall_seconds": round(wall, 3), "seconds": timers,
             "signal_std": {str(z): float(np.sqrt(v))
-                           for z, v in self.model.signal_variance_.items()},
+                           for z, v in self.model.signal_variances.items()},
             "median_force_error_at_label": med("force_rmse"),
             "median_predicted_force_std_at_label": med("predicted_force_std"),
             "settings": self.settings.to_dict(), "labeller": self.labeller.describe(),
@@ -328,7 +328,7 @@ class OnTheFlyLearner:
         if not self.model.is_fitted:
             return {}
         pred = self.model.predict(atoms, stress=False, force_std=True)
-        sigma = np.sqrt([self.model.signal_variance_[int(z)] for z in atoms.numbers])
+        sigma = np.sqrt([self.model.signal_variances[int(z)] for z in atoms.numbers])
         return {"forces": pred.forces, "force_std": pred.force_std,
                 "energy_std": np.sqrt(pred.local_variance), "sigma": sigma}
 
@@ -395,7 +395,7 @@ class OnTheFlyLearner:
 
     def _event(self, record: dict) -> dict:
         result = record["result"]
-        sigma = float(np.sqrt(max(self.model.signal_variance_.values()))) \
+        sigma = float(np.sqrt(max(self.model.signal_variances.values()))) \
             if self.model.is_fitted else None
         event = {"label": record["index"], "step": record["step"], "ok": result["ok"],
                  "error": result["error"], "max_std": record["max_std"],
@@ -448,7 +448,7 @@ class OnTheFlyLearner:
         self._emit("checkpoint", state)
 
     def _resume(self) -> None:
-        from gpmlip.io import load_model
+        from gpmlip.gp.model import load_model
 
         ck = self.rundir.read_checkpoint()
         md = None
@@ -486,7 +486,7 @@ class OnTheFlyLearner:
 
     def _log_thresholds(self) -> None:
         s = self.settings
-        for z, var in self.model.signal_variance_.items():
+        for z, var in self.model.signal_variances.items():
             sigma = float(np.sqrt(var))
             log.info("species %d: sigma_z %.4g eV, so std_tolerance %.3g = local-energy std "
                      "%.3g meV and update_threshold %.3g = %.3g meV", z, sigma, s.std_tolerance,
@@ -509,7 +509,7 @@ def choose_sparse_atoms(model, atoms, std: np.ndarray, threshold: float,
         cand = cand[np.argsort(-std[cand], kind="stable")]
         if not len(cand):
             continue
-        existing = model.sparse_.features[model.sparse_.species == z] if model.is_fitted \
+        existing = model.sparse_set.features[model.sparse_set.species == z] if model.is_fitted \
             else None
         picked = greedy_variance(normalise(features[cand]), min(max_per_species, len(cand)),
                                  model.zeta, existing=existing, tolerance=threshold ** 2,

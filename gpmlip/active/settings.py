@@ -7,8 +7,8 @@ Both thresholds are on the **normalised local-energy standard deviation**
     u_i = sqrt(var(E_i)) / sigma_z,      0 <= u_i <= 1,
 
 of each atom ``i``, where ``var(E_i)`` is the GP's predictive variance of that atom's local
-energy and ``sigma_z`` is the signal standard deviation of its species (``model.signal_variance_``,
-in eV).  ``u = 1`` means "nothing in the training set looks like this environment"; ``u = 0``
+energy and ``sigma_z`` is the signal standard deviation of its species
+(``sqrt(model.signal_variances[z])``, in eV).  ``u = 1`` means "nothing in the training set looks like this environment"; ``u = 0``
 means "this environment is a sparse point and is pinned by data".  The number is dimensionless
 and does not change when the hyper-parameters rescale the energy, which is why it is the one
 thresholded (FLARE's users meet the same two quantities as a sign convention on one number).

@@ -29,6 +29,7 @@ from ase import Atoms
 from gpmlip.errors import SettingsError
 from gpmlip.labellers import Labeller, LabelResult, provenance, run_labeller
 from gpmlip.labelling.queue import LabelQueue
+from gpmlip.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,9 @@ def label_structure(labeller: Labeller, atoms: Atoms) -> dict:
         ``{"result": LabelResult.to_dict(), "provenance": {...}}``, JSON-serialisable: host,
         pid, start and end (unix time), package versions of gpmlip, ase and numpy, labeller.
     """
-    import gpmlip
-
     started = time.time()
     result = run_labeller(labeller, atoms)
-    prov = {**provenance(), "gpmlip": gpmlip.__version__, "numpy": np.__version__,
+    prov = {**provenance(), "gpmlip": __version__, "numpy": np.__version__,
             "labeller": labeller.name, "started": started, "finished": time.time()}
     return {"result": result.to_dict(), "provenance": prov}
 

@@ -62,7 +62,7 @@ class UncertaintyGate:
     queue : object with ``add(structures, source=...)``, optional
         Needed by ``"queue"``.
     labeller : str, dict, callable or Labeller, optional
-        Needed by ``"label"`` (see :func:`gpmlip.labellers.get_labeller`).
+        Needed by ``"label"`` (see :func:`gpmlip.labelling.labellers.get_labeller`).
     max_atoms_added : int
         Sparse points added per species per label (``"label"``): the frame's atoms above a
         tenth of ``threshold``, greedily de-duplicated as in on-the-fly learning.

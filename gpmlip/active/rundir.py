@@ -29,7 +29,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from gpmlip.data import Frame
 from gpmlip.errors import RunDirectoryError
-from gpmlip.labellers import LabelResult
+from gpmlip.labelling.labellers import LabelResult
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.errors import SettingsError
-from gpmlip.labellers import Labeller, LabelResult, provenance, run_labeller
+from gpmlip.labelling.labellers import Labeller, LabelResult, provenance, run_labeller
 from gpmlip.labelling.queue import LabelQueue
 from gpmlip.version import __version__
 

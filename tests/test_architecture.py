@@ -118,3 +118,16 @@ def test_no_private_model_attributes_outside_gp(name):
     uses = _private_uses(MODULES[name])
     assert not uses, ("use the public SparseGP API (e.g. " + ", ".join(PUBLIC_MODEL_API[:8])
                       + ") instead of:\n" + "\n".join(uses))
+
+
+def test_one_start_method_policy():
+    """Child processes get their start method from gpmlip.parallel.mp_context only."""
+    calls = []
+    for name, path in MODULES.items():
+        if name == "gpmlip.parallel":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute)
+                    and node.attr in ("get_context", "set_start_method", "get_all_start_methods")):
+                calls.append(f"{name}:{node.lineno}")
+    assert not calls, f"use gpmlip.parallel.mp_context(kind) instead: {calls}"

@@ -131,3 +131,14 @@ def test_one_start_method_policy():
                     and node.attr in ("get_context", "set_start_method", "get_all_start_methods")):
                 calls.append(f"{name}:{node.lineno}")
     assert not calls, f"use gpmlip.parallel.mp_context(kind) instead: {calls}"
+
+
+def test_soap_satisfies_the_descriptor_protocol():
+    import inspect
+
+    from gpmlip.descriptors import SOAP, Descriptor
+    from gpmlip.gp.model import SparseGP
+
+    soap = SOAP(species=["Cu"], r_cut=4.0, n_max=3, l_max=2)
+    assert isinstance(soap, Descriptor)
+    assert inspect.signature(SparseGP).parameters["descriptor"].annotation == "Descriptor"

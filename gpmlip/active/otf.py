@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from ase.calculators.calculator import all_changes
+from ase.optimize.optimize import Dynamics
 
 from gpmlip.active import mdstate, records
 from gpmlip.active.rundir import RunDirectory, label_frame, write_json
@@ -87,7 +88,8 @@ class OnTheFlyLearner:
         built on the learner (the uncertainty gate) keeps its own counters.
     """
 
-    def __init__(self, model, labeller, directory="otf_run", *,
+    def __init__(self, model: SparseGP | str | Path, labeller,
+                 directory: str | Path = "otf_run", *,
                  settings: OTFSettings | dict | None = None, initial_data=None,
                  callbacks: list[Callable] | None = None, config_type: str = "otf",
                  **overrides) -> None:
@@ -126,7 +128,7 @@ class OnTheFlyLearner:
             self._calc = _LearnerCalculator(self)
         return self._calc
 
-    def start(self, dyn, *, resume: bool = False) -> None:
+    def start(self, dyn: Dynamics, *, resume: bool = False) -> None:
         """Prepare a run: resume from the directory, or fit / label the first frame.
 
         Parameters
@@ -190,7 +192,7 @@ class OnTheFlyLearner:
         if not labelled and step % self.settings.checkpoint_interval == 0:
             self._checkpoint(save_model=False)
 
-    def run(self, dyn, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
+    def run(self, dyn: Dynamics, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
         """Run ``dyn`` until its step counter reaches ``steps``, learning on the fly.
 
         Parameters

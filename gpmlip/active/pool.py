@@ -29,6 +29,7 @@ from ase import Atoms
 from scipy.linalg import solve_triangular
 
 from gpmlip.errors import SettingsError, UnknownSpeciesError
+from gpmlip.gp.model import SparseGP
 from gpmlip.kernels import normalise
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class _Basis:
         return added
 
 
-def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
+def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
                  method: str = "greedy", explained: float = 0.1, atoms_per_pick: int = 64,
                  seed: int | None = 0,
                  features: Sequence[np.ndarray] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -14,6 +15,7 @@ from threadpoolctl import threadpool_limits
 from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
                                local_kernel)
 from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.descriptors.soap import SOAP
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 
 PREDICT_BLOCK = 512
 """Atoms whose kernel rows are formed at once in prediction (bounds the atoms x sparse block)."""
+
+TrainingData = Dataset | Frame | Sequence[Frame] | Sequence[Atoms] | str | os.PathLike
+"""What :meth:`SparseGP.fit` and :meth:`SparseGP.update` accept as labelled structures."""
 
 DEFAULT_SIGMAS = {"energy": 0.005, "forces": 0.05, "stress": 0.001}
 """Default noise: eV/atom (times sqrt(n_atoms) per structure), eV/Å, eV/Å³ (0.16 GPa)."""
@@ -70,8 +75,9 @@ class SparseGP:
 
     Parameters
     ----------
-    descriptor : gpmlip.SOAP
-        Per-atom descriptor with Jacobians.
+    descriptor : Descriptor
+        Per-atom descriptor with Jacobians and a pair-list path (:class:`gpmlip.SOAP`, or any
+        :class:`~gpmlip.descriptors.Descriptor`).
     zeta : int, default 4
         Exponent of the normalised dot-product kernel.
     n_sparse : int or dict, default 200
@@ -95,7 +101,7 @@ class SparseGP:
         Worker processes for the Jacobians of training frames (default: the descriptor's).
     """
 
-    def __init__(self, descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
+    def __init__(self, descriptor: Descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
                  sparse_method: str = "cur", signal_std: float | dict = 1.0,
                  energy_sigma: float = DEFAULT_SIGMAS["energy"],
                  force_sigma: float = DEFAULT_SIGMAS["forces"],
@@ -204,7 +210,7 @@ class SparseGP:
             if not np.isfinite(value) or value <= 0:
                 raise SettingsError(f"{name}={value}: use a positive number")
 
-    def _frames(self, frames) -> list[Frame]:
+    def _frames(self, frames: TrainingData) -> list[Frame]:
         if isinstance(frames, Dataset):
             data = list(frames)
             bad = {z for f in data for z in f.atoms.numbers} - set(self.species)
@@ -224,7 +230,7 @@ class SparseGP:
         return [self.descriptor.describe(f.atoms).features for f in frames]
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, frames, *, sparse_atoms: Sequence[tuple[int, int]] | None = None,
+    def fit(self, frames: TrainingData, *, sparse_atoms: Sequence[tuple[int, int]] | None = None,
             executor: Executor | None = None) -> SparseGP:
         """Choose sparse points and solve for the weights.
 
@@ -351,7 +357,7 @@ class SparseGP:
                  posterior.log_likelihood)
         return state.replace(posterior=posterior, version=self.version + 1)
 
-    def update(self, frames, *, n_sparse: int | dict | None = None,
+    def update(self, frames: TrainingData, *, n_sparse: int | dict | None = None,
                sparse_atoms: Sequence[tuple[int, int]] | None = None,
                executor: Executor | None = None) -> SparseGP:
         """Add labelled structures (and sparse points) without recomputing what is known.
@@ -590,7 +596,7 @@ class SparseGP:
                        ).reshape(-1, 3)
 
     # -- files -----------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the model as npz + JSON metadata (see :mod:`gpmlip.io`); never pickle."""
         write_model_file(path, self.state, self._file_settings())
 
@@ -616,7 +622,7 @@ def _e0_setting(e0):
     return e0
 
 
-def load_model(path, *, n_jobs: int = 1) -> SparseGP:
+def load_model(path: str | os.PathLike, *, n_jobs: int = 1) -> SparseGP:
     """Read a model written by :meth:`SparseGP.save`.
 
     Parameters

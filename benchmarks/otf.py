@@ -45,7 +45,7 @@ def calibration(model, frames) -> dict:
     err = np.abs(np.concatenate([(p.forces - f.get_forces()).ravel() for p, f in
                                  zip(preds, frames)]))
     std = np.concatenate([p.force_std.ravel() for p in preds])
-    total = np.sqrt(std ** 2 + model.noise_["forces"] ** 2)
+    total = np.sqrt(std ** 2 + model.noise["forces"] ** 2)
     return {**errors, "spearman_std_vs_error": float(spearmanr(std, err).statistic),
             "fraction_error_above_2std": float(np.mean(err > 2 * std)),
             "fraction_error_above_2std_with_noise": float(np.mean(err > 2 * total)),

@@ -57,7 +57,7 @@ def structures(n: int, seed: int = 0):
 
 
 def run_case(workdir: Path, name: str, labeller, n: int, make_executor) -> dict:
-    from gpmlip.labellers import Labeller
+    from gpmlip.labelling.labellers import Labeller
     from gpmlip.labelling import LabelQueue, label_queue
     from queue_throughput import sleepy
 
@@ -82,7 +82,7 @@ def run_case(workdir: Path, name: str, labeller, n: int, make_executor) -> dict:
 
 
 def overhead(workdir: Path) -> dict:
-    from gpmlip.labellers import LabelResult
+    from gpmlip.labelling.labellers import LabelResult
     from gpmlip.labelling import LabelQueue
 
     queue = LabelQueue(workdir / "overhead.db", "emt")
@@ -108,7 +108,7 @@ def main() -> None:
         [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])
     from queue_throughput import sleepy as importable_sleepy   # picklable by module name
 
-    from gpmlip.labellers import Labeller
+    from gpmlip.labelling.labellers import Labeller
     from gpmlip.labelling import process_pool
 
     sleep_lab = Labeller("sleepy", importable_sleepy, {"seconds": SLEEP})

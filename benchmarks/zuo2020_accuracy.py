@@ -197,7 +197,7 @@ def run_element(element: str, args) -> dict:
                            "at_bound": hyper.at_bound, "success": hyper.success,
                            "message": hyper.message, "n_evaluations": hyper.n_evaluations}
         result["test_optimised"] = evaluate(model, test, args.calibration_frames,
-                                            model.noise_["forces"])
+                                            model.noise["forces"])
         log.info("%s: optimised %s; test %s", element, hyper.values,
                  {k: v for k, v in result["test_optimised"].items() if k != "per_config_type"})
     desc.close()    # reap the descriptor's worker processes so RUSAGE_CHILDREN includes them

@@ -20,10 +20,8 @@ from gpmlip.errors import (
     ModelFileError,
     UnknownSpeciesError,
 )
-from gpmlip.gp import Prediction, SparseGP
-from gpmlip.io import load_model
-
-__version__ = "0.1.0"
+from gpmlip.gp import Prediction, SparseGP, load_model
+from gpmlip.version import __version__
 
 __all__ = [
     "SOAP",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from gpmlip.covariance import voigt
+
+if TYPE_CHECKING:
+    from gpmlip.gp.model import SparseGP
 
 UNCERTAINTY_RESULTS = {
     "local_variance": "per-atom predictive variance of the local energy, eV^2",
@@ -42,7 +47,7 @@ class GPCalculator(Calculator):
                               "local_variance", "local_std_normalised", "max_uncertainty",
                               "force_std"]
 
-    def __init__(self, model, *, uncertainty: bool = False, force_std: bool = False,
+    def __init__(self, model: SparseGP, *, uncertainty: bool = False, force_std: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model

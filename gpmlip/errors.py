@@ -54,3 +54,7 @@ class LammpsError(GpmlipError, RuntimeError):
 
 class UncertaintyStop(GpmlipError, RuntimeError):
     """An uncertainty gate with policy "stop" stopped the dynamics (state saved; not a crash)."""
+
+
+class QueueError(GpmlipError, RuntimeError):
+    """A labelling-queue file cannot be used (damaged, not a queue, another labeller) or misused."""

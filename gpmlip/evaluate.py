@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gpmlip.data import Dataset, load_frames
 
+if TYPE_CHECKING:
+    from gpmlip.gp.model import SparseGP, TrainingData
+
 ALL = "all"
 
 
-def predictions(model, frames, *, force_std: bool = False,
+def predictions(model: SparseGP, frames: TrainingData, *, force_std: bool = False,
                 progress: bool = False) -> list[dict]:
     """Reference and predicted labels of every frame (what error tables and parity plots use).
 

@@ -19,8 +19,10 @@ import numpy as np
 from ase import Atoms
 from scipy.spatial.transform import Rotation
 
+from gpmlip.descriptors.protocol import Descriptor
 
-def _features(descriptor, atoms: Atoms) -> np.ndarray:
+
+def _features(descriptor: Descriptor, atoms: Atoms) -> np.ndarray:
     return descriptor.describe(atoms, gradients=False).features
 
 
@@ -90,7 +92,7 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray, floor: float = 1e-
     return float(np.abs(actual - expected).max() / scale)
 
 
-def check_features(descriptor, atoms: Atoms, reference: np.ndarray, rtol: float = 1e-8) -> float:
+def check_features(descriptor: Descriptor, atoms: Atoms, reference: np.ndarray, rtol: float = 1e-8) -> float:
     """Compare the features (with and without gradients) with a reference array."""
     err = 0.0
     for gradients in (False, True):
@@ -124,7 +126,7 @@ def check_jacobian(
     return err
 
 
-def check_strain_jacobian(descriptor, atoms: Atoms, rtol: float = 1e-6, h: float = 1e-5) -> float:
+def check_strain_jacobian(descriptor: Descriptor, atoms: Atoms, rtol: float = 1e-6, h: float = 1e-5) -> float:
     """Strain Jacobian d q_i / d eps_ab against finite differences of a strained structure."""
     env = descriptor.describe(atoms, gradients=True)
     fd = finite_difference_strain(lambda a: _features(descriptor, a), atoms, h)  # (3,3,n,F)

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gpmlip  # noqa: E402
 from gpmlip.active.loop import run_loop  # noqa: E402
-from gpmlip.labellers import Labeller  # noqa: E402
+from gpmlip.labelling.labellers import Labeller  # noqa: E402
 from gpmlip.labelling import LabelQueue  # noqa: E402
 
 from conftest import SMALL_CU  # noqa: E402

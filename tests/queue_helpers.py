@@ -102,7 +102,7 @@ def coordinator_main(argv: list[str]) -> None:
     """``python queue_helpers.py QUEUE RECORD_DIR DELAY LEASE``: one coordinator process."""
     import json
 
-    from gpmlip.labellers import Labeller
+    from gpmlip.labelling.labellers import Labeller
     from gpmlip.labelling import LabelQueue, label_queue
 
     path, record_dir, delay, lease = argv[0], argv[1], float(argv[2]), float(argv[3])

@@ -12,7 +12,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from gpmlip.errors import SettingsError
-from gpmlip.labellers import Labeller, LabelResult, get_labeller, run_labeller
+from gpmlip.labelling.labellers import Labeller, LabelResult, get_labeller, run_labeller
 
 
 def cu():

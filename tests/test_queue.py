@@ -18,7 +18,7 @@ from ase.calculators.emt import EMT
 
 import gpmlip
 from gpmlip.errors import StructureError, UnknownSpeciesError
-from gpmlip.labellers import Labeller, LabelResult, get_labeller
+from gpmlip.labelling.labellers import Labeller, LabelResult, get_labeller
 from gpmlip.labelling import LabelQueue, QueueError, content_key, label_queue
 
 from queue_helpers import HANG, NAN, RAISE, calls, cu_structures, picky, recording, structure_id

@@ -10,7 +10,7 @@ from ase.md.verlet import VelocityVerlet
 
 import gpmlip
 from gpmlip.active import OnTheFlyLearner
-from gpmlip.labellers import get_labeller, run_labeller
+from gpmlip.labelling.labellers import get_labeller, run_labeller
 
 pytestmark = pytest.mark.dft
 

@@ -152,11 +152,12 @@ def test_force_std_is_dense_dtc_variance(train):
 
 def test_likelihood_gradient_matches_finite_differences(model):
     theta = np.log([1.3, 0.004 ** 2, 0.07 ** 2, 0.002 ** 2])
-    _, grad = objective(model, theta)
+    state, species = model.state, model.species
+    _, grad = objective(state, species, theta)
     for i in range(len(theta)):
         h = np.zeros_like(theta)
         h[i] = 1e-5
-        fd = (objective(model, theta + h)[0] - objective(model, theta - h)[0]) / 2e-5
+        fd = (objective(state, species, theta + h)[0] - objective(state, species, theta - h)[0]) / 2e-5
         assert grad[i] == pytest.approx(fd, rel=1e-4, abs=1e-3)
 
 

@@ -33,7 +33,7 @@ except ImportError:  # older ase
 
 import gpmlip
 from gpmlip.active import OnTheFlyLearner
-from gpmlip.labellers import get_labeller, run_labeller
+from gpmlip.labelling.labellers import get_labeller, run_labeller
 
 LABELLER = {"name": "gpaw", "ecut": 250, "kpts": [2, 2, 2], "xc": "PBE"}
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ase.io
 
-from gpmlip.labellers import get_labeller
+from gpmlip.labelling.labellers import get_labeller
 from gpmlip.labelling import LabelQueue, label_queue
 from gpmlip.labelling.parsl import parsl_executor, slurm_config
 

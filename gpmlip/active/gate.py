@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import ase.io
-import numpy as np
+from ase.optimize.optimize import Dynamics
 
 from gpmlip.active import mdstate
 from gpmlip.active.otf import OnTheFlyLearner
@@ -42,6 +42,7 @@ from gpmlip.active.rundir import RunDirectory, write_json
 from gpmlip.active.settings import OTFSettings
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, SettingsError, UncertaintyStop
+from gpmlip.gp.model import SparseGP
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class UncertaintyGate:
     queue : object with ``add(structures, source=...)``, optional
         Needed by ``"queue"``.
     labeller : str, dict, callable or Labeller, optional
-        Needed by ``"label"`` (see :func:`gpmlip.labellers.get_labeller`).
+        Needed by ``"label"`` (see :func:`gpmlip.labelling.labellers.get_labeller`).
     max_atoms_added : int
         Sparse points added per species per label (``"label"``): the frame's atoms above a
         tenth of ``threshold``, greedily de-duplicated as in on-the-fly learning.
@@ -77,7 +78,7 @@ class UncertaintyGate:
         Passed to the learner (``"label"``): ``callback(event, info)``.
     """
 
-    def __init__(self, model, directory, threshold: float, policy: str = "warn", *,
+    def __init__(self, model: SparseGP, directory: str | Path, threshold: float, policy: str = "warn", *,
                  queue=None, labeller=None, max_atoms_added: int = 20,
                  min_steps_between: int = 10, label_settings: dict | None = None,
                  callbacks: list | None = None) -> None:
@@ -139,7 +140,7 @@ class UncertaintyGate:
         return self._state["max_std"]
 
     # -- driving -------------------------------------------------------------------------
-    def start(self, dyn, *, resume: bool = False) -> None:
+    def start(self, dyn: Dynamics, *, resume: bool = False) -> None:
         """Bind the gate to ``dyn`` (its atoms must use :attr:`calculator`).
 
         ``resume`` (policy ``"label"``): continue the run in the directory as the on-the-fly
@@ -152,7 +153,7 @@ class UncertaintyGate:
         if self._learner is not None:
             self._learner.start(dyn, resume=resume)
 
-    def run(self, dyn, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
+    def run(self, dyn: Dynamics, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
         """Run ``dyn`` until its step counter reaches ``steps`` (or a ``"stop"``).
 
         Returns :meth:`finish`'s summary.  A resumed run (``resume=True``) does only the steps

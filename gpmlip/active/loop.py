@@ -25,14 +25,15 @@ from ase import Atoms
 from gpmlip.active.pool import select_batch
 from gpmlip.active.rundir import read_json, write_json
 from gpmlip.errors import SettingsError
-from gpmlip.labelling.queue import content_key
+from gpmlip.gp.model import SparseGP
+from gpmlip.labelling.queue import LabelQueue, content_key
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "gpmlip-active-loop"
 
 
-def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
+def run_loop(model: SparseGP, directory: str | Path, queue: LabelQueue, *, pool: Sequence[Atoms] | None = None,
              explore: Callable | None = None, executor=None, max_workers: int = 1,
              batch: int = 5, method: str = "greedy", max_labels: int = 50,
              target_std: float = 0.01, sparse_per_frame: int = 10, max_rounds: int = 100,
@@ -68,7 +69,7 @@ def run_loop(model, directory, queue, *, pool: Sequence[Atoms] | None = None,
     seed : int
         For the first, random batch of an unfitted model.
     """
-    from gpmlip.io import load_model
+    from gpmlip.gp.model import load_model
     from gpmlip.labelling import label_queue
 
     if (pool is None) == (explore is None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from ase.optimize.optimize import Dynamics
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ EXTRA_ATTRIBUTES = ("eta", "zeta", "zeta_integrated", "q_past", "q_future", "h_p
 """Integrator variables saved when a dynamics object has them (NPT, Nose-Hoover chains)."""
 
 
-def _atoms(dyn):
+def _atoms(dyn: Dynamics):
     atoms = getattr(dyn, "atoms", None)
     return getattr(atoms, "atoms", atoms)    # a Filter wraps the real Atoms
 
@@ -52,7 +53,7 @@ def _set_rng_state(rng, saved: dict | None) -> None:
         rng.bit_generator.state = saved["state"]
 
 
-def capture(dyn) -> dict:
+def capture(dyn: Dynamics) -> dict:
     """The dynamics' state now, as plain JSON-serialisable data."""
     atoms = _atoms(dyn)
     state = {
@@ -70,7 +71,7 @@ def capture(dyn) -> dict:
     return state
 
 
-def restore(dyn, state: dict) -> None:
+def restore(dyn: Dynamics, state: dict) -> None:
     """Put a state from :func:`capture` back into ``dyn`` (same kind of dynamics and atoms)."""
     atoms = _atoms(dyn)
     positions = np.asarray(state["positions"], dtype=float)

@@ -14,7 +14,8 @@ After every step the learner reads the largest normalised local-energy std ``u``
 labeller, writes the result to ``labels/`` *before* using it, adds the frame and its most
 uncertain atoms (as sparse points) with :meth:`SparseGP.update`, re-optimises hyper-parameters on
 schedule, and checkpoints the model, the MD state and its counters.  The dynamics goes on from
-the labelled frame with the updated model.  See :mod:`gpmlip.active.rundir` for the files.
+the labelled frame with the updated model.  What goes on disk is :mod:`gpmlip.active.records`
+(in the layout of :mod:`gpmlip.active.rundir`).
 """
 
 from __future__ import annotations
@@ -22,25 +23,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from ase.calculators.calculator import all_changes
+from ase.optimize.optimize import Dynamics
 
-from gpmlip.active import mdstate
-from gpmlip.active.rundir import RunDirectory, label_frame, structure_dict, write_json
-from gpmlip.active.settings import OTFSettings
+from gpmlip.active import mdstate, records
+from gpmlip.active.rundir import RunDirectory, label_frame, write_json
+from gpmlip.active.settings import OTFSettings, log_thresholds
+from gpmlip.active.sparse import choose_sparse_atoms
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError, SettingsError
-from gpmlip.gp.selection import greedy_variance
-from gpmlip.kernels import normalise
-from gpmlip.labellers import get_labeller, provenance, run_labeller
+from gpmlip.gp.model import SparseGP, load_model
+from gpmlip.labelling.labellers import get_labeller, run_labeller
+from gpmlip.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "gpmlip-otf-checkpoint"
-CHECKPOINT_VERSION = 1
 PHASES = ("predict", "label", "update", "io")
 
 
@@ -67,7 +67,7 @@ class OnTheFlyLearner:
         a fitted one, or a model file.  With ``initial_data`` an unfitted model is fitted first.
     labeller : str, dict, callable or Labeller
         The reference method (required: e.g. ``"emt"`` for tests, a GPAW dict, a factory of
-        ASE calculators); see :func:`gpmlip.labellers.get_labeller`.
+        ASE calculators); see :func:`gpmlip.labelling.labellers.get_labeller`.
     directory : str or Path, default "otf_run"
         Where labels, checkpoints, the trajectory and the final model go.
     settings : OTFSettings or dict, optional
@@ -88,13 +88,12 @@ class OnTheFlyLearner:
         built on the learner (the uncertainty gate) keeps its own counters.
     """
 
-    def __init__(self, model, labeller, directory="otf_run", *,
+    def __init__(self, model: SparseGP | str | Path, labeller,
+                 directory: str | Path = "otf_run", *,
                  settings: OTFSettings | dict | None = None, initial_data=None,
                  callbacks: list[Callable] | None = None, config_type: str = "otf",
                  **overrides) -> None:
         if isinstance(model, (str, Path)):
-            from gpmlip.io import load_model
-
             model = load_model(model)
         base = settings.to_dict() if isinstance(settings, OTFSettings) else dict(settings or {})
         self.settings = OTFSettings.from_dict({**base, **overrides})
@@ -129,7 +128,7 @@ class OnTheFlyLearner:
             self._calc = _LearnerCalculator(self)
         return self._calc
 
-    def start(self, dyn, *, resume: bool = False) -> None:
+    def start(self, dyn: Dynamics, *, resume: bool = False) -> None:
         """Prepare a run: resume from the directory, or fit / label the first frame.
 
         Parameters
@@ -158,7 +157,7 @@ class OnTheFlyLearner:
             self.label(self._atoms(), np.ones(len(self._atoms())))
         elif self.rundir.read_checkpoint() is None:
             self._checkpoint(save_model=True)
-        self._log_thresholds()
+        log_thresholds(self.settings, self.model.signal_variances)
         self._wall0 = time.perf_counter()
 
     def __call__(self) -> None:
@@ -193,7 +192,7 @@ class OnTheFlyLearner:
         if not labelled and step % self.settings.checkpoint_interval == 0:
             self._checkpoint(save_model=False)
 
-    def run(self, dyn, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
+    def run(self, dyn: Dynamics, steps: int, *, resume: bool = False, **irun_kwargs) -> dict:
         """Run ``dyn`` until its step counter reaches ``steps``, learning on the fly.
 
         Parameters
@@ -216,8 +215,6 @@ class OnTheFlyLearner:
             dyn.attach(self, interval=1)
         remaining = steps - int(getattr(dyn, "nsteps", 0))
         if remaining > 0:
-            from gpmlip.progress import progress_bar
-
             with progress_bar(total=remaining, desc="on the fly", unit="step") as bar:
                 for _ in dyn.irun(steps=remaining, **irun_kwargs):
                     bar.update(1)
@@ -243,20 +240,17 @@ class OnTheFlyLearner:
         wall = self._wall_before + (time.perf_counter() - self._wall0 if self._wall0 else 0.0)
         timers = {k: round(v, 3) for k, v in self.timers.items()}
         timers["md_and_other"] = round(max(wall - sum(self.timers.values()), 0.0), 3)
-        events = [e for e in self.rundir.events() if "force_rmse" in e]
-        med = (lambda key: float(np.median([e[key] for e in events])) if events else None)
         return {
             "steps": self.counters["steps"], "labels": self.counters["labels"],
             "failed_labels": self.counters["failed"],
             "skipped_frames": self.counters["skipped_frames"],
-            "labelled_frames": len(self.model.frames_) if self.model.is_fitted else 0,
+            "labelled_frames": len(self.model.training_frames) if self.model.is_fitted else 0,
             "sparse_points": self.model.n_sparse_points,
             "optimisations": self.counters["optimisations"],
             "wall_seconds": round(wall, 3), "seconds": timers,
             "signal_std": {str(z): float(np.sqrt(v))
-                           for z, v in self.model.signal_variance_.items()},
-            "median_force_error_at_label": med("force_rmse"),
-            "median_predicted_force_std_at_label": med("predicted_force_std"),
+                           for z, v in self.model.signal_variances.items()},
+            **records.label_statistics(self.rundir),
             "settings": self.settings.to_dict(), "labeller": self.labeller.describe(),
             "directory": str(self.rundir.path.resolve()),
         }
@@ -301,14 +295,14 @@ class OnTheFlyLearner:
         attempts = 1 + (s.max_retries if s.on_failure == "retry" else 0)
         step = int(getattr(self._dyn, "nsteps", 0))
         self.counters["steps"] = step
-        before = self._before_label(atoms)
+        before = records.model_view(self.model, atoms)
         for attempt in range(attempts):
             record = self._call_labeller(atoms, std, step, attempt, before)
             self._emit("labelled", record)
             self._apply(record)
             if record["result"]["ok"]:
                 self._cooldown_until = step + s.min_steps_between_labels
-            self.rundir.append_event(self._event(record))   # dropped on resume if not
+            self.rundir.append_event(records.label_event(record, self.model))   # dropped on resume if not
             self._checkpoint(save_model=record["result"]["ok"], md=record["md"])   # saved here
             self._emit("updated", record)
             if record["result"]["ok"]:
@@ -323,15 +317,6 @@ class OnTheFlyLearner:
                     step, attempts, self._cooldown_until)
         return False
 
-    def _before_label(self, atoms) -> dict:
-        """The model's view of the frame before it sees the label (for calibration records)."""
-        if not self.model.is_fitted:
-            return {}
-        pred = self.model.predict(atoms, stress=False, force_std=True)
-        sigma = np.sqrt([self.model.signal_variance_[int(z)] for z in atoms.numbers])
-        return {"forces": pred.forces, "force_std": pred.force_std,
-                "energy_std": np.sqrt(pred.local_variance), "sigma": sigma}
-
     def _call_labeller(self, atoms, std, step, attempt, before) -> dict:
         """Call the labeller once and write the record to disk; nothing else."""
         index = self.n_applied + 1
@@ -340,28 +325,14 @@ class OnTheFlyLearner:
         # call) is only building and writing the record
         sparse = self._choose_sparse(atoms, std)
         md = mdstate.capture(self._dyn)
-        started = datetime.now(timezone.utc).isoformat()
+        started = records.now()
         t = time.perf_counter()
         result = run_labeller(self.labeller, atoms)
         self.timers["label"] += time.perf_counter() - t
-        record = {
-            "index": index, "step": step, "attempt": attempt, "config_type": self.config_type,
-            "structure": structure_dict(atoms), "result": result.to_dict(),
-            "labeller": self.labeller.describe(),
-            "provenance": {**provenance(), "start": started,
-                           "end": datetime.now(timezone.utc).isoformat()},
-            "max_std": float(std.max()),
-            "sparse_atoms": sparse if result.ok else [],
-            "md": md,
-        }
-        if result.ok and before:
-            err = before["forces"] - result.forces
-            record["before"] = {
-                "force_rmse": float(np.sqrt(np.mean(err ** 2))),
-                "force_max_error": float(np.abs(err).max()),
-                "predicted_force_std": float(np.sqrt(np.mean(before["force_std"] ** 2))),
-                "max_energy_std": float(before["energy_std"].max()),
-            }
+        record = records.label_record(
+            index=index, step=step, attempt=attempt, config_type=self.config_type, atoms=atoms,
+            result=result, labeller=self.labeller, started=started, std=std, sparse=sparse,
+            md=md, before=before)
         t = time.perf_counter()
         self.rundir.write_label(record)
         self.timers["io"] += time.perf_counter() - t
@@ -393,26 +364,6 @@ class OnTheFlyLearner:
         record["update_seconds"] = time.perf_counter() - t
         self.timers["update"] += record["update_seconds"]
 
-    def _event(self, record: dict) -> dict:
-        result = record["result"]
-        sigma = float(np.sqrt(max(self.model.signal_variance_.values()))) \
-            if self.model.is_fitted else None
-        event = {"label": record["index"], "step": record["step"], "ok": result["ok"],
-                 "error": result["error"], "max_std": record["max_std"],
-                 "label_seconds": result["seconds"],
-                 "update_seconds": record.get("update_seconds", 0.0),
-                 "sparse_added": len(record["sparse_atoms"]),
-                 "sparse_points": self.model.n_sparse_points, "signal_std": sigma,
-                 **record.get("before", {})}
-        log.info("step %d: label %d %s (max std %.3f; labeller %.2f s, update %.2f s)%s; "
-                 "%d sparse points", record["step"], record["index"],
-                 "done" if result["ok"] else f"FAILED: {result['error']}", record["max_std"],
-                 result["seconds"], event["update_seconds"],
-                 f"; force error before it {event['force_rmse']:.3f} eV/Å (predicted std "
-                 f"{event['predicted_force_std']:.3f})" if "force_rmse" in event else "",
-                 event["sparse_points"])
-        return event
-
     def _emit(self, event: str, info: dict) -> None:
         for callback in self.callbacks:
             callback(event, info)
@@ -420,27 +371,19 @@ class OnTheFlyLearner:
     # -- files -----------------------------------------------------------------------------
     def _write_frame(self, atoms, step: int, labelled: bool) -> None:
         t = time.perf_counter()
-        res = atoms.calc.results
-        frame = atoms.copy()
-        frame.calc = None
-        frame.info.update(step=step, labelled=labelled,
-                          max_std=float(res["local_std_normalised"].max()))
-        frame.arrays["local_std"] = res["local_std_normalised"].copy()
-        frame.arrays["local_energy"] = res["energies"].copy()
-        frame.arrays["gp_forces"] = res["forces"].copy()
+        frame = records.trajectory_frame(atoms, step, labelled)
         self.rundir.append_trajectory(frame)
         self.timers["io"] += time.perf_counter() - t
 
     def _checkpoint(self, *, save_model: bool, md: dict | None = None) -> None:
         t = time.perf_counter()
-        state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                 "n_labels": self.n_applied, "step": int(getattr(self._dyn, "nsteps", 0)),
-                 "md": md or mdstate.capture(self._dyn), "counters": self.counters,
-                 "timers": self.timers, "cooldown_until": self._cooldown_until,
-                 "wall_seconds": self._wall_before + (time.perf_counter() - self._wall0
-                                                       if self._wall0 else 0.0),
-                 "model": self._model_file, "extra": self.extra_state}
-        state["step"] = state["md"]["nsteps"]
+        md = md or mdstate.capture(self._dyn)
+        state = records.checkpoint_state(
+            n_labels=self.n_applied, md=md, counters=self.counters, timers=self.timers,
+            cooldown_until=self._cooldown_until,
+            wall_seconds=self._wall_before + (time.perf_counter() - self._wall0
+                                              if self._wall0 else 0.0),
+            model_file=self._model_file, extra=self.extra_state)
         self.rundir.write_checkpoint(state, self.model if save_model else None)
         if save_model:
             self._model_file = f"model-{self.n_applied:06d}.npz"
@@ -448,14 +391,9 @@ class OnTheFlyLearner:
         self._emit("checkpoint", state)
 
     def _resume(self) -> None:
-        from gpmlip.io import load_model
-
-        ck = self.rundir.read_checkpoint()
+        ck = records.read_checkpoint(self.rundir)
         md = None
         if ck is not None:
-            if ck.get("format") != CHECKPOINT_FORMAT or ck.get("version") != CHECKPOINT_VERSION:
-                raise RunDirectoryError(f"{self.rundir.checkpoint_path} is not a gpmlip "
-                                        f"on-the-fly checkpoint of version {CHECKPOINT_VERSION}")
             if ck.get("model"):
                 self.model = load_model(self.rundir.path / ck["model"])
                 self._model_file = ck["model"]
@@ -480,39 +418,6 @@ class OnTheFlyLearner:
             self._checkpoint(save_model=True)
         self.rundir.rewind(int(self._dyn.nsteps), self.n_applied)
         for record in pending:
-            self.rundir.append_event(self._event(record))
+            self.rundir.append_event(records.label_event(record, self.model))
         log.info("resumed %s at step %d with %d labels and %d sparse points",
                  self.rundir.path, self._dyn.nsteps, self.n_applied, self.model.n_sparse_points)
-
-    def _log_thresholds(self) -> None:
-        s = self.settings
-        for z, var in self.model.signal_variance_.items():
-            sigma = float(np.sqrt(var))
-            log.info("species %d: sigma_z %.4g eV, so std_tolerance %.3g = local-energy std "
-                     "%.3g meV and update_threshold %.3g = %.3g meV", z, sigma, s.std_tolerance,
-                     1000 * s.std_tolerance * sigma, s.update_threshold,
-                     1000 * s.update_threshold * sigma)
-
-
-def choose_sparse_atoms(model, atoms, std: np.ndarray, threshold: float,
-                        max_per_species: int) -> list[int]:
-    """Atoms of a labelled frame to add as sparse points.
-
-    Per species, the atoms whose normalised std exceeds ``threshold``, taken greedily (each the
-    one least explained by the model's sparse points and the atoms already taken) until
-    ``max_per_species`` or until none is left above ``threshold``.
-    """
-    features = model.descriptor.describe(atoms, gradients=False).features
-    chosen = []
-    for z in np.unique(atoms.numbers):
-        cand = np.flatnonzero((atoms.numbers == z) & (std > threshold))
-        cand = cand[np.argsort(-std[cand], kind="stable")]
-        if not len(cand):
-            continue
-        existing = model.sparse_.features[model.sparse_.species == z] if model.is_fitted \
-            else None
-        picked = greedy_variance(normalise(features[cand]), min(max_per_species, len(cand)),
-                                 model.zeta, existing=existing, tolerance=threshold ** 2,
-                                 warn=False)
-        chosen.extend(int(a) for a in cand[picked])
-    return sorted(chosen)

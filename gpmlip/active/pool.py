@@ -29,6 +29,7 @@ from ase import Atoms
 from scipy.linalg import solve_triangular
 
 from gpmlip.errors import SettingsError, UnknownSpeciesError
+from gpmlip.gp.model import SparseGP
 from gpmlip.kernels import normalise
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class _Basis:
         return added
 
 
-def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
+def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
                  method: str = "greedy", explained: float = 0.1, atoms_per_pick: int = 64,
                  seed: int | None = 0,
                  features: Sequence[np.ndarray] | None = None,
@@ -155,8 +156,8 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
     candidates = list(candidates)
     if not 0 < n_select <= len(candidates):
         raise SettingsError(f"n_select={n_select}: choose 1 to {len(candidates)} (the pool size)")
-    model._check_fitted()
-    known = set(model.sparse_.species.tolist())
+    model.check_fitted()
+    known = set(model.sparse_set.species.tolist())
     given, rows, species, owner = features, [], [], []
     if given is not None and len(given) != len(candidates):
         raise SettingsError(f"features: {len(given)} arrays for {len(candidates)} candidates")
@@ -174,7 +175,7 @@ def select_batch(model, candidates: Sequence[Atoms], n_select: int, *,
     bases = {}
     for z in np.unique(species):
         rows = np.flatnonzero(species == z)
-        sparse = model.sparse_.features[model.sparse_.columns(int(z))]
+        sparse = model.sparse_set.features[model.sparse_set.columns(int(z))]
         u = model.local_std_normalised(features[rows], species[rows])
         bases[int(z)] = (rows, _Basis(sparse, features[rows], model.zeta, u ** 2))
 

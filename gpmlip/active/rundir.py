@@ -23,13 +23,17 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ase import Atoms
 from ase.stress import voigt_6_to_full_3x3_stress
 
 from gpmlip.data import Frame
 from gpmlip.errors import RunDirectoryError
-from gpmlip.labellers import LabelResult
+from gpmlip.labelling.labellers import LabelResult
+
+if TYPE_CHECKING:
+    from gpmlip.gp.model import SparseGP
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +149,7 @@ class RunDirectory:
         return path
 
     # -- checkpoints -----------------------------------------------------------------------
-    def write_checkpoint(self, state: dict, model=None) -> None:
+    def write_checkpoint(self, state: dict, model: SparseGP | None = None) -> None:
         """Save the model (if given) under a new name, then the checkpoint that points to it.
 
         ``state["n_labels"]`` names the model file, so a kill between the two writes leaves

@@ -7,8 +7,8 @@ Both thresholds are on the **normalised local-energy standard deviation**
     u_i = sqrt(var(E_i)) / sigma_z,      0 <= u_i <= 1,
 
 of each atom ``i``, where ``var(E_i)`` is the GP's predictive variance of that atom's local
-energy and ``sigma_z`` is the signal standard deviation of its species (``model.signal_variance_``,
-in eV).  ``u = 1`` means "nothing in the training set looks like this environment"; ``u = 0``
+energy and ``sigma_z`` is the signal standard deviation of its species
+(``sqrt(model.signal_variances[z])``, in eV).  ``u = 1`` means "nothing in the training set looks like this environment"; ``u = 0``
 means "this environment is a sparse point and is pinned by data".  The number is dimensionless
 and does not change when the hyper-parameters rescale the energy, which is why it is the one
 thresholded (FLARE's users meet the same two quantities as a sign convention on one number).
@@ -39,9 +39,13 @@ thresholded (FLARE's users meet the same two quantities as a sign convention on 
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import asdict, dataclass, fields
 
 from gpmlip.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 FAILURE_POLICIES = ("retry", "skip", "stop")
 
@@ -129,3 +133,13 @@ class OTFSettings:
     def to_dict(self) -> dict:
         """Plain mapping (for checkpoints and summaries)."""
         return asdict(self)
+
+
+def log_thresholds(settings: OTFSettings, signal_variances: dict[int, float]) -> None:
+    """Log what ``std_tolerance`` and ``update_threshold`` mean in meV for every species."""
+    for z, var in signal_variances.items():
+        sigma = math.sqrt(var)
+        log.info("species %d: sigma_z %.4g eV, so std_tolerance %.3g = local-energy std "
+                 "%.3g meV and update_threshold %.3g = %.3g meV", z, sigma,
+                 settings.std_tolerance, 1000 * settings.std_tolerance * sigma,
+                 settings.update_threshold, 1000 * settings.update_threshold * sigma)

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from gpmlip import __version__
+from gpmlip.version import __version__
 
 EPILOG = "Run `gpmlip COMMAND --help` for a command's options; settings files are TOML (see " \
          "gpmlip.cli.config)."

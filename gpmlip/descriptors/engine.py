@@ -228,7 +228,8 @@ class SOAPEngine:
     @staticmethod
     def _run(name: str, *args) -> None:
         """Call the threaded kernel, or the one-thread kernel for small pair lists, in a forked
-        child (OpenMP is not fork-safe) or while another Python thread runs a threaded one."""
+        child (OpenMP is not fork-safe: see :mod:`gpmlip.parallel`) or while another Python thread
+        runs a threaded one."""
         from gpmlip.descriptors import _soap_kernels as kern
 
         big = len(args[1]) >= PARALLEL_MIN_PAIRS

@@ -16,7 +16,6 @@ relative vectors.  This module is the only one in gpmlip that imports dscribe.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -31,6 +30,7 @@ from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import find_neighbours, wrap
 from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
+from gpmlip.parallel import mp_context
 from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
@@ -490,8 +490,8 @@ class SOAP:
         if self.n_jobs == 1 or n_blocks < 2:
             return None
         if self._pool is None:
-            ctx = multiprocessing.get_context("fork")
-            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs,
+                                             mp_context=mp_context("compute"))
         return self._pool
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
-"""Sparse Gaussian process on local atomic energies: selection, solver, model."""
+"""Sparse Gaussian process on local atomic energies: selection, solver, state, model."""
 
-from gpmlip.gp.model import Prediction, SparseGP
+from gpmlip.gp.model import Prediction, SparseGP, load_model
+from gpmlip.gp.state import FittedState
 
-__all__ = ["SparseGP", "Prediction"]
+__all__ = ["SparseGP", "Prediction", "FittedState", "load_model"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import warnings
+import os
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
@@ -17,106 +15,31 @@ from threadpoolctl import threadpool_limits
 from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
                                local_kernel)
 from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.protocol import Descriptor
+from gpmlip.descriptors.soap import SOAP
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
-from gpmlip.gp import selection
+from gpmlip.gp import hyper, selection
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
-from gpmlip.gp.solver import GROUPS, GramStats, Hyper, Posterior, solve
-from gpmlip.species import by_atomic_number
+from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
+from gpmlip.gp.solver import GramStats, Hyper, solve
+from gpmlip.gp.state import FittedState
+from gpmlip.io import model_file_damaged, read_model_file, write_model_file
+from gpmlip.kernels import NormalizedDotProduct
+from gpmlip.progress import progress_bar
+from gpmlip.species import atomic_number, by_atomic_number
 
 log = logging.getLogger(__name__)
 
 PREDICT_BLOCK = 512
 """Atoms whose kernel rows are formed at once in prediction (bounds the atoms x sparse block)."""
 
+TrainingData = Dataset | Frame | Sequence[Frame] | Sequence[Atoms] | str | os.PathLike
+"""What :meth:`SparseGP.fit` and :meth:`SparseGP.update` accept as labelled structures."""
+
 DEFAULT_SIGMAS = {"energy": 0.005, "forces": 0.05, "stress": 0.001}
 """Default noise: eV/atom (times sqrt(n_atoms) per structure), eV/Å, eV/Å³ (0.16 GPa)."""
-
-
-@dataclass
-class Prediction:
-    """What :meth:`SparseGP.predict` returns.
-
-    Attributes
-    ----------
-    energy : float
-        Total energy, eV.
-    energies : ndarray, shape (n_atoms,)
-        Local energies including e0; they sum to ``energy``.
-    forces : ndarray, shape (n_atoms, 3) or None
-    stress : ndarray, shape (3, 3) or None
-        ASE sign convention, eV/Å³ (None for a structure without a cell volume).
-    local_variance : ndarray, shape (n_atoms,)
-        Predictive variance of each local energy, eV² (Nystroem residual plus the uncertainty
-        of the weights).
-    local_std_normalised : ndarray, shape (n_atoms,)
-        ``sqrt(local_variance) / sigma_z``, clipped to [0, 1]: 0 = known, 1 = unknown.  The one
-        novelty quantity of gpmlip: what the on-the-fly learner, the gate, the pool and the
-        loop threshold (see :mod:`gpmlip.active.settings`).
-    force_std : ndarray, shape (n_atoms, 3) or None
-        Standard deviation of each force component from the uncertainty of the weights
-        (the DTC term ``k_F' A^-1 k_F``), when asked for.
-    """
-
-    energy: float
-    energies: np.ndarray
-    forces: np.ndarray | None
-    stress: np.ndarray | None
-    local_variance: np.ndarray
-    local_std_normalised: np.ndarray
-    force_std: np.ndarray | None = None
-
-    @property
-    def max_uncertainty(self) -> float:
-        """``local_std_normalised.max()``: the number on-the-fly learning thresholds."""
-        if self.local_std_normalised is None:
-            raise ValueError("predicted without variances: use predict(..., variance=True)")
-        return float(self.local_std_normalised.max())
-
-    @property
-    def local_variance_normalised(self) -> np.ndarray:
-        """Deprecated: ``local_std_normalised ** 2``; threshold the std instead."""
-        warnings.warn("Prediction.local_variance_normalised is deprecated: use "
-                      "local_std_normalised (a std, the quantity every threshold is on)",
-                      DeprecationWarning, stacklevel=2)
-        return self.local_std_normalised ** 2
-
-
-def normalised_std(variance: np.ndarray, signal_variance: np.ndarray) -> np.ndarray:
-    """``sqrt(variance / signal_variance)`` clipped to [0, 1] (see ``Prediction``)."""
-    return np.sqrt(np.clip(variance / signal_variance, 0.0, 1.0))
-
-
-@dataclass
-class PairEnergies:
-    """What :meth:`SparseGP.pair_energies` returns.
-
-    Attributes
-    ----------
-    energies : ndarray, shape (n_centres,)
-        Local energies including e0, eV.
-    dE_dr : ndarray, shape (n_pairs, 3)
-        Derivative of the total energy with respect to every pair vector ``r_ij``.
-    std : ndarray, shape (n_centres,) or None
-        Normalised local-energy std in [0, 1] (when asked for).
-    variance : ndarray, shape (n_centres,) or None
-        Local-energy variance in eV^2 (when asked for).
-    """
-
-    energies: np.ndarray
-    dE_dr: np.ndarray | None
-    std: np.ndarray | None = None
-    variance: np.ndarray | None = None
-
-
-def pair_forces(pairs: PairList, d_e: np.ndarray, n_atoms: int) -> np.ndarray:
-    """Forces from ``dE/dr_ij``: ``F_j -= dE/dr_ij`` and ``F_i += dE/dr_ij``, shape (n, 3)."""
-    out = np.empty((n_atoms, 3))
-    for a in range(3):
-        out[:, a] = (np.bincount(pairs.centre, d_e[:, a], minlength=n_atoms)
-                     - np.bincount(pairs.neighbour, d_e[:, a], minlength=n_atoms))
-    return out
 
 
 def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
@@ -152,8 +75,9 @@ class SparseGP:
 
     Parameters
     ----------
-    descriptor : gpmlip.SOAP
-        Per-atom descriptor with Jacobians.
+    descriptor : Descriptor
+        Per-atom descriptor with Jacobians and a pair-list path (:class:`gpmlip.SOAP`, or any
+        :class:`~gpmlip.descriptors.Descriptor`).
     zeta : int, default 4
         Exponent of the normalised dot-product kernel.
     n_sparse : int or dict, default 200
@@ -177,7 +101,7 @@ class SparseGP:
         Worker processes for the Jacobians of training frames (default: the descriptor's).
     """
 
-    def __init__(self, descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
+    def __init__(self, descriptor: Descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
                  sparse_method: str = "cur", signal_std: float | dict = 1.0,
                  energy_sigma: float = DEFAULT_SIGMAS["energy"],
                  force_sigma: float = DEFAULT_SIGMAS["forces"],
@@ -197,10 +121,21 @@ class SparseGP:
         self.jitter = jitter
         self.seed = seed
         self.n_jobs = descriptor.n_jobs if n_jobs is None else n_jobs
-        self.version = 0
-        self.posterior_: Posterior | None = None
+        self.state_: FittedState | None = None
+        self._version = 0   # of the last state, so that a refit keeps counting up
 
     # -- state -----------------------------------------------------------------------------
+    @property
+    def state(self) -> FittedState:
+        """The fitted state (frames, sparse points, Gram statistics, posterior, ...)."""
+        self.check_fitted()
+        return self.state_
+
+    @property
+    def version(self) -> int:
+        """Counts solves (fit, update, hyper-parameters, load): changes when predictions may."""
+        return self._version if self.state_ is None else self.state_.version
+
     @property
     def species(self) -> tuple[int, ...]:
         """Atomic numbers the model was built for."""
@@ -209,20 +144,60 @@ class SparseGP:
     @property
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` (or loading) has happened."""
-        return self.posterior_ is not None
+        return self.state_ is not None
 
     @property
     def n_sparse_points(self) -> int:
         """Number of sparse points in the model."""
-        return len(self.sparse_) if self.is_fitted else 0
+        return len(self.state_.sparse) if self.is_fitted else 0
 
     @property
     def log_likelihood(self) -> float:
         """DTC log marginal likelihood of the training data at the current hyper-parameters."""
-        self._check_fitted()
-        return self.posterior_.log_likelihood
+        return self.state.posterior.log_likelihood
 
-    def _check_fitted(self) -> None:
+    @property
+    def training_frames(self) -> list[Frame]:
+        """The labelled structures the model was trained on, in the order added (a copy)."""
+        return list(self.state.frames)
+
+    @property
+    def sparse_set(self) -> SparseSet:
+        """The sparse points: unit-length features (m, n_features) and species (m,)."""
+        return self.state.sparse
+
+    @property
+    def signal_variances(self) -> dict[int, float]:
+        """Fitted ``sigma_z^2`` per atomic number, eV^2 (a copy)."""
+        return dict(self.state.signal_variance)
+
+    @property
+    def noise(self) -> dict[str, float]:
+        """Fitted noise standard deviations: ``energy`` (eV/atom), ``forces``, ``stress`` (a copy)."""
+        return dict(self.state.noise)
+
+    # Fitted attributes in scikit-learn's style, read-only views of ``state``.
+    posterior_ = property(lambda self: None if self.state_ is None else self.state_.posterior,
+                          doc="``state.posterior`` (None before fitting).")
+    frames_ = property(lambda self: self._fitted("frames"), doc="``state.frames``.")
+    features_ = property(lambda self: self._fitted("features"), doc="``state.features``.")
+    sparse_ = property(lambda self: self._fitted("sparse"), doc="``state.sparse``.")
+    sparse_origin_ = property(lambda self: self._fitted("sparse_origin"),
+                              doc="``state.sparse_origin``.")
+    kmm_ = property(lambda self: self._fitted("kmm"), doc="``state.kmm``.")
+    stats_ = property(lambda self: self._fitted("stats"), doc="``state.stats``.")
+    e0_ = property(lambda self: self._fitted("e0"), doc="``state.e0``.")
+    signal_variance_ = property(lambda self: self._fitted("signal_variance"),
+                                doc="``state.signal_variance``.")
+    noise_ = property(lambda self: self._fitted("noise"), doc="``state.noise``.")
+
+    def _fitted(self, name: str):
+        if self.state_ is None:
+            raise AttributeError(f"{name}_: the model is not fitted")
+        return getattr(self.state_, name)
+
+    def check_fitted(self) -> None:
+        """Raise :class:`~gpmlip.NotFittedError` unless the model is fitted."""
         if not self.is_fitted:
             raise NotFittedError("the model is not fitted: call model.fit(frames) or "
                                  "gpmlip.load_model(path) first")
@@ -235,7 +210,7 @@ class SparseGP:
             if not np.isfinite(value) or value <= 0:
                 raise SettingsError(f"{name}={value}: use a positive number")
 
-    def _frames(self, frames) -> list[Frame]:
+    def _frames(self, frames: TrainingData) -> list[Frame]:
         if isinstance(frames, Dataset):
             data = list(frames)
             bad = {z for f in data for z in f.atoms.numbers} - set(self.species)
@@ -255,7 +230,7 @@ class SparseGP:
         return [self.descriptor.describe(f.atoms).features for f in frames]
 
     # -- fitting ---------------------------------------------------------------------------
-    def fit(self, frames, *, sparse_atoms: Sequence[tuple[int, int]] | None = None,
+    def fit(self, frames: TrainingData, *, sparse_atoms: Sequence[tuple[int, int]] | None = None,
             executor: Executor | None = None) -> SparseGP:
         """Choose sparse points and solve for the weights.
 
@@ -278,28 +253,26 @@ class SparseGP:
         frames = self._frames(frames)
         if not frames:
             raise DataError("no training frames: give at least one labelled structure")
-        self.posterior_ = None   # a fit that fails half-way leaves an unfitted model
-        self.e0_ = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
+        self._version = self.version
+        self.state_ = None   # a fit that fails half-way leaves an unfitted model
+        e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(frames), self.e0)
-        self.signal_variance_ = {z: float(s) ** 2 for z, s in
-                                 _per_species(self.signal_std, self.species, "signal_std").items()}
-        self.noise_ = {"energy": float(self.energy_sigma), "forces": float(self.force_sigma),
-                       "stress": float(self.stress_sigma)}
-        self.frames_: list[Frame] = []
-        self.features_: list[np.ndarray] = []
-        self.sparse_ = SparseSet(np.zeros((0, self.descriptor.n_features)), np.zeros(0, int))
-        self.sparse_origin_ = np.zeros((0, 2), dtype=np.int64)
-        self.kmm_ = np.zeros((0, 0))
-        self.stats_ = {g: GramStats.empty(0) for g in (*GROUPS, "fixed")}
+        signal = {z: float(s) ** 2 for z, s in
+                  _per_species(self.signal_std, self.species, "signal_std").items()}
+        noise = {"energy": float(self.energy_sigma), "forces": float(self.force_sigma),
+                 "stress": float(self.stress_sigma)}
+        empty = FittedState.empty(self.descriptor.n_features, e0, signal, noise,
+                                  version=self._version)
         features = self._features(frames)
         if sparse_atoms is None:
-            origin = self._select(frames, features, self.n_sparse, self.sparse_method)
+            origin = self._select(empty, frames, features, self.n_sparse, self.sparse_method)
         else:
             origin = _sparse_pairs(sparse_atoms, frames)
-        self._add(frames, features, origin, executor)
+        self.state_ = self._grown(empty, frames, features, origin, executor)
         return self
 
-    def _select(self, frames, features, n_sparse, method, cap: bool = False) -> np.ndarray:
+    def _select(self, state: FittedState, frames, features, n_sparse, method,
+                cap: bool = False) -> np.ndarray:
         """(frame, atom) pairs of new sparse points, per species; ``cap`` limits each count to
         the environments available instead of raising."""
         counts = _per_species(n_sparse, self.species, "n_sparse")
@@ -315,78 +288,76 @@ class SparseGP:
             candidates = np.array([features[i][a] for i, a in where])
             idx = selection.select(candidates, min(counts[z], len(where)) if cap else counts[z],
                                    method, zeta=self.zeta, seed=self.seed,
-                                   existing=self.sparse_.features[self.sparse_.species == z],
+                                   existing=state.sparse.features[state.sparse.species == z],
                                    label=chemical_symbols[z])
             picked.extend(where[k] for k in idx)
         return np.array(picked, dtype=np.int64).reshape(-1, 2)
 
-    def _add(self, new_frames, new_features, origin, executor, rebuild: bool = False) -> None:
-        """Add frames and sparse points (origin indices refer to ``self.frames_ + new_frames``);
-        ``rebuild``: recompute every frame's observations (e0 changed)."""
-        frames = self.frames_ + list(new_frames)
-        features = self.features_ + list(new_features)
-        m_old = len(self.sparse_)
+    def _grown(self, state: FittedState, new_frames, new_features, origin, executor,
+               rebuild: bool = False) -> FittedState:
+        """``state`` with frames and sparse points added (origin indices refer to
+        ``state.frames + new_frames``), solved; ``rebuild``: recompute every frame's
+        observations (e0 changed).  ``state`` itself is not modified."""
+        frames = state.frames + list(new_frames)
+        features = state.features + list(new_features)
+        sparse, sparse_origin, kmm = state.sparse, state.sparse_origin, state.kmm
+        m_old = len(sparse)
         if len(origin):
             for i, a in origin:
                 if not (0 <= i < len(frames) and 0 <= a < frames[i].n_atoms):
                     raise DataError(f"sparse atom ({i}, {a}) does not exist in the training data")
             x_new = np.array([features[i][a] for i, a in origin])
             z_new = np.array([frames[i].atoms.numbers[a] for i, a in origin])
-            self.sparse_ = SparseSet(np.vstack([self.sparse_.features, x_new]),
-                                     np.concatenate([self.sparse_.species, z_new]))
-            self.sparse_origin_ = np.vstack([self.sparse_origin_, origin])
-            self._grow_kmm(m_old)
-        if len(self.sparse_) > m_old or rebuild:
+            sparse = SparseSet(np.vstack([sparse.features, x_new]),
+                               np.concatenate([sparse.species, z_new]))
+            sparse_origin = np.vstack([sparse_origin, origin])
+            kmm = self._grown_kmm(kmm, sparse, m_old)
+        if len(sparse) > m_old or rebuild:
             # New kernel columns: every known frame contributes to them.  Its Jacobian is
             # recomputed (never stored) and its rows are folded in again for all columns.
-            self.stats_ = {g: GramStats.empty(len(self.sparse_)) for g in self.stats_}
+            stats = {g: GramStats.empty(len(sparse)) for g in state.stats}
             todo = frames
         else:
+            stats = state.copied_stats()
             todo = list(new_frames)
-        rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, self.sparse_,
+        rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, sparse,
                             executor=executor, n_jobs=self.n_jobs)
         noise = NoiseModel(self.config_sigmas)
         # While worker processes use the cores, this process's BLAS gets one thread: OpenBLAS
         # threads spin-wait, and oversubscribed they made the QR updates 50x slower (measured).
         parallel = executor is not None or self.n_jobs > 1
-        from gpmlip.progress import progress_bar
-
         bar = progress_bar(total=len(todo), desc="kernel rows", unit="frame")
         with threadpool_limits(1 if parallel else None), bar:
             for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
                 bar.update(1)
-                e0 = self.e0_.of(frame.atoms.numbers)
+                e0 = state.e0.of(frame.atoms.numbers)
                 for group, kr, y, scale in observations(frame, frame_rows, e0, noise):
-                    self.stats_[group].add(kr, y, scale)
+                    stats[group].add(kr, y, scale)
                 if (k + 1) % 10 == 0 or k + 1 == len(todo):
                     log.info("kernel rows: %d/%d frames", k + 1, len(todo))
-        self.frames_ = frames
-        self.features_ = features
-        self._solve()
+        return self._solved(state.replace(frames=frames, features=features, sparse=sparse,
+                                          sparse_origin=sparse_origin, kmm=kmm, stats=stats))
 
-    def _grow_kmm(self, m_old: int) -> None:
-        x, z = self.sparse_.features, self.sparse_.species
+    def _grown_kmm(self, kmm_old: np.ndarray, sparse: SparseSet, m_old: int) -> np.ndarray:
+        x, z = sparse.features, sparse.species
         k_new = local_kernel(x, z, SparseSet(x[m_old:], z[m_old:]), self.zeta)   # (m, m_new)
         kmm = np.zeros((len(z), len(z)))
-        kmm[:m_old, :m_old] = self.kmm_
+        kmm[:m_old, :m_old] = kmm_old
         kmm[:, m_old:] = k_new
         kmm[m_old:, :] = k_new.T
         kmm[np.arange(m_old, len(z)), np.arange(m_old, len(z))] += self.jitter
-        self.kmm_ = kmm
+        return kmm
 
-    def _hyper(self) -> Hyper:
-        column = np.array([self.signal_variance_[int(z)] for z in self.sparse_.species])
-        return Hyper(column, dict(self.noise_))
-
-    def _solve(self) -> None:
-        stats = {g: st for g, st in self.stats_.items() if st.n}
-        self.posterior_ = solve(self.kmm_, stats, self._hyper())
-        self.version += 1
+    def _solved(self, state: FittedState) -> FittedState:
+        """``state`` with its posterior solved and the next version number."""
+        stats = {g: st for g, st in state.stats.items() if st.n}
+        posterior = solve(state.kmm, stats, Hyper(state.column_variance, dict(state.noise)))
         log.info("solved: %d sparse points, %d observations, log likelihood %.6g",
-                 len(self.sparse_), sum(st.n for st in stats.values()),
-                 self.posterior_.log_likelihood)
+                 len(state.sparse), sum(st.n for st in stats.values()),
+                 posterior.log_likelihood)
+        return state.replace(posterior=posterior, version=self.version + 1)
 
-    def update(self, frames, *, n_sparse: int | dict | None = None,
+    def update(self, frames: TrainingData, *, n_sparse: int | dict | None = None,
                sparse_atoms: Sequence[tuple[int, int]] | None = None,
                executor: Executor | None = None) -> SparseGP:
         """Add labelled structures (and sparse points) without recomputing what is known.
@@ -409,7 +380,7 @@ class SparseGP:
         earlier training frame (recomputed, never stored).  If anything fails (a bad frame, a
         worker that dies) the model is left exactly as it was before the call.
         """
-        self._check_fitted()
+        state = self.state
         if n_sparse is not None and sparse_atoms is not None:
             raise SettingsError("give update() n_sparse (how many new sparse points per species) "
                                 "or sparse_atoms (which ones), not both")
@@ -419,24 +390,21 @@ class SparseGP:
         frames = self._frames(frames)
         features = self._features(frames)
         if n_sparse is not None:
-            origin = self._select(frames, features, n_sparse, "variance", cap=True)
+            origin = self._select(state, frames, features, n_sparse, "variance", cap=True)
         elif sparse_atoms is not None:
             origin = _sparse_pairs(sparse_atoms, frames)
         else:
             origin = np.zeros((0, 2), dtype=np.int64)
-        origin[:, 0] += len(self.frames_)
-        saved = self._state()
-        try:
-            e0 = self._grown_e0(frames)
-            if e0 is not None:
-                self.e0_ = e0
-            self._add(frames, features, origin, executor, rebuild=e0 is not None)
-        except BaseException:
-            self.__dict__.update(saved)   # a failed update leaves the model as it was
-            raise
+        origin[:, 0] += len(state.frames)
+        e0 = self._grown_e0(state, frames)
+        base = state if e0 is None else state.replace(e0=e0)
+        # a new state, swapped in only when complete: a failed update leaves the model as it was
+        self.state_ = self._grown(base, frames, features, origin, executor,
+                                  rebuild=e0 is not None)
         return self
 
-    def _grown_e0(self, new_frames: list[Frame]) -> ReferenceEnergies | None:
+    def _grown_e0(self, state: FittedState,
+                  new_frames: list[Frame]) -> ReferenceEnergies | None:
         """e0 refitted on all frames if the new ones widen the composition space, else None.
 
         With ``e0`` "auto", "fit" or "isolated", e0 is re-derived (as a fresh fit on the union
@@ -446,29 +414,22 @@ class SparseGP:
         """
         if not isinstance(self.e0, str):
             return None
-        species = sorted({int(z) for f in self.frames_ + new_frames for z in f.atoms.numbers})
+        old = state.frames
+        species = sorted({int(z) for f in old + new_frames for z in f.atoms.numbers})
 
         def rank(frames) -> int:
             counts = [[np.count_nonzero(f.atoms.numbers == z) for z in species]
                       for f in frames if f.energy is not None]
             return int(np.linalg.matrix_rank(np.array(counts, dtype=float))) if counts else 0
 
-        if rank(self.frames_ + new_frames) == rank(self.frames_):
+        if rank(old + new_frames) == rank(old):
             return None
-        e0 = reference_energies(Dataset(self.frames_ + new_frames), self.e0)
-        if e0.energies == self.e0_.energies:
+        e0 = reference_energies(Dataset(old + new_frames), self.e0)
+        if e0.energies == state.e0.energies:
             return None
         log.info("the compositions span more species than before: e0 refitted from %s to %s "
-                 "eV; energy rows rebuilt", self.e0_.to_dict(), e0.to_dict())
+                 "eV; energy rows rebuilt", state.e0.to_dict(), e0.to_dict())
         return e0
-
-    def _state(self) -> dict:
-        """References to everything :meth:`_add` replaces, and copies of what it mutates."""
-        names = ("frames_", "features_", "sparse_", "sparse_origin_", "kmm_", "posterior_",
-                 "version", "e0_")
-        state = {n: getattr(self, n) for n in names}
-        state["stats_"] = {g: copy.deepcopy(st) for g, st in self.stats_.items()}
-        return state
 
     def optimise_hyperparameters(self, *, max_iterations: int = 200):
         """Maximise the log marginal likelihood over signal and noise levels, then re-solve.
@@ -478,10 +439,15 @@ class SparseGP:
         gpmlip.gp.hyper.HyperResult
             Optimal values, likelihood before and after, and any parameter stuck at a bound.
         """
-        from gpmlip.gp.hyper import optimise
-
-        self._check_fitted()
-        return optimise(self, max_iterations=max_iterations)
+        state = self.state
+        result = hyper.optimise(state, self.species, max_iterations=max_iterations)
+        self.state_ = self._solved(state.replace(signal_variance=result.signal_variance,
+                                                 noise=result.noise))
+        result.log_likelihood = self.log_likelihood
+        log.info("hyper-parameters: %s; log likelihood %.6g -> %.6g (%d evaluations)",
+                 {k: f"{v:.4g}" for k, v in result.values.items()},
+                 result.initial_log_likelihood, result.log_likelihood, result.n_evaluations)
+        return result
 
     # -- prediction ------------------------------------------------------------------------
     @property
@@ -490,7 +456,7 @@ class SparseGP:
         return float(self.descriptor.neighbour_cutoff)
 
     def _check_species(self, numbers) -> None:
-        missing = sorted(set(np.asarray(numbers).tolist()) - set(self.sparse_.species.tolist()))
+        missing = sorted(set(np.asarray(numbers).tolist()) - set(self.state_.sparse.species.tolist()))
         if missing and set(missing) <= set(self.species):
             raise UnknownSpeciesError(
                 f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "
@@ -500,14 +466,15 @@ class SparseGP:
                variance: bool):
         """Local energies (with e0), dE/dq per atom and local variances, in blocks of atoms so
         that the (atoms x sparse) kernel block stays small."""
-        post = self.posterior_
-        kernel = unit_kernel(self.zeta, species, self.sparse_.species)
-        e0 = np.array([self.e0_.energies[int(z)] for z in species])
-        sigma2 = np.array([self.signal_variance_[int(z)] for z in species])
+        state = self.state_
+        post = state.posterior
+        kernel = unit_kernel(self.zeta, species, state.sparse.species)
+        e0 = np.array([state.e0.energies[int(z)] for z in species])
+        sigma2 = np.array([state.signal_variance[int(z)] for z in species])
         energies = np.empty(len(species))
         grad = np.empty_like(features) if gradient else None
         var = np.empty(len(species)) if variance else None
-        x, zx = self.sparse_.features, self.sparse_.species   # unit rows already
+        x, zx = state.sparse.features, state.sparse.species
         for a in range(0, len(species), PREDICT_BLOCK):
             b = min(a + PREDICT_BLOCK, len(species))
             values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta,
@@ -549,7 +516,7 @@ class SparseGP:
             (n_pairs, 3), with forces ``F_j -= dE_dr[p]``, ``F_i += dE_dr[p]`` and virial
             ``W = -sum_p r_ij (x) dE_dr[p]``; ``std`` (n_centres,) in [0, 1] or None.
         """
-        self._check_fitted()
+        self.check_fitted()
         pairs = PairList(centre_species=np.asarray(centre_numbers, dtype=np.int64),
                          centre=np.asarray(i, dtype=np.int64),
                          vector=np.asarray(r_ij, dtype=float),
@@ -580,7 +547,7 @@ class SparseGP:
         ndarray, shape (n,)
             The normalised local-energy std, in [0, 1], that :meth:`predict` gives these atoms.
         """
-        self._check_fitted()
+        self.check_fitted()
         species = np.asarray(species, dtype=np.int64)
         _, _, var, sigma2 = self._local(np.asarray(features, dtype=float), species,
                                         gradient=False, variance=True)
@@ -602,7 +569,7 @@ class SparseGP:
             Compute the local-energy variances (plain MD does not need them); without them the
             variance fields of the result are None.
         """
-        self._check_fitted()
+        self.check_fitted()
         self._check_species(atoms.numbers)
         volume = abs(atoms.cell.volume) if atoms.pbc.all() else 0.0
         want_stress = stress and volume > 1e-8
@@ -623,14 +590,69 @@ class SparseGP:
     def _force_std(self, atoms: Atoms) -> np.ndarray:
         """DTC standard deviation of every force component, shape (n_atoms, 3)."""
         env = self.descriptor.describe(atoms, gradients=True)
-        rows = force_rows(env, self.sparse_, self.zeta).reshape(3 * len(atoms), -1)
-        prior = force_prior_variance(env, self.zeta, self.signal_variance_).ravel()
-        columns = np.array([self.signal_variance_[int(z)] for z in self.sparse_.species])
-        return np.sqrt(self.posterior_.dtc_variance(prior, rows, columns)).reshape(-1, 3)
+        state = self.state_
+        rows = force_rows(env, state.sparse, self.zeta).reshape(3 * len(atoms), -1)
+        prior = force_prior_variance(env, self.zeta, state.signal_variance).ravel()
+        return np.sqrt(state.posterior.dtc_variance(prior, rows, state.column_variance)
+                       ).reshape(-1, 3)
 
     # -- files -----------------------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Write the model as npz + JSON metadata (see :mod:`gpmlip.io`); never pickle."""
-        from gpmlip.io import save_model
+        write_model_file(path, self.state, self._file_settings())
 
-        save_model(self, path)
+    def _file_settings(self) -> dict:
+        """The settings a model file stores beside the state (what :func:`load_model` reads)."""
+        state = self.state
+        return {
+            "descriptor": self.descriptor.to_dict(),
+            "kernel": NormalizedDotProduct(self.zeta, state.signal_variance).to_dict(),
+            "config_sigmas": self.config_sigmas,
+            "e0_setting": _e0_setting(self.e0),
+            "settings": {"n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
+                         "jitter": self.jitter, "seed": self.seed},
+        }
+
+
+def _e0_setting(e0):
+    """The model's ``e0`` argument as JSON: a mode string, or symbol -> eV."""
+    if isinstance(e0, ReferenceEnergies):
+        return e0.to_dict()
+    if isinstance(e0, dict):
+        return {chemical_symbols[atomic_number(k, "e0")]: float(v) for k, v in e0.items()}
+    return e0
+
+
+def load_model(path: str | os.PathLike, *, n_jobs: int = 1) -> SparseGP:
+    """Read a model written by :meth:`SparseGP.save`.
+
+    Parameters
+    ----------
+    path : str or Path
+    n_jobs : int
+        Worker processes for the descriptor of the loaded model.
+
+    Returns
+    -------
+    SparseGP
+    """
+    meta, state = read_model_file(path)
+    try:
+        descriptor = SOAP(**{k: v for k, v in meta["descriptor"].items() if k != "type"},
+                          n_jobs=n_jobs)
+        settings = meta["settings"]
+        kernel = NormalizedDotProduct.from_dict(meta["kernel"])
+        model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
+                         sparse_method=settings["sparse_method"], jitter=settings["jitter"],
+                         seed=settings["seed"], config_sigmas=meta["config_sigmas"],
+                         energy_sigma=state.noise["energy"], force_sigma=state.noise["forces"],
+                         stress_sigma=state.noise["stress"],
+                         # the fitted signal levels and the e0 rule, so that a refit of the
+                         # loaded model is the model that was saved
+                         signal_std={z: float(np.sqrt(v))
+                                     for z, v in state.signal_variance.items()},
+                         e0=meta.get("e0_setting") or dict(state.e0.energies))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise model_file_damaged(path, exc) from None
+    model.state_ = model._solved(state)
+    return model

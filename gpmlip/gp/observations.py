@@ -8,7 +8,6 @@ is therefore O(m^2) for the Gram blocks plus one Jacobian per worker.
 from __future__ import annotations
 
 import json
-import multiprocessing
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from ase import Atoms
 
 from gpmlip.covariance import SparseSet, energy_rows, force_rows, strain_rows, voigt
 from gpmlip.data.frames import Frame
+from gpmlip.parallel import mp_context
 
 WINDOW = 2
 """Frames in flight per worker: bounds memory while keeping workers busy."""
@@ -124,8 +124,8 @@ def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: Spa
     zeta : int
     sparse : SparseSet
     executor : concurrent.futures.Executor, optional
-        Where to run the workers (for example a Parsl executor); default a local fork process
-        pool of ``n_jobs`` processes, or this process when ``n_jobs == 1``.
+        Where to run the workers (for example a Parsl executor); default a local process
+        pool (see :mod:`gpmlip.parallel`) of ``n_jobs`` processes, or this process when ``n_jobs == 1``.
     n_jobs : int
     """
     frames = list(frames)
@@ -136,7 +136,7 @@ def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: Spa
             yield frame_rows(*a)
         return
     own = executor is None
-    pool = executor or ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("fork"),
+    pool = executor or ProcessPoolExecutor(n_jobs, mp_context=mp_context("compute"),
                                            initializer=_one_blas_thread)
     try:
         window = WINDOW * max(n_jobs, 1)

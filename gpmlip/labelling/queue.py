@@ -11,144 +11,36 @@ and ``ase gui queue.db@state=done`` work as usual.  The full provenance and the 
 failed attempt are kept in the row's ``data``.  Nothing is pickled: ase.db stores arrays as
 raw bytes and everything else as JSON.
 
-Atomic claiming
----------------
-ase.db's own ``update`` reads a row and writes it back in two steps, so two processes could
-claim the same row.  Every state change here therefore runs in one SQLite transaction opened
-with ``BEGIN IMMEDIATE`` on a raw :mod:`sqlite3` connection to the same file, and the ase.db
-object is pointed at that connection for the duration (ase.db then issues its reads and
-writes inside our transaction and leaves the commit to us).  ``BEGIN IMMEDIATE`` takes
-SQLite's write lock before the first read, so "select claimable rows, mark them running" is
-one indivisible step across threads and processes; other writers wait (busy timeout) and
-readers see either the old or the new state, never a half-written row.  This needs no extra
-table and no lock file: ase.db's own lock file (``use_lock_file``) is switched off because a
-worker killed while holding it would leave it behind and block every other process.  The
-rollback journal (not WAL) is kept, so the file also works on network file systems that
-support POSIX locks; on file systems whose locking is broken (some NFS setups) put the queue
-on a local or a properly locking file system.
+The modules around it: :mod:`gpmlip.labelling.keys` (content keys), :mod:`gpmlip.labelling.store`
+(the ase.db / SQLite coupling: atomic transactions, file checks, metadata) and
+:mod:`gpmlip.labelling.export` (labelled rows out as frames and extended XYZ).  This module is
+the state machine: add, claim, renew, complete.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
-import sqlite3
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import chemical_symbols
-from ase.db.core import reserved_keys
 
-from gpmlip.errors import GpmlipError, SettingsError, StructureError, UnknownSpeciesError
-from gpmlip.labellers import BUILTIN, Labeller, LabelResult, get_labeller
+from gpmlip.errors import QueueError, SettingsError, StructureError, UnknownSpeciesError
+from gpmlip.labelling import store
+from gpmlip.labelling.export import row_frames, write_extxyz
+from gpmlip.labelling.keys import content_key, labeller_key, text_ok
+from gpmlip.labelling.labellers import BUILTIN, Labeller, LabelResult, get_labeller
 from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed")
 """Every state a row can be in."""
-
-FORMAT = 1
-"""Version of the queue layout, recorded in the ase.db metadata under ``gpmlip_queue``."""
-
-_OWN_KEYS = {"state", "content_key", "attempts", "lease_owner", "lease_expires", "source",
-             "queued_at", "claimed_at", "error", "last_error"}
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_BUSY_TIMEOUT = 120.0   # seconds a writer waits for another one's transaction
-
-
-class QueueError(GpmlipError, RuntimeError):
-    """A queue file cannot be used (damaged, not a queue, another labeller) or misused."""
-
-
-class _NoCommit(sqlite3.Connection):
-    """A connection ase.db cannot commit: the transaction belongs to :meth:`LabelQueue._write`."""
-
-    def commit(self) -> None:   # noqa: D102 - ase.db calls this; our COMMIT is explicit
-        pass
-
-
-def labeller_key(labeller: Labeller) -> dict:
-    """The part of a labeller that decides its numbers: name and settings (not the timeout)."""
-    return {"name": labeller.name, "settings": labeller.settings}
-
-
-def content_key(atoms: Atoms, labeller: Labeller) -> str:
-    """``sha256:`` hash of the exact structure and the labeller's name and settings.
-
-    The structure enters as the bytes of its atomic numbers (int64), positions and cell
-    (float64) and pbc, so two structures share a key only if they are bit-for-bit equal.
-    """
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
-    h.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
-    h.update(np.ascontiguousarray(atoms.pbc, dtype=bool).tobytes())
-    h.update(json.dumps(labeller_key(labeller), sort_keys=True, separators=(",", ":"),
-                        default=str).encode())
-    return "sha256:" + h.hexdigest()
-
-
-def _text_ok(value: str) -> bool:
-    """Whether ase.db accepts ``value`` as a text key-value (it refuses number-like text)."""
-    for kind in (int, float):
-        try:
-            kind(value)
-            return False
-        except ValueError:
-            pass
-    return value.lower() not in ("true", "false")
-
-
-def _check_file(path: Path) -> None:
-    """Refuse files that are not a gpmlip queue, reading them without any change."""
-    head = b""
-    for _ in range(10):   # another process may have just created it: sqlite writes on commit
-        with open(path, "rb") as fh:
-            head = fh.read(len(_SQLITE_MAGIC))
-        if head:
-            break
-        time.sleep(0.1)
-    if head != _SQLITE_MAGIC:
-        what = "an empty file" if not head else "not an SQLite database (damaged, or another format)"
-        raise QueueError(f"{path} is {what}, so it cannot be a gpmlip labelling queue; it was not "
-                         "modified. Give a new file name for a new queue, or restore the queue "
-                         "from a backup.")
-    try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            meta = None
-            if {"systems", "information"} <= tables:
-                rows = con.execute("SELECT value FROM information WHERE name='metadata'").fetchall()
-                meta = json.loads(rows[0][0]) if rows else {}
-        finally:
-            con.close()
-    except (sqlite3.DatabaseError, json.JSONDecodeError) as err:
-        raise QueueError(f"{path} is a damaged SQLite database ({err}); it was not modified. "
-                         "Restore the queue from a backup, or start a new one under another name "
-                         "and add the structures again.") from err
-    if meta is None:
-        raise QueueError(f"{path} is an SQLite database but not an ase.db file (tables: "
-                         f"{sorted(tables) or 'none'}); it was not modified. Give a new file "
-                         "name for the labelling queue.")
-    if "gpmlip_queue" not in meta:
-        raise QueueError(f"{path} is an ase.db database but not a gpmlip labelling queue; it was "
-                         "not modified. To label its structures, open a new queue file and "
-                         "add them: queue.add([row.toatoms() for row in ase.db.connect(path)."
-                         "select()])")
-    fmt = meta["gpmlip_queue"].get("format")
-    if fmt != FORMAT:
-        raise QueueError(f"{path} is a gpmlip queue of format {fmt}; this gpmlip reads format "
-                         f"{FORMAT}. Use the gpmlip version that wrote it.")
 
 
 class LabelQueue:
@@ -160,7 +52,7 @@ class LabelQueue:
         The queue file (``.db``).  Created if missing; an existing file must be a queue this
         class made, otherwise :class:`QueueError` is raised and the file is left untouched.
     labeller : str, dict, callable or Labeller, optional
-        What labels the rows (see :func:`gpmlip.labellers.get_labeller`).  A new queue records
+        What labels the rows (see :func:`gpmlip.labelling.labellers.get_labeller`).  A new queue records
         it in its metadata; reopening with a different name or settings raises
         :class:`QueueError` (one queue, one labeller).  When omitted, a queue made with a
         built-in labeller rebuilds it from the record.
@@ -172,8 +64,6 @@ class LabelQueue:
 
     def __init__(self, path, labeller=None, *, species: Sequence[str | int] | None = None,
                  max_attempts: int = 3) -> None:
-        import ase.db
-
         if int(max_attempts) < 1:
             raise SettingsError(f"max_attempts={max_attempts}: use 1 or more")
         self.path = Path(path)
@@ -182,64 +72,23 @@ class LabelQueue:
             raise QueueError(f"queue file {self.path}: use a name ending in .db (an ase.db "
                              "SQLite file)")
         if self.path.exists():
-            _check_file(self.path)
+            store.check_file(self.path)
         elif not self.path.parent.is_dir():
             raise QueueError(f"cannot create {self.path}: directory {self.path.parent} does not "
                              "exist")
-        self._db = ase.db.connect(str(self.path), type="db", use_lock_file=False)
+        self._db = store.connect(self.path)
         lab = None if labeller is None else get_labeller(labeller)
-        record = self._open(lab, species)
+        with self._write() as db:
+            record = store.open_record(db, self.path, lab, species)
         self.labeller = lab or self._rebuild(record.get("labeller"))
         sp = species if species is not None else record.get("species")
         self.species = None if sp is None else sorted(atomic_number_set(sp, "species"))
 
     # -- transactions -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator:
+    def _write(self):
         """One ``BEGIN IMMEDIATE`` transaction; yields the ase.db object bound to it."""
-        con = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT, isolation_level=None,
-                              factory=_NoCommit)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            self._db.connection, self._db.change_count = con, 0
-            try:
-                yield self._db
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        finally:
-            self._db.connection = None
-            con.close()
-
-    def _open(self, lab: Labeller | None, species) -> dict:
-        """Create the queue (tables, metadata) or check the labeller against its record."""
-        with self._write() as db:
-            meta = db.metadata
-            record = meta.get("gpmlip_queue")
-            if record is None:   # a new file (an existing non-queue was refused before)
-                record = {"format": FORMAT, "created": time.time(),
-                          "labeller": None if lab is None else lab.describe(),
-                          "species": None if species is None else [
-                              chemical_symbols[z] for z in sorted(atomic_number_set(species))]}
-                db.connection.execute("CREATE INDEX IF NOT EXISTS gpmlip_text_value "
-                                      "ON text_key_values(key, value)")
-                db.metadata = {**meta, "gpmlip_queue": record,
-                               "title": "gpmlip labelling queue",
-                               "default_columns": ["id", "formula", "state", "attempts",
-                                                   "source", "energy", "fmax", "error"]}
-                log.info("created labelling queue %s", self.path)
-            elif lab is not None:
-                known = record.get("labeller")
-                if known is None:
-                    record = {**record, "labeller": lab.describe()}
-                    db.metadata = {**meta, "gpmlip_queue": record}
-                elif labeller_key(lab) != {"name": known["name"], "settings": known["settings"]}:
-                    raise QueueError(
-                        f"queue {self.path} labels with {known['name']} {known['settings']}, not "
-                        f"{lab.name} {lab.settings}: use one queue file per labeller")
-        return record
+        return store.transaction(self.path, self._db)
 
     def _rebuild(self, described: dict | None) -> Labeller | None:
         if described is None or described["name"] not in BUILTIN:
@@ -317,7 +166,7 @@ class LabelQueue:
         if self.labeller is None:
             raise QueueError(f"queue {self.path} has no labeller yet; open it with one, "
                              "LabelQueue(path, labeller), so identical work is recognised")
-        if source and not _text_ok(source):
+        if source and not text_ok(source):
             raise SettingsError(f"source={source!r} reads as a number, which ase.db stores as "
                                 "one; use text such as 'md-' + source")
         self._validate(structures)
@@ -357,7 +206,7 @@ class LabelQueue:
         list of (int, ase.Atoms)
             Row id and structure (no calculator) of each leased row.
         """
-        if not worker or not _text_ok(worker):
+        if not worker or not text_ok(worker):
             raise SettingsError(f"worker={worker!r}: use a non-empty name that is not a number")
         if not lease_seconds > 0:
             raise SettingsError(f"lease_seconds={lease_seconds}: use a positive number")
@@ -400,7 +249,7 @@ class LabelQueue:
         errors = list(row.data.get("errors", [])) + [error]
         db.update(row.id, delete_keys=["lease_owner", "lease_expires"], state="failed",
                   data={"errors": errors}, **prov_kvp,
-                  error=error if _text_ok(error) else f"error: {error}")
+                  error=error if text_ok(error) else f"error: {error}")
 
     def complete(self, row_id: int, result: LabelResult, provenance: dict,
                  worker: str) -> str | None:
@@ -410,7 +259,7 @@ class LabelQueue:
         ----------
         row_id : int
         result : LabelResult
-            From :func:`gpmlip.labellers.run_labeller`.  A failed one sends the row back to
+            From :func:`gpmlip.labelling.labellers.run_labeller`.  A failed one sends the row back to
             ``queued``, or to ``failed`` with its error text after ``max_attempts``.
         provenance : dict
             JSON-serialisable facts of the call (host, pid, started, finished, versions...).
@@ -435,16 +284,7 @@ class LabelQueue:
                 prov.setdefault("labeller", self.labeller.name)
                 prov.setdefault("labeller_settings", json.dumps(self.labeller.settings,
                                                                 sort_keys=True))
-            kvp = {"worker": worker, "label_seconds": float(result.seconds)}
-            for k, v in prov.items():
-                if k in ("gpmlip", "ase", "numpy"):
-                    k = f"{k}_version"
-                if not k.isidentifier() or k in reserved_keys or k in _OWN_KEYS:
-                    continue
-                if isinstance(v, bool) or (isinstance(v, (int, float)) and np.isfinite(v)):
-                    kvp[k] = v
-                elif isinstance(v, str) and v and _text_ok(v):
-                    kvp[k] = v
+            kvp = store.provenance_columns(prov, worker, result.seconds)
             data = {"provenance": prov}
             if result.ok:
                 atoms = row.toatoms()
@@ -458,7 +298,7 @@ class LabelQueue:
                 db.update(row_id, data=data)
                 return "failed"
             errors = list(row.data.get("errors", [])) + [result.error]
-            if _text_ok(result.error):
+            if text_ok(result.error):
                 kvp["last_error"] = result.error
             db.update(row_id, delete_keys=["lease_owner", "lease_expires"], state="queued",
                       data={**data, "errors": errors}, **kvp)
@@ -489,14 +329,7 @@ class LabelQueue:
         ``info`` holds ``queue_id`` (the row id), ``config_type="queue"`` and ``source`` (if
         the row has one).
         """
-        out = []
-        for row in self.rows(state):
-            atoms = row.toatoms()
-            atoms.info.update({"queue_id": row.id, "config_type": "queue"})
-            if row.get("source"):   # an empty value would not survive extended XYZ
-                atoms.info["source"] = row.source
-            out.append(atoms)
-        return out
+        return row_frames(self.rows(state))
 
     def export(self, path, state: str = "done") -> int:
         """Write :meth:`frames` to an extended XYZ file (via a temporary name, then renamed).
@@ -506,19 +339,8 @@ class LabelQueue:
         int
             Number of frames written.
         """
-        import ase.io
-
-        path = Path(path)
         frames = self.frames(state)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            ase.io.write(tmp, frames, format="extxyz")
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_extxyz(Path(path), frames)
         log.info("exported %d %s frames to %s", len(frames), state, path)
         return len(frames)
 

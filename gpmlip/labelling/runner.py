@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
-import multiprocessing
 import os
 import platform
 import socket
-import sys
 import time
 import uuid
 
@@ -27,8 +25,10 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.errors import SettingsError
-from gpmlip.labellers import Labeller, LabelResult, provenance, run_labeller
+from gpmlip.labelling.labellers import Labeller, LabelResult, provenance, run_labeller
 from gpmlip.labelling.queue import LabelQueue
+from gpmlip.parallel import mp_context
+from gpmlip.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,9 @@ def label_structure(labeller: Labeller, atoms: Atoms) -> dict:
         ``{"result": LabelResult.to_dict(), "provenance": {...}}``, JSON-serialisable: host,
         pid, start and end (unix time), package versions of gpmlip, ase and numpy, labeller.
     """
-    import gpmlip
-
     started = time.time()
     result = run_labeller(labeller, atoms)
-    prov = {**provenance(), "gpmlip": gpmlip.__version__, "numpy": np.__version__,
+    prov = {**provenance(), "gpmlip": __version__, "numpy": np.__version__,
             "labeller": labeller.name, "started": started, "finished": time.time()}
     return {"result": result.to_dict(), "provenance": prov}
 
@@ -60,13 +58,11 @@ def process_pool(max_workers: int = 1) -> cf.ProcessPoolExecutor:
     """A process pool started with ``forkserver`` (``spawn`` where that is missing).
 
     ``fork`` is avoided: the coordinator may run threads (Parsl, BLAS, a renewal loop), and a
-    forked child can inherit a lock held by one of them and hang.
+    forked child can inherit a lock held by one of them and hang (see :mod:`gpmlip.parallel`).
     """
     if max_workers < 1:
         raise SettingsError(f"max_workers={max_workers}: use 1 or more")
-    methods = multiprocessing.get_all_start_methods()
-    method = "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
-    return cf.ProcessPoolExecutor(max_workers, mp_context=multiprocessing.get_context(method))
+    return cf.ProcessPoolExecutor(max_workers, mp_context=mp_context("isolated"))
 
 
 class _Run:

@@ -20,6 +20,7 @@ import importlib
 import os
 import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -74,10 +75,20 @@ def load(spec: str) -> "PairModel":
     return PairModel(model)
 
 
+class PairEnergyModel(Protocol):
+    """What the plugin needs of a model: :class:`gpmlip.SparseGP`, or a stand-in such as
+    :class:`gpmlip.lammps.toy.ToyModel`."""
+
+    species: tuple[int, ...]
+    pair_cutoff: float
+
+    def pair_energies(self, centre_numbers, i, j, r_ij, neighbour_numbers, *, std=False): ...
+
+
 class PairModel:
     """A model with the pair-list interface, as the plugin sees it."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: PairEnergyModel) -> None:
         self.model = model
         self.species = tuple(int(z) for z in model.species)
         self.cutoff = float(model.pair_cutoff)

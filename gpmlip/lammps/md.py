@@ -22,7 +22,7 @@ from ase.calculators.lammps.coordinatetransform import Prism
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from gpmlip.errors import LammpsError, SettingsError
-from gpmlip.lammps import environment
+from gpmlip.lammps.runtime import environment
 
 log = logging.getLogger(__name__)
 

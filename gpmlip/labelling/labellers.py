@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import time
 import traceback
@@ -23,6 +22,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 
 from gpmlip.errors import SettingsError
+from gpmlip.parallel import mp_context
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _child(labeller: Labeller, atoms: Atoms, conn) -> None:
 
 
 def _in_child(labeller: Labeller, atoms: Atoms) -> dict:
-    ctx = multiprocessing.get_context("fork")
+    ctx = mp_context("compute")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(labeller, atoms, send), daemon=True)
     proc.start()

@@ -1,0 +1,139 @@
+"""What an on-the-fly run writes: label records, events, trajectory frames and checkpoints.
+
+:class:`~gpmlip.active.otf.OnTheFlyLearner` decides *when* to label and learn; this module
+decides *what* goes on disk and reads it back (through :class:`~gpmlip.active.rundir.RunDirectory`,
+which owns the files and their atomic writes).  Everything here is plain data in and out, so a
+record built before a kill is replayed on resume exactly as it was first applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import numpy as np
+from ase import Atoms
+
+from gpmlip.active.rundir import RunDirectory, structure_dict
+from gpmlip.errors import RunDirectoryError
+from gpmlip.gp.model import SparseGP
+from gpmlip.labelling.labellers import Labeller, LabelResult, provenance
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "gpmlip-otf-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 (start and end of a labeller call)."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+def model_view(model: SparseGP, atoms: Atoms) -> dict:
+    """The model's view of a frame before it sees the label (for the calibration record)."""
+    if not model.is_fitted:
+        return {}
+    pred = model.predict(atoms, stress=False, force_std=True)
+    signal = model.signal_variances
+    sigma = np.sqrt([signal[int(z)] for z in atoms.numbers])
+    return {"forces": pred.forces, "force_std": pred.force_std,
+            "energy_std": np.sqrt(pred.local_variance), "sigma": sigma}
+
+
+def label_record(*, index: int, step: int, attempt: int, config_type: str, atoms: Atoms,
+                 result: LabelResult, labeller: Labeller, started: str, std: np.ndarray,
+                 sparse: list[int], md: dict, before: dict) -> dict:
+    """The record of one labeller call: structure, result, provenance, what to learn from it.
+
+    Parameters
+    ----------
+    std : ndarray, shape (n_atoms,)
+        The frame's normalised local-energy std (its maximum is recorded).
+    sparse : list of int
+        Atoms to add as sparse points if the label succeeded.
+    md : dict
+        The dynamics' state at the frame (:func:`gpmlip.active.mdstate.capture`).
+    before : dict
+        :func:`model_view` of the frame (empty for an unfitted model).
+    """
+    record = {
+        "index": index, "step": step, "attempt": attempt, "config_type": config_type,
+        "structure": structure_dict(atoms), "result": result.to_dict(),
+        "labeller": labeller.describe(),
+        "provenance": {**provenance(), "start": started, "end": now()},
+        "max_std": float(std.max()),
+        "sparse_atoms": sparse if result.ok else [],
+        "md": md,
+    }
+    if result.ok and before:
+        err = before["forces"] - result.forces
+        record["before"] = {
+            "force_rmse": float(np.sqrt(np.mean(err ** 2))),
+            "force_max_error": float(np.abs(err).max()),
+            "predicted_force_std": float(np.sqrt(np.mean(before["force_std"] ** 2))),
+            "max_energy_std": float(before["energy_std"].max()),
+        }
+    return record
+
+
+def label_event(record: dict, model: SparseGP) -> dict:
+    """The ``events.jsonl`` line of a label record once the model has learnt from it (logged)."""
+    result = record["result"]
+    sigma = float(np.sqrt(max(model.signal_variances.values()))) if model.is_fitted else None
+    event = {"label": record["index"], "step": record["step"], "ok": result["ok"],
+             "error": result["error"], "max_std": record["max_std"],
+             "label_seconds": result["seconds"],
+             "update_seconds": record.get("update_seconds", 0.0),
+             "sparse_added": len(record["sparse_atoms"]),
+             "sparse_points": model.n_sparse_points, "signal_std": sigma,
+             **record.get("before", {})}
+    log.info("step %d: label %d %s (max std %.3f; labeller %.2f s, update %.2f s)%s; "
+             "%d sparse points", record["step"], record["index"],
+             "done" if result["ok"] else f"FAILED: {result['error']}", record["max_std"],
+             result["seconds"], event["update_seconds"],
+             f"; force error before it {event['force_rmse']:.3f} eV/Å (predicted std "
+             f"{event['predicted_force_std']:.3f})" if "force_rmse" in event else "",
+             event["sparse_points"])
+    return event
+
+
+def label_statistics(rundir: RunDirectory) -> dict:
+    """Median force error and predicted force std at the labelled frames (None before any)."""
+    events = [e for e in rundir.events() if "force_rmse" in e]
+    med = (lambda key: float(np.median([e[key] for e in events])) if events else None)
+    return {"median_force_error_at_label": med("force_rmse"),
+            "median_predicted_force_std_at_label": med("predicted_force_std")}
+
+
+def trajectory_frame(atoms: Atoms, step: int, labelled: bool) -> Atoms:
+    """A copy of an MD frame with the calculator's per-atom results, for ``trajectory.extxyz``."""
+    res = atoms.calc.results
+    frame = atoms.copy()
+    frame.calc = None
+    frame.info.update(step=step, labelled=labelled,
+                      max_std=float(res["local_std_normalised"].max()))
+    frame.arrays["local_std"] = res["local_std_normalised"].copy()
+    frame.arrays["local_energy"] = res["energies"].copy()
+    frame.arrays["gp_forces"] = res["forces"].copy()
+    return frame
+
+
+def checkpoint_state(*, n_labels: int, md: dict, counters: dict, timers: dict,
+                     cooldown_until: int, wall_seconds: float, model_file: str | None,
+                     extra: dict) -> dict:
+    """The checkpoint of a run: what has been applied, the MD state and the counters."""
+    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "n_labels": n_labels, "step": md["nsteps"], "md": md, "counters": counters,
+            "timers": timers, "cooldown_until": cooldown_until, "wall_seconds": wall_seconds,
+            "model": model_file, "extra": extra}
+
+
+def read_checkpoint(rundir: RunDirectory) -> dict | None:
+    """The run's last checkpoint, checked for format and version (None if there is none)."""
+    ck = rundir.read_checkpoint()
+    if ck is not None and (ck.get("format") != CHECKPOINT_FORMAT
+                           or ck.get("version") != CHECKPOINT_VERSION):
+        raise RunDirectoryError(f"{rundir.checkpoint_path} is not a gpmlip on-the-fly "
+                                f"checkpoint of version {CHECKPOINT_VERSION}")
+    return ck

@@ -1,0 +1,48 @@
+"""The one place that chooses how gpmlip starts worker processes.
+
+Two kinds of child process exist, and each gets one start method:
+
+``"compute"`` -> ``fork``
+    Workers that run gpmlip's own numerical code: descriptor blocks and training kernel rows
+    (:mod:`gpmlip.descriptors.soap`, :mod:`gpmlip.gp.observations`) and the one-shot child that
+    runs a labeller under a time limit (:func:`gpmlip.labelling.labellers.run_labeller`).  A
+    forked child starts at once with the parent's imports, compiled numba kernels and descriptor
+    settings (``spawn`` would re-import numba and dscribe and load every kernel again in each
+    worker).  Fork is not safe in general once threads have started: numba's OpenMP threading
+    layer and libgomp keep thread pools whose state a forked child inherits but whose threads it
+    does not, so a threaded kernel or OpenMP BLAS call in the child can hang.  gpmlip's children
+    never make one: the SOAP engine runs its one-thread kernels in a forked child (it compares
+    the process id with the one it was imported in), the training-row workers start with one
+    BLAS thread, and the labeller child runs under ``threadpool_limits(1)``.
+
+``"isolated"`` -> ``forkserver`` (``spawn`` on macOS or where forkserver is missing)
+    Long-lived pools that run arbitrary user code (labellers drained from a queue,
+    :func:`gpmlip.labelling.runner.process_pool`) while the coordinator runs threads of its own
+    (Parsl, lease renewal, BLAS): a forked child could inherit a lock one of them holds and hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from multiprocessing.context import BaseContext
+
+from gpmlip.errors import SettingsError
+
+KINDS = ("compute", "isolated")
+
+
+def start_method(kind: str = "compute") -> str:
+    """The start method for a child process of ``kind`` (see the module docstring)."""
+    if kind == "compute":
+        return "fork"
+    if kind == "isolated":
+        methods = multiprocessing.get_all_start_methods()
+        return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
+    raise SettingsError(f"process kind {kind!r}: use one of {KINDS}")
+
+
+def mp_context(kind: str = "compute") -> BaseContext:
+    """``multiprocessing`` context for a child process of ``kind``: ``"compute"`` (gpmlip's own
+    fork-aware numerical workers) or ``"isolated"`` (pools running user code beside threads)."""
+    return multiprocessing.get_context(start_method(kind))

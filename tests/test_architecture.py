@@ -1,0 +1,144 @@
+"""The import structure of gpmlip: arrows only point down (DESIGN.md section 1).
+
+Parses every module with :mod:`ast` (imports at the top and inside functions alike) and fails on
+an import cycle between gpmlip modules, and on code outside ``gpmlip/gp/`` that reaches into a
+fitted model's private or fitted attributes instead of its public API.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gpmlip"
+
+FITTED_ATTRIBUTES = {"posterior_", "kmm_", "stats_", "sparse_", "frames_", "features_",
+                     "sparse_origin_", "e0_", "signal_variance_", "noise_", "state_"}
+"""What a SparseGP keeps after fitting; outside ``gpmlip/gp/`` only its public API reads it."""
+
+PUBLIC_MODEL_API = ("is_fitted", "check_fitted", "state", "training_frames", "sparse_set",
+                    "signal_variances", "noise", "reference_energies", "version", "species",
+                    "n_sparse_points", "log_likelihood", "predict", "pair_energies",
+                    "local_std_normalised", "fit", "update", "optimise_hyperparameters",
+                    "save", "from_state")
+"""What other modules use of a SparseGP (documentation for this test; see gpmlip.gp.model)."""
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """gpmlip modules ``name`` imports anywhere in its body (``from pkg import submodule``
+    counts as the submodule; importing ``a.b.c`` does not count its parent packages)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                full = f"{module}.{alias.name}"
+                out.add(full if full in MODULES else module)
+    return {m for m in out if m in MODULES and m != name}
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_scan_sees_function_level_imports():
+    assert "gpmlip.errors" in GRAPH["gpmlip.gp.model"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles():
+    cycles = _cycles(GRAPH)
+    detail = ["; ".join(f"{a} -> {sorted(GRAPH[a] & set(c))}" for a in c) for c in cycles]
+    assert not cycles, "import cycles between gpmlip modules:\n" + "\n".join(detail)
+
+
+def _private_uses(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = node.value.id if isinstance(node.value, ast.Name) else None
+        private = node.attr.startswith("_") and not node.attr.startswith("__")
+        if node.attr in FITTED_ATTRIBUTES or (private and owner not in ("self", "cls")):
+            out.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {ast.unparse(node)}")
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n in MODULES if not n.startswith("gpmlip.gp")])
+def test_no_private_model_attributes_outside_gp(name):
+    uses = _private_uses(MODULES[name])
+    assert not uses, ("use the public SparseGP API (e.g. " + ", ".join(PUBLIC_MODEL_API[:8])
+                      + ") instead of:\n" + "\n".join(uses))
+
+
+def test_one_start_method_policy():
+    """Child processes get their start method from gpmlip.parallel.mp_context only."""
+    calls = []
+    for name, path in MODULES.items():
+        if name == "gpmlip.parallel":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute)
+                    and node.attr in ("get_context", "set_start_method", "get_all_start_methods")):
+                calls.append(f"{name}:{node.lineno}")
+    assert not calls, f"use gpmlip.parallel.mp_context(kind) instead: {calls}"
+
+
+def test_soap_satisfies_the_descriptor_protocol():
+    import inspect
+
+    from gpmlip.descriptors import SOAP, Descriptor
+    from gpmlip.gp.model import SparseGP
+
+    soap = SOAP(species=["Cu"], r_cut=4.0, n_max=3, l_max=2)
+    assert isinstance(soap, Descriptor)
+    assert inspect.signature(SparseGP).parameters["descriptor"].annotation == "Descriptor"

@@ -8,8 +8,10 @@ from Y. Zuo et al., J. Phys. Chem. A 124, 731 (2020)), with the paper's GAP sett
 gpmlip expresses them:
 
 * SOAP n_max=8, l_max=8, atom_sigma=0.5 Å; cutoff Mo 5.2 Å, Si 5.4 Å, Li 4.8 Å (dscribe GTO
-  basis; GAP's ``cutoff_transition_width=0.5`` has no counterpart in dscribe, whose basis is simply
-  truncated at ``r_cut``).
+  basis).  ``--weighting`` chooses the cutoff: ``smooth`` (default, the library default: dscribe's
+  ``poly`` weighting with r0 = r_cut, m = 2, c = 1, the counterpart of GAP's smooth
+  ``cutoff_transition_width``), ``hard`` (no weighting: dscribe's density cut at
+  r_cut + 3.7 sigma) or ``r0=X,m=Y`` (a poly weighting; ``r0`` may be written ``rcut+0.5``).
 * Normalised dot-product kernel, zeta=4, signal std (GAP ``delta``) 1 eV, jitter 1e-8.
 * CUR sparse points: Mo 2000, Si 1000, Li 4000 (``--n-sparse`` overrides for every element).
 * e0 per atom: Mo -4.04, Si -0.79, Li -0.21 eV (the paper's isolated-atom values).
@@ -49,6 +51,8 @@ Usage::
     ... --with-stress             # fit stresses too
     ... --energy-sigma 0.01       # GAP's 0.01 read as per-atom (sigma_per_atom=T)
     ... --elements Mo --n-sparse 200    # quick check
+    ... --weighting hard          # the hard cutoff of models before the smooth default
+    ... --weighting r0=rcut+0.5,m=1   # another poly weighting (r0 absolute or rcut+X, in Å)
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cutoff_option import HELP as WEIGHTING_HELP  # noqa: E402
+from cutoff_option import parse_weighting, weighting_label  # noqa: E402
 
 log = logging.getLogger("zuo2020")
 
@@ -153,7 +161,9 @@ def run_element(element: str, args) -> dict:
     n_sparse = args.n_sparse or spec["n_sparse"]
     median_n = float(np.median([f.n_atoms for f in train]))
     energy_sigma = float(args.energy_sigma or GAP_ENERGY_SIGMA / np.sqrt(median_n))
+    weighting = parse_weighting(args.weighting, spec["r_cut"])
     settings = {"r_cut": spec["r_cut"], "n_max": 8, "l_max": 8, "sigma": 0.5, "zeta": 4,
+                "weighting": weighting_label(weighting),
                 "n_sparse": n_sparse, "sparse_method": "cur", "e0": spec["e0"],
                 "signal_std": 1.0, "energy_sigma_ev_atom": energy_sigma,
                 "force_sigma": FORCE_SIGMA,
@@ -163,7 +173,8 @@ def run_element(element: str, args) -> dict:
     log.info("%s: %d train frames (%d atoms), %d test frames; settings %s", element, len(train),
              sum(f.n_atoms for f in train), len(test), settings)
     desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=8, l_max=8, sigma=0.5,
-                       n_jobs=args.n_jobs)
+                       weighting=weighting, n_jobs=args.n_jobs)
+    settings["soap"] = repr(desc)
     model = gpmlip.SparseGP(desc, zeta=4, n_sparse=n_sparse, sparse_method="cur",
                             e0={element: spec["e0"]}, energy_sigma=energy_sigma,
                             force_sigma=FORCE_SIGMA, stress_sigma=args.stress_sigma,
@@ -210,7 +221,8 @@ def _rows(results: list[dict]) -> list[tuple]:
     rows = []
     for r in results:
         st = r["settings"]
-        base = f"σE {1e3 * st['energy_sigma_ev_atom']:.2g} meV/at, σF {st['force_sigma']}"
+        base = (f"{st.get('weighting', 'hard')}, σE {1e3 * st['energy_sigma_ev_atom']:.2g} "
+                f"meV/at, σF {st['force_sigma']}")
         if st["stress_sigma"] is not None:
             base += f", +stress σS {st['stress_sigma']}"
         if st["n_sparse"] != PAPER[r["element"]]["n_sparse"]:
@@ -263,6 +275,7 @@ def main() -> None:
     parser.add_argument("--energy-sigma", type=float,
                         help="eV/atom (default 0.01 eV / sqrt(median N_train))")
     parser.add_argument("--stress-sigma", type=float, default=0.001, help="eV/Å³")
+    parser.add_argument("--weighting", default="smooth", help=WEIGHTING_HELP)
     parser.add_argument("--calibration-frames", type=int, default=8,
                         help="test frames for the force-std calibration (0: skip)")
     parser.add_argument("--n-jobs", type=int, default=2)
@@ -270,6 +283,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for element in args.elements:      # fail before any fit on a malformed --weighting
+        try:
+            parse_weighting(args.weighting, PAPER[element]["r_cut"])
+        except ValueError as exc:
+            parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s "
                         "%(message)s", stream=sys.stderr)
 

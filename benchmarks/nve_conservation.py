@@ -8,9 +8,14 @@ What is done
    is equilibrated for 1 ps and ``--n-train-per-temp`` snapshots are taken 50 fs apart, labelled
    with EMT energy, forces and stress.  A few more snapshots from separately seeded runs are held
    out to report the model's accuracy.
-2. **Model.**  ``gpmlip.SOAP(species=["Cu"], r_cut, n_max, l_max, sigma=0.5, n_jobs=1)``,
-   ``gpmlip.SparseGP(desc, zeta=4, n_sparse=..., e0={"Cu": 0.0})`` with the default noise
-   (5 meV/atom, 50 meV/Å, 1 meV/Å³) and signal std 1 eV.
+2. **Models.**  ``gpmlip.SOAP(species=["Cu"], r_cut, n_max, l_max, sigma=0.5, weighting=...,
+   n_jobs=1)``, ``gpmlip.SparseGP(desc, zeta=4, n_sparse=..., e0={"Cu": 0.0})`` with the default
+   noise (5 meV/atom, 50 meV/Å, 1 meV/Å³) and signal std 1 eV, fitted to the same frames twice:
+   ``gpmlip`` with ``--weighting`` (default ``smooth``, the library default: dscribe's poly
+   weighting r0 = r_cut, m = 2) and ``gpmlip-hard`` with ``weighting=None`` (dscribe's density cut
+   at r_cut + 3.7 sigma).  ``gap``: a GAP fitted by ``gap_fit`` (``/work/peers-venv``) to the same
+   frames with the same SOAP (GAP's default 0.5 Å cutoff transition), zeta, delta, sparse count
+   and noise (energy, forces and virials), run in a subprocess of that interpreter.
 3. **NVE.**  For each ``--temperatures`` T: start from the perfect (0 K equilibrium) lattice with
    Maxwell-Boltzmann velocities at 2T (``Stationary``; the same seed for every potential, so all
    potentials start from the identical state), and run ``ase.md.verlet.VelocityVerlet`` at
@@ -22,9 +27,16 @@ What is done
    (the main run's first ``--dt-study-ps`` is reused for the dt that equals ``--dt-fs``).
    Velocity Verlet's bounded energy fluctuation scales as dt^2; energy steps that come from a
    non-smooth potential do not shrink with dt.
-5. **Static cutoff probe.**  One atom of the perfect lattice is moved along a generic direction;
+5. **Heating run** (``--heat-ramp-ps`` > 0): from the perfect lattice (velocities at 2
+   ``--heat-from``) a Langevin run (friction ``--heat-friction``) whose target temperature rises
+   linearly from ``--heat-from`` (300 K) to ``--heat-to`` (1500 K) over ``--heat-ramp-ps`` (3 ps),
+   then velocity Verlet NVE for ``--heat-nve-ps`` (2 ps) at ``--dt-fs``.  Reported: the NVE part's
+   drift and fluctuation, and the cutoff jumps (below) of the ramp and of the NVE part; the work
+   residual needs only positions, forces and potential energies, so the jump detection holds under
+   the thermostat too.
+6. **Static cutoff probe.**  One atom of the perfect lattice is moved along a generic direction;
    at every displacement where one pair distance crosses the descriptor's reach
-   ``r_cut + padding`` the energy is evaluated at +-1e-6 Å: the difference (minus the tiny
+   (``neighbour_cutoff``) the energy is evaluated at +-1e-6 Å: the difference (minus the tiny
    ``-F.du`` work) is the energy discontinuity caused by one neighbour entering the sphere.
 
 Reported metrics (per run)
@@ -36,39 +48,34 @@ Reported metrics (per run)
 * max uncertainty: max over the run of ``results["max_uncertainty"]`` (sqrt of the normalised
   local-energy variance; 0 known, 1 unknown).
 
-Jump detection.  For velocity Verlet the total energy obeys exactly
-``E_tot(i+1) - E_tot(i) = r_i + dt^2/8 sum_a (|F_a(i+1)|^2 - |F_a(i)|^2) / m_a`` with the
-work residual ``r_i = E_pot(i+1) - E_pot(i) + (F(i) + F(i+1)) . (x(i+1) - x(i)) / 2``.  The second
-term telescopes (it is the bounded oscillation of Verlet's shadow energy), so any drift is the sum
-of the ``r_i``.  For a smooth potential ``r_i`` is a trapezoid-rule error of order |dx|^3 that
-varies on phonon time scales; a step of the potential energy shows up in it one to one.  Every step
-also counts the atom pairs (periodic images included) whose distance crossed the descriptor's reach
-``r_cut + padding``.  At steps with a crossing the smooth part of ``r_i`` is interpolated from the
-nearest steps without one; the remainder is the energy step caused by the crossing(s).  A *jump* is
-such a step larger than ``--jump-factor`` (5) x the noise floor (robust spread of the same
-leave-one-out interpolation at quiet steps).  The cumulative sum of these steps gives the part of
-E_tot's drift and fluctuation that comes from the cutoff; the rest is integration error.  EMT is
-analysed identically (its crossings of the same radius are a control: EMT is smooth there).  The
-literal criterion "|dE_tot| > --jump-factor x robust spread of dE_tot" is reported too, but
-Verlet's own step-to-step oscillation hides small steps there.
+Jump detection. For velocity Verlet the total energy obeys exactly ``E_tot(i+1) - E_tot(i) = r_i +
+dt^2/8 sum_a (|F_a(i+1)|^2 - |F_a(i)|^2) / m_a`` with the work residual ``r_i = E_pot(i+1) -
+E_pot(i) + (F(i) + F(i+1)) . (x(i+1) - x(i)) / 2``. The second term telescopes (it is the bounded
+oscillation of Verlet's shadow energy), so any drift is the sum of the ``r_i``. For a smooth
+potential ``r_i`` is a trapezoid-rule error of order |dx|^3 that varies on phonon time scales; a
+step of the potential energy shows up in it one to one. Every step also counts the atom pairs
+(periodic images included) whose distance crossed the descriptor's reach (``neighbour_cutoff``: r0
+with a smooth cutoff, ``r_cut + padding`` with the hard one). At steps with a crossing the smooth
+part of ``r_i`` is interpolated from the nearest steps without one; the remainder is the energy
+step caused by the crossing(s). A *jump* is such a step larger than ``--jump-factor`` (5) x the
+noise floor (robust spread of the same leave-one-out interpolation at quiet steps). The cumulative
+sum of these steps gives the part of E_tot's drift and fluctuation that comes from the cutoff; the
+rest is integration error. EMT is analysed identically, as is GAP, counting crossings of the
+``gpmlip`` model's reach (a control: both are smooth there). The literal criterion "|dE_tot| >
+--jump-factor x robust spread of dE_tot" is reported too, but Verlet's own step-to-step oscillation
+hides small steps there.
 
-GAP: run only when a Cu GAP model (``*.xml``) is already present under ``/tmp/gpmlip_side_by_side``
-or ``/work/peer_results`` and ``/work/peers-venv/bin/python`` imports quippy; it then runs in a
-subprocess of that interpreter (``--gap-worker``).  Otherwise the JSON says why it was skipped.
-``--potentials`` chooses what runs and ``--append`` adds the rows to an existing ``--json``.
+GAP runs when ``/work/peers-venv/bin/python`` imports quippy and ``gap_fit`` exists there (or
+``--gap-xml`` names a model); otherwise the JSON says why it was skipped.  ``--potentials``
+chooses what runs and ``--append`` adds the rows to an existing ``--json``.
 
 Usage
 -----
-The run reported in ``benchmarks/results/nve_conservation.json``::
+The run reported in the README (smooth and hard gpmlip, EMT, GAP; 300 K and 1000 K NVE, the
+heating run; no time-step study)::
 
-    cd /work/main && .venv/bin/python benchmarks/nve_conservation.py \\
-        --temperatures 300 1000 --time-ps 5 --dt-fs 1 \\
-        --json benchmarks/results/nve_conservation.json
-
-GAP added afterwards to the same JSON, once its model exists (rows are appended)::
-
-    .venv/bin/python benchmarks/nve_conservation.py --potentials gap --append \\
-        --model /tmp/nve_bench/model_r2.npz --temperatures 300 1000 --time-ps 1 --dt-study \\
+    .venv/bin/python benchmarks/nve_conservation.py --temperatures 300 1000 --time-ps 3 \\
+        --dt-fs 1 --dt-study --train-temperatures 300 1000 1500 \\
         --json benchmarks/results/nve_conservation.json
 
 Smoke test (a few minutes on a loaded 2-core machine)::
@@ -92,10 +99,18 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cutoff_option import HELP as WEIGHTING_HELP  # noqa: E402
+from cutoff_option import parse_weighting, weighting_label  # noqa: E402
+
 log = logging.getLogger("nve_conservation")
 
-GAP_SEARCH_DIRS = ("/tmp/gpmlip_side_by_side", "/work/peer_results")
 PEERS_PYTHON = "/work/peers-venv/bin/python"
+GAP_FIT = "/work/peers-venv/bin/gap_fit"
+GPMLIP_KINDS = ("gpmlip", "gpmlip-hard")
+JUMP_ABS_MEV = 0.05
+"""Default absolute jump threshold (meV): half the hard cutoff's step per pair crossing in the
+README's 32-atom Cu model (0.097 meV), well above the interpolation noise at 1000 K."""
 
 
 # -- structures and data -------------------------------------------------------------------------
@@ -157,11 +172,11 @@ def langevin_snapshots(a0: float, repeat: int, temperature: float, n_frames: int
 
 
 # -- model --------------------------------------------------------------------------------------
-def train_model(args, train, test) -> tuple[object, dict]:
+def train_model(args, train, test, weighting="smooth") -> tuple[object, dict]:
     import gpmlip
 
     desc = gpmlip.SOAP(species=["Cu"], r_cut=args.r_cut, n_max=args.n_max, l_max=args.l_max,
-                       sigma=args.sigma, n_jobs=1)
+                       sigma=args.sigma, weighting=weighting, n_jobs=1)
     model = gpmlip.SparseGP(desc, zeta=4, n_sparse=args.n_sparse, e0={"Cu": 0.0})
     t0 = time.perf_counter()
     model.fit(train)
@@ -172,6 +187,7 @@ def train_model(args, train, test) -> tuple[object, dict]:
         df.append((pred.forces - atoms.get_forces()).ravel())
         de.append((pred.energy - atoms.get_potential_energy()) / len(atoms))
     info = {
+        "weighting": weighting_label(weighting),
         "fit_seconds": fit_s,
         "n_train_frames": len(train),
         "n_test_frames": len(test),
@@ -182,8 +198,9 @@ def train_model(args, train, test) -> tuple[object, dict]:
         "test_force_rmse_meV_per_A": 1e3 * float(np.sqrt(np.mean(np.concatenate(df) ** 2))),
         "test_energy_mae_meV_per_atom": 1e3 * float(np.mean(np.abs(de))),
     }
-    log.info("fitted in %.1f s: %d sparse points; held-out force RMSE %.1f meV/Å, energy MAE "
-             "%.2f meV/atom", fit_s, model.n_sparse_points, info["test_force_rmse_meV_per_A"],
+    log.info("%s: fitted in %.1f s: %d sparse points; held-out force RMSE %.1f meV/Å, energy MAE "
+             "%.2f meV/atom", weighting_label(weighting), fit_s, model.n_sparse_points,
+             info["test_force_rmse_meV_per_A"],
              info["test_energy_mae_meV_per_atom"])
     return model, info
 
@@ -233,9 +250,11 @@ class Recorder:
     def __call__(self) -> None:
         t0 = time.perf_counter()
         atoms = self.atoms
+        pos = atoms.get_positions()
+        if self.prev is not None and np.array_equal(pos, self.prev[2]):
+            return       # a second integrator's first observer call: the same state again
         epot = atoms.get_potential_energy()
         forces = atoms.get_forces()
-        pos = atoms.get_positions()
         ekin = atoms.get_kinetic_energy()
         unc = atoms.calc.results.get("max_uncertainty", np.nan)
         f2m = float((forces ** 2 / self.masses).sum())
@@ -256,7 +275,7 @@ class Recorder:
 
 
 def make_calculator(kind: str, model=None, gap_xml: str | None = None):
-    if kind == "gpmlip":
+    if kind in GPMLIP_KINDS:
         import gpmlip
         return gpmlip.GPCalculator(model)
     if kind == "emt":
@@ -292,13 +311,114 @@ def run_nve(kind: str, a0: float, repeat: int, temperature: float, dt_fs: float,
     wall = time.perf_counter() - t0
     out = rec.arrays()
     out.update(kind=kind, temperature=temperature, dt_fs=dt_fs, n_atoms=len(atoms),
-               n_steps=n_steps, seed=seed, wall_seconds=wall,
+               n_steps=n_steps, seed=seed, wall_seconds=wall, reach_A=reach,
                ms_per_step=1e3 * (wall - rec.seconds) / n_steps,
                loadavg_start=load0, loadavg_end=os.getloadavg()[0],
                dt2_over_8=(dt_fs * units.fs) ** 2 / 8)
     log.info("  done in %.0f s (%.1f ms/step, load %.2f -> %.2f)", wall, out["ms_per_step"],
              load0, out["loadavg_end"])
     return out
+
+
+def heating_schedule(args) -> dict:
+    return {"t_from": args.heat_from, "t_to": args.heat_to, "ramp_ps": args.heat_ramp_ps,
+            "nve_ps": args.heat_nve_ps, "dt_fs": args.dt_fs, "friction_per_fs": args.heat_friction}
+
+
+def run_heating(kind: str, a0: float, repeat: int, t_from: float, t_to: float, ramp_ps: float,
+                nve_ps: float, dt_fs: float, friction_per_fs: float, seed: int, reach: float,
+                model=None, gap_xml: str | None = None) -> dict:
+    """Langevin with a linear temperature ramp t_from -> t_to, then NVE; per-step arrays.
+
+    Starts from the perfect lattice with Maxwell-Boltzmann velocities at 2 t_from (the same seed
+    and the same thermostat random numbers for every potential).  The work residual (and so the
+    jump detection) needs only positions, forces and potential energies, so it holds for the
+    thermostatted part too; the energy drift is measured on the NVE part.
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.verlet import VelocityVerlet
+
+    atoms = perfect_cell(a0, repeat)
+    atoms.calc = make_calculator(kind, model, gap_xml)
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=2 * t_from, rng=rng)
+    Stationary(atoms)
+    n_ramp = int(round(ramp_ps * 1000 / dt_fs))
+    n_nve = int(round(nve_ps * 1000 / dt_fs))
+    rec = Recorder(atoms, CrossingCounter(atoms.cell.array, len(atoms), reach))
+    ramp = Langevin(atoms, dt_fs * units.fs, temperature_K=t_from,
+                    friction=friction_per_fs / units.fs, rng=rng, fixcm=True)
+
+    def set_target():
+        ramp.set_temperature(temperature_K=t_from + (t_to - t_from) * min(
+            1.0, (ramp.nsteps + 1) / max(n_ramp, 1)))
+
+    ramp.attach(set_target, interval=1)
+    ramp.attach(rec, interval=1)
+    load0 = os.getloadavg()[0]
+    log.info("heating %s %g -> %g K in %g ps (Langevin %g/fs), then NVE %g ps, dt=%g fs",
+             kind, t_from, t_to, ramp_ps, friction_per_fs, nve_ps, dt_fs)
+    t0 = time.perf_counter()
+    ramp.run(n_ramp)
+    n_rows_ramp = len(rec.rows)
+    nve = VelocityVerlet(atoms, timestep=dt_fs * units.fs)
+    nve.attach(rec, interval=1)
+    nve.run(n_nve)
+    wall = time.perf_counter() - t0
+    out = rec.arrays()
+    out.update(kind=kind, temperature=t_to, dt_fs=dt_fs, n_atoms=len(atoms),
+               n_steps=n_ramp + n_nve, n_ramp_steps=n_rows_ramp - 1, seed=seed,
+               wall_seconds=wall, ms_per_step=1e3 * (wall - rec.seconds) / (n_ramp + n_nve),
+               loadavg_start=load0, loadavg_end=os.getloadavg()[0],
+               dt2_over_8=(dt_fs * units.fs) ** 2 / 8, reach_A=reach)
+    log.info("  done in %.0f s (%.1f ms/step, load %.2f -> %.2f)", wall, out["ms_per_step"],
+             load0, out["loadavg_end"])
+    return out
+
+
+def analyse_heating(run: dict, jump_factor: float, schedule: dict,
+                    jump_abs_mev: float = JUMP_ABS_MEV) -> dict:
+    """Jumps over the whole heating run; drift and fluctuation of its NVE part."""
+    k = int(run["n_ramp_steps"])
+    resid, cross = run["residual"][1:], run["crossings"][1:]
+    steps, noise = split_residual(resid, cross)
+    jumps = np.abs(steps) > jump_factor * noise
+    big = np.abs(steps) > 1e-3 * jump_abs_mev
+    arrays = ("epot", "ekin", "max_uncertainty", "residual", "crossings", "f2m")
+    nve = {**run, **{a: run[a][k:] for a in arrays}}
+    nve_row = analyse(nve, jump_factor)
+    n_atoms = run["n_atoms"]
+    temp_k = 2 * run["ekin"] / (3 * n_atoms * 8.617333262e-5)
+    unc = run["max_uncertainty"]
+    return {
+        "potential": run["kind"], "schedule": schedule, "n_atoms": n_atoms, "dt_fs": run["dt_fs"],
+        "reach_A": float(run["reach_A"]),
+        "ramp_steps": k, "nve_steps": len(run["epot"]) - 1 - k,
+        "temperature_end_of_ramp_K": float(temp_k[max(0, k - 100):k + 1].mean()),
+        "nve_mean_temperature_K": float(temp_k[k:].mean()),
+        "nve_drift_meV_per_atom_per_ps": nve_row["drift_meV_per_atom_per_ps"],
+        "nve_fluctuation_rms_meV_per_atom": nve_row["fluctuation_rms_meV_per_atom"],
+        "nve_fluctuation_rms_detrended_meV_per_atom":
+            nve_row["fluctuation_rms_detrended_meV_per_atom"],
+        "nve_max_abs_deviation_meV_per_atom": nve_row["max_abs_deviation_meV_per_atom"],
+        "residual_noise_floor_meV": 1e3 * noise,
+        "jumps_resolved": bool(nve_row["jumps_resolved"]),
+        "n_jumps_ramp": int(jumps[:k].sum()), "n_jumps_nve": int(jumps[k:].sum()),
+        "jump_abs_meV": jump_abs_mev,
+        "n_jumps_abs_ramp": int(big[:k].sum()), "n_jumps_abs_nve": int(big[k:].sum()),
+        "jump_median_abs_meV": (1e3 * float(np.median(np.abs(steps[jumps])))
+                                if jumps.any() else 0.0),
+        "pair_crossings_ramp": int(cross[:k].sum()), "pair_crossings_nve": int(cross[k:].sum()),
+        "nve_crossing_steps_drift_meV_per_atom_per_ps":
+            nve_row["crossing_steps_drift_meV_per_atom_per_ps"],
+        "ms_per_step": run["ms_per_step"],
+        "max_uncertainty": float(np.nanmax(unc)) if np.isfinite(unc).any() else None,
+        "loadavg_start_end": [run["loadavg_start"], run["loadavg_end"]],
+        "trace_t_ps": nve_row["trace_t_ps"],
+        "trace_nve_etot_meV_per_atom_rel": nve_row["trace_etot_meV_per_atom_rel"],
+    }
 
 
 def _robust_std(x: np.ndarray) -> float:
@@ -327,7 +447,7 @@ def split_residual(resid: np.ndarray, crossings: np.ndarray) -> tuple[np.ndarray
 
 
 def analyse(run: dict, jump_factor: float, upto_steps: int | None = None,
-            trace_every_fs: float = 10.0) -> dict:
+            trace_every_fs: float = 10.0, jump_abs_mev: float = JUMP_ABS_MEV) -> dict:
     """Conservation metrics of one run (optionally of its first ``upto_steps`` steps)."""
     n = len(run["epot"]) if upto_steps is None else upto_steps + 1
     n_atoms = run["n_atoms"]
@@ -357,6 +477,7 @@ def analyse(run: dict, jump_factor: float, upto_steps: int | None = None,
     unc = run["max_uncertainty"][:n]
     out = {
         "potential": run["kind"], "temperature_K": run["temperature"], "dt_fs": dt,
+        "reach_A": float(run.get("reach_A", np.nan)),
         "time_ps": duration, "n_atoms": n_atoms, "n_steps": n - 1,
         "mean_temperature_K": float(temp_k[len(temp_k) // 5:].mean()),
         "drift_meV_per_atom_per_ps": float(slope),
@@ -372,6 +493,8 @@ def analyse(run: dict, jump_factor: float, upto_steps: int | None = None,
         "residual_noise_floor_meV": 1e3 * noise,
         "jumps_resolved": bool(resolved),
         "n_jumps": int(jumps.sum()),
+        "jump_abs_meV": jump_abs_mev,
+        "n_jumps_abs": int((np.abs(steps) > 1e-3 * jump_abs_mev).sum()),
         "jumps_per_ps": float(jumps.sum() / duration),
         "jump_median_abs_meV": 1e3 * float(np.median(np.abs(steps[jumps]))) if jumps.any() else 0.0,
         "jump_max_abs_meV": 1e3 * float(np.max(np.abs(steps[jumps]))) if jumps.any() else 0.0,
@@ -428,7 +551,7 @@ def static_jump_probe(model, a0: float, repeat: int, reach: float, n_crossings: 
     def energy_and_force(calc_kind, u):
         atoms = base.copy()
         atoms.positions[0] += u * direction
-        if calc_kind == "gpmlip":
+        if calc_kind != "emt":
             pred = model.predict(atoms, forces=True, stress=False)
             return pred.energy, pred.forces[0] @ direction
         atoms.calc = EMT()
@@ -460,27 +583,67 @@ def static_jump_probe(model, a0: float, repeat: int, reach: float, n_crossings: 
 
 
 # -- GAP (optional) -------------------------------------------------------------------------
-def find_gap() -> tuple[str | None, str]:
-    xmls = []
-    for d in GAP_SEARCH_DIRS:
-        xmls += glob.glob(os.path.join(d, "**", "*.xml"), recursive=True)
-    if not xmls:
-        return None, f"no GAP model xml under {' or '.join(GAP_SEARCH_DIRS)}"
+def gap_available() -> str | None:
+    """None when GAP can run here, else why not."""
     if not os.path.exists(PEERS_PYTHON):
-        return None, f"{PEERS_PYTHON} does not exist"
+        return f"{PEERS_PYTHON} does not exist"
     ok = subprocess.run([PEERS_PYTHON, "-c", "import quippy"], capture_output=True)
     if ok.returncode:
-        return None, f"quippy does not import in {PEERS_PYTHON}"
-    return sorted(xmls)[0], "found"
+        return f"quippy does not import in {PEERS_PYTHON}"
+    return None
 
 
-def run_gap_subprocess(xml: str, a0: float, args, temperature: float, dt_fs: float,
-                       time_ps: float, seed: int, reach: float, workdir: Path) -> dict:
-    out = workdir / f"gap_{temperature:g}K_{dt_fs:g}fs.npz"
+def gap_command(args, xyz: Path, xml: Path, virial_sigma: float) -> list[str]:
+    """gap_fit on the gpmlip model's data and settings: SOAP with GAP's default 0.5 Å cutoff
+    transition, dot-product kernel zeta 4, delta 1 eV, CUR sparse points, the same noise
+    (gpmlip's 5 meV/atom, 50 meV/Å; its 1 meV/Å³ stress noise as ``virial_sigma``, in eV per
+    sqrt(atom) as ``sigma_per_atom=T`` takes it)."""
+    soap = (f"soap cutoff={args.r_cut} cutoff_transition_width=0.5 n_max={args.n_max} "
+            f"l_max={args.l_max} atom_sigma={args.sigma} zeta=4 delta=1.0 "
+            f"covariance_type=dot_product n_sparse={args.n_sparse} sparse_method=cur_points")
+    return [GAP_FIT, f"at_file={xyz}", "gap={" + soap + "}",
+            f"default_sigma={{0.005 0.05 {virial_sigma:.6g} 0.0}}", "sigma_per_atom=T",
+            "e0={Cu:0.0}",
+            "energy_parameter_name=energy", "force_parameter_name=forces",
+            "virial_parameter_name=virial", f"gp_file={xml}", "sparse_jitter=1e-8"]
+
+
+def train_gap(args, train, workdir: Path) -> tuple[str, dict]:
+    """Fit a GAP with gap_fit (peers venv) to the training frames (energy, forces, virial)."""
+    from ase.io import write
+
+    frames = []
+    for atoms in train:
+        a = atoms.copy()
+        a.info["energy"] = atoms.get_potential_energy()
+        a.arrays["forces"] = atoms.get_forces()
+        a.info["virial"] = -atoms.get_volume() * _voigt_to_matrix(atoms.get_stress())
+        frames.append(a)
+    xyz, xml = workdir / "gap_train.xyz", workdir / "gap_cu.xml"
+    write(xyz, frames, format="extxyz")
+    volume, n_atoms = train[0].get_volume(), len(train[0])
+    cmd = gap_command(args, xyz, xml, virial_sigma=1e-3 * volume / np.sqrt(n_atoms))
+    log.info("GAP: %s", " ".join(cmd))
+    t0 = time.perf_counter()
+    with open(workdir / "gap_fit.log", "w") as fh:
+        subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    fit_s = time.perf_counter() - t0
+    log.info("GAP: fitted in %.0f s", fit_s)
+    return str(xml), {"fit_seconds": fit_s, "command": " ".join(cmd), "xml": str(xml)}
+
+
+def _voigt_to_matrix(v: np.ndarray) -> np.ndarray:
+    xx, yy, zz, yz, xz, xy = v
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def run_gap_subprocess(xml: str, workdir: Path, name: str, **kwargs) -> dict:
+    """``run_nve`` (or, with ``mode="heat"``, ``run_heating``; ``mode="test"``: test errors) with
+    GAP in the peers interpreter."""
+    out = workdir / f"gap_{name}.npz"
     cmd = [PEERS_PYTHON, __file__, "--gap-worker", xml, "--worker-out", str(out),
-           "--worker-args", json.dumps({"a0": a0, "repeat": args.repeat,
-                                        "temperature": temperature, "dt_fs": dt_fs,
-                                        "time_ps": time_ps, "seed": seed, "reach": reach})]
+           "--worker-args", json.dumps(kwargs)]
     subprocess.run(cmd, check=True)
     data = dict(np.load(out, allow_pickle=False))
     run = {k: (v.item() if v.ndim == 0 else v) for k, v in data.items()}
@@ -489,7 +652,20 @@ def run_gap_subprocess(xml: str, a0: float, args, temperature: float, dt_fs: flo
 
 
 def gap_worker(xml: str, out: str, kwargs: dict) -> None:
-    run = run_nve("gap", gap_xml=xml, **kwargs)
+    mode = kwargs.pop("mode", "nve")
+    if mode == "test":
+        from ase.io import read
+        calc = make_calculator("gap", gap_xml=xml)
+        df, de = [], []
+        for atoms in read(kwargs["xyz"], ":"):    # labels arrive on a SinglePointCalculator
+            f_ref, e_ref = atoms.get_forces().copy(), atoms.get_potential_energy()
+            atoms.calc = calc
+            df.append((atoms.get_forces() - f_ref).ravel())
+            de.append((atoms.get_potential_energy() - e_ref) / len(atoms))
+        np.savez(out, force_rmse=np.sqrt(np.mean(np.concatenate(df) ** 2)),
+                 energy_mae=np.mean(np.abs(de)))
+        return
+    run = (run_heating if mode == "heat" else run_nve)("gap", gap_xml=xml, **kwargs)
     np.savez(out, **{k: np.asarray(v) for k, v in run.items() if k != "kind"})
 
 
@@ -497,9 +673,10 @@ def gap_worker(xml: str, out: str, kwargs: dict) -> None:
 def markdown(results: dict) -> str:
     head = ["| potential | T (K) | dt (fs) | t (ps) | <T> (K) | drift (meV/atom/ps) | "
             "RMS fluct. (meV/atom) | max dev. (meV/atom) | jumps: cutoff / dE_tot | "
+            f"steps > {results.get('jump_abs_meV', JUMP_ABS_MEV):g} meV | "
             "pair crossings | median step/crossing (meV) | drift w/o cutoff steps | "
             "ms/step | max unc. |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def row(r):
         if "error" in r:
@@ -514,7 +691,8 @@ def markdown(results: dict) -> str:
                  f"{r['drift_meV_per_atom_per_ps']:+.4f}",
                  f"{r['fluctuation_rms_meV_per_atom']:.4f}",
                  f"{r['max_abs_deviation_meV_per_atom']:.4f}",
-                 f"{n_jumps} / {r['n_jumps_dEtot']}", str(r["pair_crossings"]), step, drift_wo,
+                 f"{n_jumps} / {r['n_jumps_dEtot']}", str(r.get("n_jumps_abs", "-")),
+                 str(r["pair_crossings"]), step, drift_wo,
                  f"{r['ms_per_step']:.1f}", unc]
         return "| " + " | ".join(cells) + " |"
 
@@ -523,12 +701,39 @@ def markdown(results: dict) -> str:
         lines += ["", f"Time-step study ({results['dt_study_temperature_K']:g} K, "
                   f"{results['dt_study_ps']:g} ps):", "", *head]
         lines += [row(r) for r in results["dt_study"]]
-    probe = results.get("static_probe")
-    if probe:
-        lines += ["", f"Static probe: energy step when one pair crosses r_cut + padding = "
+    heat = results.get("heating")
+    if heat:
+        sch = heat[0]["schedule"]
+        lines += ["", f"Heating: Langevin ({sch['friction_per_fs']:g}/fs) ramp {sch['t_from']:g} "
+                  f"-> {sch['t_to']:g} K in {sch['ramp_ps']:g} ps, then NVE {sch['nve_ps']:g} ps "
+                  f"(dt {sch['dt_fs']:g} fs):", "",
+                  "| potential | reach (Å) | T end of ramp (K) | <T> NVE (K) | NVE drift "
+                  "(meV/atom/ps) | NVE RMS fluct. (meV/atom) | NVE max dev. (meV/atom) | "
+                  "cutoff jumps ramp / NVE | steps > "
+                  f"{results.get('jump_abs_meV', JUMP_ABS_MEV):g} meV ramp / NVE | "
+                  "pair crossings ramp / NVE | median jump (meV) | "
+                  "ms/step | max unc. |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in heat:
+            if "error" in r:
+                lines.append(f"| {r['potential']} | failed: {r['error']} |")
+                continue
+            unc = "-" if r["max_uncertainty"] is None else f"{r['max_uncertainty']:.3f}"
+            lines.append(
+                f"| {r['potential']} | {r['reach_A']:.3f} | "
+                f"{r['temperature_end_of_ramp_K']:.0f} | "
+                f"{r['nve_mean_temperature_K']:.0f} | {r['nve_drift_meV_per_atom_per_ps']:+.4f} | "
+                f"{r['nve_fluctuation_rms_meV_per_atom']:.4f} | "
+                f"{r['nve_max_abs_deviation_meV_per_atom']:.4f} | "
+                f"{r['n_jumps_ramp']} / {r['n_jumps_nve']} | "
+                f"{r.get('n_jumps_abs_ramp', '-')} / {r.get('n_jumps_abs_nve', '-')} | "
+                f"{r['pair_crossings_ramp']} / {r['pair_crossings_nve']} | "
+                f"{r['jump_median_abs_meV']:.4f} | {r['ms_per_step']:.1f} | {unc} |")
+    probes = results.get("static_probe") or {}
+    for kind, probe in probes.items():
+        lines += ["", f"Static probe ({kind}): energy step when one pair crosses the reach "
                   f"{probe['reach_A']:.3f} Å (one atom moved, perfect lattice):", "",
                   "E(pair inside) - E(pair outside):", "",
-                  "| displacement (Å) | pairs | gpmlip step (meV) | EMT step (meV) |",
+                  f"| displacement (Å) | pairs | {kind} step (meV) | EMT step (meV) |",
                   "|---|---|---|---|"]
         lines += [f"| {c['u_A']:.4f} | {c['n_pairs']} | {c['gpmlip_step_meV']:+.4f} | "
                   f"{c['emt_step_meV']:+.2e} |" for c in probe["crossings"]]
@@ -566,39 +771,58 @@ def parse_args(argv=None):
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--jump-factor", type=float, default=5.0,
                    help="a step is a jump when its energy step exceeds this x the noise floor")
+    p.add_argument("--jump-abs-mev", type=float, default=JUMP_ABS_MEV,
+                   help="also count crossing steps whose energy step exceeds this (meV)")
+    p.add_argument("--reanalyse", action="store_true",
+                   help="recompute every row of --json from the traces in --workdir (no MD)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--potentials", nargs="+", choices=["gpmlip", "emt", "gap"],
-                   default=["gpmlip", "emt", "gap"],
-                   help="what to run (gap only when a model xml and quippy are found)")
+    p.add_argument("--weighting", default="smooth",
+                   help="the 'gpmlip' potential's " + WEIGHTING_HELP + "; 'gpmlip-hard' is always "
+                        "the hard cutoff")
+    p.add_argument("--potentials", nargs="+", choices=["gpmlip", "gpmlip-hard", "emt", "gap"],
+                   default=["gpmlip", "gpmlip-hard", "emt", "gap"],
+                   help="what to run: gpmlip (--weighting), gpmlip-hard (the same model with the "
+                        "hard cutoff), EMT, GAP (gap_fit on the same frames, when "
+                        f"{PEERS_PYTHON} imports quippy; or --gap-xml)")
+    p.add_argument("--gap-xml", help="use this GAP model instead of fitting one")
+    p.add_argument("--heat-from", type=float, default=300.0, help="heating run: start T (K)")
+    p.add_argument("--heat-to", type=float, default=1500.0, help="heating run: end T (K)")
+    p.add_argument("--heat-ramp-ps", type=float, default=3.0,
+                   help="heating run: length of the Langevin ramp (0: no heating run)")
+    p.add_argument("--heat-nve-ps", type=float, default=2.0,
+                   help="heating run: NVE after the ramp")
+    p.add_argument("--heat-friction", type=float, default=0.01, help="Langevin friction (1/fs)")
     p.add_argument("--no-emt", action="store_true", help="skip the EMT reference runs")
     p.add_argument("--append", action="store_true",
                    help="add these runs to an existing --json (rows with the same potential, T "
                         "and dt are replaced), e.g. GAP once its model exists")
-    p.add_argument("--model", type=Path, help="load this gpmlip model instead of training")
+    p.add_argument("--model", type=Path, help="load this model as 'gpmlip' instead of "
+                   "training (gpmlip-hard and GAP are still trained)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/nve_bench"))
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 4+1 frames per T, 50 sparse points, 0.2 ps, dt study 0.1 ps")
+                   help="smoke run: 4+1 frames per T, 50 sparse points, 0.2 ps, dt study 0.1 "
+                        "ps, heating 0.2 + 0.1 ps")
     p.add_argument("--gap-worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--worker-args", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    try:
+        args.weighting_value = parse_weighting(args.weighting, args.r_cut)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.quick:   # smaller defaults; options given explicitly still win
         for name, value in {"n_train_per_temp": 4, "n_test_per_temp": 1, "n_sparse": 50,
-                            "time_ps": 0.2, "dt_study_ps": 0.1}.items():
+                            "time_ps": 0.2, "dt_study_ps": 0.1, "heat_ramp_ps": 0.2,
+                            "heat_nve_ps": 0.1}.items():
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
     return args
 
 
-def _prepare_model(args, a0: float, results: dict):
-    """Train (or load) the gpmlip model, time one step and probe the cutoff; fills ``results``."""
-    import gpmlip
-
-    if args.model:
-        model = gpmlip.load_model(args.model)
-        results["model"] = {"loaded_from": str(args.model)}
-    else:
+def _frames(args, a0: float, cache: dict) -> tuple[list, list]:
+    """EMT training and held-out frames (made once)."""
+    if "train" not in cache:
         train, test = [], []
         t0 = time.perf_counter()
         for k, temp in enumerate(args.train_temperatures):
@@ -608,23 +832,37 @@ def _prepare_model(args, a0: float, results: dict):
                                        seed=args.seed + 101 + k, interval_fs=200.0)
         log.info("%d training + %d test frames of %d atoms in %.0f s", len(train), len(test),
                  len(train[0]), time.perf_counter() - t0)
-        model, info = train_model(args, train, test)
-        path = args.workdir / f"model_r{args.repeat}.npz"
+        cache.update(train=train, test=test)
+    return cache["train"], cache["test"]
+
+
+def _prepare_model(args, a0: float, results: dict, kind: str, cache: dict):
+    """Train (or load) one gpmlip model, time one step and probe the cutoff; fills ``results``."""
+    import gpmlip
+
+    weighting = args.weighting_value if kind == "gpmlip" else None
+    if args.model and kind == "gpmlip":
+        model = gpmlip.load_model(args.model)
+        results["models"][kind] = {"loaded_from": str(args.model)}
+    else:
+        train, test = _frames(args, a0, cache)
+        model, info = train_model(args, train, test, weighting)
+        path = args.workdir / f"model_r{args.repeat}_{weighting_label(weighting)}.npz"
         model.save(path)
         info["saved_to"] = str(path)
         info["train_temperatures_K"] = args.train_temperatures
-        results["model"] = info
+        results["models"][kind] = info
     desc = model.descriptor
-    results["settings"] = {"soap": repr(desc), "r_cut": desc.settings.r_cut,
-                           "n_max": desc.settings.n_max, "l_max": desc.settings.l_max,
-                           "sigma": desc.settings.sigma, "zeta": model.zeta,
-                           "n_sparse": model.n_sparse_points, "repeat": args.repeat,
-                           "n_atoms": 4 * args.repeat ** 3,
-                           "descriptor_reach_A": desc.neighbour_cutoff}
+    results["settings"][kind] = {
+        "soap": repr(desc), "r_cut": desc.settings.r_cut, "n_max": desc.settings.n_max,
+        "l_max": desc.settings.l_max, "sigma": desc.settings.sigma, "zeta": model.zeta,
+        "weighting": desc.settings.weighting_dict, "n_sparse": model.n_sparse_points,
+        "repeat": args.repeat, "n_atoms": 4 * args.repeat ** 3,
+        "descriptor_reach_A": desc.neighbour_cutoff}
 
-    # Single-step timing and the estimate, before anything long.
+    # Single-step timing, before anything long.
     atoms = perfect_cell(a0, args.repeat)
-    atoms.calc = make_calculator("gpmlip", model)
+    atoms.calc = make_calculator(kind, model)
     times = []
     for k in range(3):
         atoms.rattle(0.02, seed=k)
@@ -633,18 +871,86 @@ def _prepare_model(args, a0: float, results: dict):
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     n_gp_steps = len(args.temperatures) * args.time_ps * 1000 / args.dt_fs + sum(
-        args.dt_study_ps * 1000 / dt for dt in args.dt_study if dt != args.dt_fs)
-    log.info("gpmlip single step: %.1f ms (%.2f ms/atom); %d gpmlip MD steps -> about %.0f min",
+        args.dt_study_ps * 1000 / dt for dt in args.dt_study if dt != args.dt_fs) + (
+        (args.heat_ramp_ps + args.heat_nve_ps) * 1000 / args.dt_fs if args.heat_ramp_ps else 0)
+    log.info("%s single step: %.1f ms (%.2f ms/atom); %d MD steps -> about %.0f min", kind,
              1e3 * step_s, 1e3 * step_s / len(atoms), n_gp_steps, n_gp_steps * step_s / 60)
-    results["single_step_ms"] = 1e3 * step_s
-    results["estimated_gpmlip_minutes"] = n_gp_steps * step_s / 60
+    results["single_step_ms"][kind] = 1e3 * step_s
+    results["estimated_minutes"][kind] = n_gp_steps * step_s / 60
 
-    results["static_probe"] = static_jump_probe(model, a0, args.repeat,
-                                                desc.neighbour_cutoff)
-    log.info("static probe: median |energy step| per pair crossing %.4f meV (max %.4f)",
-             results["static_probe"]["gpmlip_median_abs_step_per_pair_meV"],
-             results["static_probe"]["gpmlip_max_abs_step_per_pair_meV"])
+    probe = static_jump_probe(model, a0, args.repeat, desc.neighbour_cutoff)
+    results["static_probe"][kind] = probe
+    log.info("%s static probe: median |energy step| per pair crossing %.4f meV (max %.4f)", kind,
+             probe["gpmlip_median_abs_step_per_pair_meV"],
+             probe["gpmlip_max_abs_step_per_pair_meV"])
     return model
+
+
+def _prepare_gap(args, a0: float, results: dict, cache: dict) -> str | None:
+    """The GAP model (fitted with gap_fit on the same frames unless --gap-xml); None: skipped."""
+    reason = gap_available()
+    if reason is None and not args.gap_xml and not os.path.exists(GAP_FIT):
+        reason = f"{GAP_FIT} does not exist"
+    if reason is not None:
+        results["gap"] = {"run": False, "reason": reason}
+        log.info("GAP skipped: %s", reason)
+        return None
+    if args.gap_xml:
+        xml, info = args.gap_xml, {"xml": args.gap_xml, "given": True}
+    else:
+        train, _ = _frames(args, a0, cache)
+        xml, info = train_gap(args, train, args.workdir)
+    from ase.io import write
+    _, test = _frames(args, a0, cache)
+    test_xyz = args.workdir / "gap_test.xyz"
+    frames = []
+    for atoms in test:
+        a = atoms.copy()
+        a.info["energy"] = atoms.get_potential_energy()
+        a.arrays["forces"] = atoms.get_forces()
+        frames.append(a)
+    write(test_xyz, frames, format="extxyz")
+    err = run_gap_subprocess(xml, args.workdir, "test", mode="test", xyz=str(test_xyz))
+    info["test_force_rmse_meV_per_A"] = 1e3 * float(err["force_rmse"])
+    info["test_energy_mae_meV_per_atom"] = 1e3 * float(err["energy_mae"])
+    log.info("GAP: held-out force RMSE %.1f meV/Å, energy MAE %.2f meV/atom",
+             info["test_force_rmse_meV_per_A"], info["test_energy_mae_meV_per_atom"])
+    results["gap"] = {"run": True, **info}
+    return xml
+
+
+def _load_trace(path: Path, kind: str) -> dict:
+    data = dict(np.load(path, allow_pickle=False))
+    run = {k: (v.item() if v.ndim == 0 else v) for k, v in data.items()}
+    run["kind"] = kind
+    return run
+
+
+def reanalyse(args) -> dict:
+    """Rebuild the rows of ``--json`` from the saved traces (new thresholds, no MD)."""
+    results = json.loads(args.json.read_text())
+    results["jump_abs_meV"] = args.jump_abs_mev
+    for table in ("runs", "dt_study"):
+        for k, r in enumerate(results[table]):
+            if "error" in r:
+                continue
+            name = f"{r['potential']}_{r['temperature_K']:g}K_{r['dt_fs']:g}fs"
+            path = args.workdir / f"trace_{name}.npz"
+            upto = r["n_steps"] if r.get("note") else None
+            new = analyse(_load_trace(path, r["potential"]), args.jump_factor, upto_steps=upto,
+                          jump_abs_mev=args.jump_abs_mev)
+            results[table][k] = {**new, **({"note": r["note"]} if r.get("note") else {})}
+    for k, r in enumerate(results.get("heating", [])):
+        if "error" not in r:
+            run = _load_trace(args.workdir / f"trace_heating_{r['potential']}.npz", r["potential"])
+            results["heating"][k] = analyse_heating(run, args.jump_factor, r["schedule"],
+                                                    args.jump_abs_mev)
+    results.setdefault("appended_commands", []).append(
+        " ".join([Path(sys.executable).as_posix(), *sys.argv]))
+    results["table"] = markdown(results)
+    write_json(args.json, results)
+    print(results["table"])
+    return results
 
 
 def main(argv=None) -> dict:
@@ -657,6 +963,8 @@ def main(argv=None) -> dict:
         gap_worker(args.gap_worker, args.worker_out, json.loads(args.worker_args))
         return {}
     logging.getLogger("gpmlip").setLevel(logging.WARNING)
+    if args.reanalyse:
+        return reanalyse(args)
     import ase
     import gpmlip
 
@@ -681,34 +989,43 @@ def main(argv=None) -> dict:
             "emt_lattice_constant_A": a0,
             "nve_start": "perfect lattice at the EMT 0 K lattice constant, Maxwell-Boltzmann "
                          "velocities at 2T, Stationary; identical for every potential",
-            "runs": [], "dt_study": [],
+            "runs": [], "dt_study": [], "heating": [],
         }
+    results["jump_abs_meV"] = args.jump_abs_mev
+    for key in ("models", "settings", "single_step_ms", "estimated_minutes", "static_probe"):
+        results.setdefault(key, {})
+    results.setdefault("heating", [])
     potentials = list(dict.fromkeys(args.potentials))
     if args.no_emt and "emt" in potentials:
         potentials.remove("emt")
-    model = None
-    if "gpmlip" in potentials or "settings" not in results:
-        model = _prepare_model(args, a0, results)
-    reach = results["settings"]["descriptor_reach_A"]
-
+    cache: dict = {}
+    models = {kind: _prepare_model(args, a0, results, kind, cache)
+              for kind in GPMLIP_KINDS if kind in potentials}
+    if not results["settings"]:     # EMT / GAP only: the crossing radius needs a model
+        _prepare_model(args, a0, results, "gpmlip", cache)
+    # EMT and GAP count crossings of the smooth model's reach (its r0) as a control.
+    control = results["settings"].get("gpmlip") or next(iter(results["settings"].values()))
+    reaches = {kind: results["settings"].get(kind, control)["descriptor_reach_A"]
+               for kind in potentials}
+    gap_xml = None
     if "gap" in potentials:
-        gap_xml, gap_reason = find_gap()
-        results["gap"] = {"run": gap_xml is not None, "reason": gap_reason, "xml": gap_xml}
-        log.info("GAP: %s", "running " + gap_xml if gap_xml else "skipped (" + gap_reason + ")")
+        gap_xml = _prepare_gap(args, a0, results, cache)
         if gap_xml is None:
             potentials.remove("gap")
+    write_json(args.json, results)
 
     def do_run(kind, temp, dt, time_ps):
         seed = args.seed + 1000 + int(temp)
+        kw = dict(a0=a0, repeat=args.repeat, temperature=temp, dt_fs=dt, time_ps=time_ps,
+                  seed=seed, reach=reaches[kind])
         if kind == "gap":
-            return run_gap_subprocess(results["gap"]["xml"], a0, args, temp, dt, time_ps, seed,
-                                      reach, args.workdir)
-        return run_nve(kind, a0, args.repeat, temp, dt, time_ps, seed, reach, model=model)
+            return run_gap_subprocess(gap_xml, args.workdir, f"{temp:g}K_{dt:g}fs", **kw)
+        return run_nve(kind, model=models.get(kind), **kw)
 
     def store(table: str, row: dict) -> None:
-        key = (row["potential"], row["temperature_K"], row.get("dt_fs"))
+        key = (row["potential"], row.get("temperature_K"), row.get("dt_fs"))
         results[table] = [r for r in results[table]
-                          if (r["potential"], r["temperature_K"], r.get("dt_fs")) != key]
+                          if (r["potential"], r.get("temperature_K"), r.get("dt_fs")) != key]
         results[table].append(row)
         write_json(args.json, results)
 
@@ -727,7 +1044,7 @@ def main(argv=None) -> dict:
             raw[(kind, temp)] = run
             np.savez(args.workdir / f"trace_{kind}_{temp:g}K_{args.dt_fs:g}fs.npz",
                      **{k: np.asarray(v) for k, v in run.items() if k != "kind"})
-            store("runs", analyse(run, args.jump_factor))
+            store("runs", analyse(run, args.jump_factor, jump_abs_mev=args.jump_abs_mev))
 
     for dt in args.dt_study:
         for kind in potentials:
@@ -735,7 +1052,8 @@ def main(argv=None) -> dict:
             main_run = raw.get((kind, temp))
             steps = int(round(args.dt_study_ps * 1000 / dt))
             if dt == args.dt_fs and main_run is not None and main_run["n_steps"] >= steps:
-                row = analyse(main_run, args.jump_factor, upto_steps=steps)
+                row = analyse(main_run, args.jump_factor, upto_steps=steps,
+                              jump_abs_mev=args.jump_abs_mev)
                 row["note"] = "first part of the main run"
                 store("dt_study", row)
                 continue
@@ -746,12 +1064,34 @@ def main(argv=None) -> dict:
                 continue
             np.savez(args.workdir / f"trace_{kind}_{temp:g}K_{dt:g}fs.npz",
                      **{k: np.asarray(v) for k, v in run.items() if k != "kind"})
-            store("dt_study", analyse(run, args.jump_factor))
+            store("dt_study", analyse(run, args.jump_factor, jump_abs_mev=args.jump_abs_mev))
 
-    order = {"gpmlip": 0, "emt": 1, "gap": 2}
+    if args.heat_ramp_ps > 0:
+        schedule = heating_schedule(args)
+        for kind in potentials:
+            kw = dict(a0=a0, repeat=args.repeat, t_from=args.heat_from, t_to=args.heat_to,
+                      ramp_ps=args.heat_ramp_ps, nve_ps=args.heat_nve_ps, dt_fs=args.dt_fs,
+                      friction_per_fs=args.heat_friction, seed=args.seed + 5000,
+                      reach=reaches[kind])
+            try:
+                if kind == "gap":
+                    run = run_gap_subprocess(gap_xml, args.workdir, "heating", mode="heat", **kw)
+                else:
+                    run = run_heating(kind, model=models.get(kind), **kw)
+            except Exception as exc:
+                log.exception("heating %s failed", kind)
+                store("heating", {"potential": kind, "error": repr(exc)})
+                continue
+            np.savez(args.workdir / f"trace_heating_{kind}.npz",
+                     **{k: np.asarray(v) for k, v in run.items() if k != "kind"})
+            store("heating", analyse_heating(run, args.jump_factor, schedule,
+                                             args.jump_abs_mev))
+
+    order = {"gpmlip": 0, "gpmlip-hard": 1, "emt": 2, "gap": 3}
     for table in ("runs", "dt_study"):
         results[table].sort(key=lambda r: (r["temperature_K"], r.get("dt_fs") or 0,
                                            order.get(r["potential"], 9)))
+    results["heating"].sort(key=lambda r: order.get(r["potential"], 9))
     results["environment"]["loadavg_end"] = os.getloadavg()
     results["total_minutes"] = results.get("total_minutes", 0.0) + (
         time.perf_counter() - t_start) / 60

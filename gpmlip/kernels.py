@@ -104,9 +104,8 @@ class NormalizedDotProduct:
                      weights: np.ndarray) -> np.ndarray:
         """``sum_m weights_m d k(q_i, x_m) / d q_i``, shape (n, n_features), without the
         (n, m, n_features) intermediate: what forces from fitted weights need."""
-        qh, qn, xh, c, pref = self.gradient_terms(q, zq, x, zx)
-        w = pref * weights[None, :]
-        return (w @ xh - (w * c).sum(axis=1, keepdims=True) * qh) / qn
+        self._variance(zq)   # every row's species must be known, as in gradient()
+        return self.local_terms(q, zq, unit_rows(x)[0], zx, weights)[1]
 
     def local_terms(self, q: np.ndarray, zq: np.ndarray, x_hat: np.ndarray, zx: np.ndarray,
                     weights: np.ndarray, *, gradient: bool = True, rows: bool = False):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 
 def build(args) -> int:
@@ -11,6 +12,8 @@ def build(args) -> int:
 
     res = _build(args.output, source=args.source, dry_run=args.dry_run)
     if args.dry_run:
+        for c in res.commands:
+            print(shlex.join(c))
         return 0
     if args.json:
         print(json.dumps({"directory": str(res.directory), "plugin": str(res.plugin),

@@ -153,12 +153,11 @@ def find_neighbours(
     return NeighbourPairs(centre=i, neighbour=img_atom[k], vector=vec, start=start)
 
 
-def min_distance(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, probe: float) -> float:
-    """Smallest interatomic distance, periodic images included, if below ``probe``; else ``inf``."""
+def has_coincident_atoms(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
+    """Whether two atoms sit on the same (wrapped) position; the pair search drops exact zero
+    distances, so this is checked apart."""
     _, _, wrapped = wrap(positions, cell, pbc)
-    if len(wrapped) > 1:
-        d, _ = cKDTree(wrapped).query(wrapped, k=2)
-        if (d[:, 1] == 0.0).any():  # the k-d tree pair search drops exact zeros
-            return 0.0
-    pairs = find_neighbours(positions, cell, pbc, probe)
-    return float(pairs.distance.min()) if len(pairs.centre) else float("inf")
+    if len(wrapped) < 2:
+        return False
+    d, _ = cKDTree(wrapped).query(wrapped, k=2)
+    return bool((d[:, 1] == 0.0).any())

@@ -23,11 +23,10 @@ from functools import lru_cache
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
-from scipy.spatial import cKDTree
 
 from gpmlip.descriptors.engine import PairList, SOAPEngine
 from gpmlip.descriptors.environments import Environments
-from gpmlip.descriptors.neighbours import find_neighbours, wrap
+from gpmlip.descriptors.neighbours import find_neighbours, has_coincident_atoms, wrap
 from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.parallel import mp_context
@@ -352,12 +351,9 @@ class SOAP:
         self.check_structure(atoms)
         pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc,
                                 self.neighbour_cutoff)
-        if len(atoms) > 1:   # the pair search drops exact zero distances: look for them
-            _, _, wrapped = wrap(atoms.positions, atoms.cell.array, atoms.pbc)
-            d, _ = cKDTree(wrapped).query(wrapped, k=2)
-            if (d[:, 1] == 0.0).any():
-                raise StructureError("atoms overlap: two atoms sit on the same position; check the "
-                                     "positions")
+        if has_coincident_atoms(atoms.positions, atoms.cell.array, atoms.pbc):
+            raise StructureError("atoms overlap: two atoms sit on the same position; check the "
+                                 "positions")
         if len(pairs.centre):
             d2 = np.einsum("pa,pa->p", pairs.vector, pairs.vector)
             if d2.min() < MIN_DISTANCE ** 2:

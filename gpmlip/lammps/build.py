@@ -97,6 +97,8 @@ class BuildResult:
     plugin: Path
     bridge: Path
     seconds: float
+    commands: tuple = ()
+    """The compiler command lines (what a dry run would have run)."""
 
 
 def commands(output: Path, source: Path | None = None) -> list[list[str]]:
@@ -127,9 +129,7 @@ def build(output: str | os.PathLike | None = None, *, source: str | os.PathLike 
     cmds = commands(out, Path(source) if source else None)
     start = time.perf_counter()
     if dry_run:
-        for c in cmds:
-            print(shlex.join(c))
-        return BuildResult(out, out / PLUGIN, out / BRIDGE, 0.0)
+        return BuildResult(out, out / PLUGIN, out / BRIDGE, 0.0, tuple(map(tuple, cmds)))
     out.mkdir(parents=True, exist_ok=True)
     for c in cmds:
         log.debug("%s", shlex.join(c))
@@ -139,4 +139,4 @@ def build(output: str | os.PathLike | None = None, *, source: str | os.PathLike 
                               f"{done.stderr.strip()}")
     seconds = time.perf_counter() - start
     log.info("built %s and %s in %.1f s", out / PLUGIN, out / BRIDGE, seconds)
-    return BuildResult(out, out / PLUGIN, out / BRIDGE, seconds)
+    return BuildResult(out, out / PLUGIN, out / BRIDGE, seconds, tuple(map(tuple, cmds)))

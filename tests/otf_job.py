@@ -6,7 +6,8 @@
 *completes* appends ``end <structure hash>`` to ``DIR/../calls.log`` (fsync'ed): the test compares
 that log with the labels on disk.  ``--kill-at labelled:2`` makes the process SIGKILL itself when
 the learner reports that event for the 2nd time; ``--kill-at labeller:3`` kills it inside the 3rd
-labeller call, before the result exists.
+labeller call, before the result exists; ``--kill-at event:2`` right after the 2nd label's line in
+``events.jsonl``, before the checkpoint that follows it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,17 @@ def main() -> None:
                               update_threshold=0.005, optimise_every=3, optimise_until=6,
                               trajectory_interval=5, checkpoint_interval=20,
                               callbacks=[killer])
+    if kill_event == "event":      # killed right after the K-th events.jsonl line of a label
+        append = learner.rundir.append_event
+
+        def append_then_kill(event):
+            append(event)
+            if "label" in event:
+                seen["n"] += 1
+                if seen["n"] == kill_count:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        learner.rundir.append_event = append_then_kill
     atoms.calc = learner.calculator
     dyn = Langevin(atoms, 5 * units.fs, temperature_K=800, friction=0.02 / units.fs, fixcm=False,
                    rng=np.random.default_rng(1))

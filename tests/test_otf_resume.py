@@ -72,8 +72,8 @@ def reference(tmp_path_factory) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("kill_at", ["labeller:3", "labelled:2", "labelled:3", "updated:2",
-                                     "checkpoint:5"])
+@pytest.mark.parametrize("kill_at", ["labeller:3", "labelled:2", "labelled:3", "event:2",
+                                     "updated:2", "checkpoint:5"])
 def test_kill_then_resume(tmp_path, reference, kill_at):
     killed = run_job(tmp_path / "run", "--kill-at", kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -404,7 +404,8 @@ class OnTheFlyLearner:
             self._wall_before = ck.get("wall_seconds", 0.0)
             self.extra_state.update(ck.get("extra", {}))
             md = ck["md"]
-        pending = self.rundir.labels(after=self.n_applied)
+        checkpointed = self.n_applied
+        pending = self.rundir.labels(after=checkpointed)
         for record in pending:
             log.info("applying label %d (on disk, not yet learnt from)", record["index"])
             self._apply(record)
@@ -414,10 +415,12 @@ class OnTheFlyLearner:
             self._emit("replayed", record)
         if md is not None:
             mdstate.restore(self._dyn, md)
-        if pending:
-            self._checkpoint(save_model=True)
-        self.rundir.rewind(int(self._dyn.nsteps), self.n_applied)
+        # Events of labels after the checkpoint may or may not have reached the disk before the
+        # kill: drop them and write them again, then checkpoint (a kill in between repeats this).
+        self.rundir.rewind(int(self._dyn.nsteps), checkpointed)
         for record in pending:
             self.rundir.append_event(records.label_event(record, self.model))
+        if pending:
+            self._checkpoint(save_model=True)
         log.info("resumed %s at step %d with %d labels and %d sparse points",
                  self.rundir.path, self._dyn.nsteps, self.n_applied, self.model.n_sparse_points)

@@ -4,10 +4,10 @@
 every label and adds them to every prediction; the baseline adds no variance.
 """
 
-from gpmlip.baselines.base import Baseline, BaselineResult
+from gpmlip.baselines.base import Baseline, BaselineCalculator, BaselineResult
 from gpmlip.baselines.calculators import CALCULATORS, CalculatorBaseline, register_calculator
 from gpmlip.baselines.registry import BaselineSpec, make_baseline
 from gpmlip.baselines.zbl import ZBL, zbl_energy
 
-__all__ = ["Baseline", "BaselineResult", "BaselineSpec", "CALCULATORS", "CalculatorBaseline",
+__all__ = ["Baseline", "BaselineCalculator", "BaselineResult", "BaselineSpec", "CALCULATORS", "CalculatorBaseline",
            "ZBL", "make_baseline", "register_calculator", "zbl_energy"]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from gpmlip.data.frames import Frame
 
@@ -98,3 +100,27 @@ def _stress(b: BaselineResult, frame: Frame) -> np.ndarray:
                         "but the baseline gives no stress for it (no periodic cell with a "
                         "volume?); drop the stress label or give the cell")
     return b.stress
+
+
+class BaselineCalculator(Calculator):
+    """A baseline alone as an ASE calculator (e.g. ``SumCalculator([EMT(), ...])`` for a truth).
+
+    Parameters
+    ----------
+    baseline : Baseline
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, baseline: Baseline, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.baseline = baseline
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        """Fill ``self.results`` from :meth:`Baseline.compute`."""
+        super().calculate(atoms, properties, system_changes)
+        b = self.baseline.compute(self.atoms)
+        self.results = {"energy": b.energy, "free_energy": b.energy, "energies": b.energies,
+                        "forces": b.forces}
+        if b.stress is not None:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(b.stress)

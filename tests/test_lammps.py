@@ -451,3 +451,22 @@ def test_model_with_zbl_baseline_in_lammps_matches_python(tmp_path):
     # the same model, split in two pair styles
     assert_close(pe2, pe, rel=1e-9, what="hybrid/overlay energy")
     assert_close(forces2, forces, rel=1e-9, what="hybrid/overlay forces")
+
+
+def test_whole_structure_baseline_is_a_lammps_error(tmp_path):
+    """A model whose baseline is an ASE calculator cannot run on LAMMPS's pair list: it says so."""
+    from conftest import emt_frames
+
+    model = gpmlip.SparseGP(gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5),
+                            n_sparse=8, e0={"Cu": 0.0, "Au": 0.0},
+                            baseline={"name": "lj", "sigma": 2.3, "epsilon": 0.01, "rc": 6.0})
+    model.fit(emt_frames(2, seed=3, alloy=True))
+    model.save(tmp_path / "lj.npz")
+    data = _data_file(cuau_cell(), tmp_path / "d.lmp")
+    lmp = gl.lammps()
+    try:
+        with pytest.raises(Exception, match="not a pair potential"):
+            for c in _setup_commands(data, str(tmp_path / "lj.npz")) + ["run 0"]:
+                lmp.command(c)
+    finally:
+        lmp.close()

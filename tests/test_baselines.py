@@ -264,3 +264,24 @@ def test_d3_baseline_is_dftd3_when_installed():
     atoms.calc = DFTD3(method="PBE", damping="d3bj")
     assert b.energy == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
     assert isinstance(make_baseline({"name": "d3", "method": "PBE"}), CalculatorBaseline)
+
+
+def test_cli_trains_a_model_with_a_baseline(tmp_path):
+    """`gpmlip train` with `[model] baseline = {...}` writes a model file that rebuilds it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent.parent / "data" / "cu_emt_train.extxyz"
+    (tmp_path / "s.toml").write_text('[descriptor]\nspecies = ["Cu"]\nr_cut = 4.0\nn_max = 3\n'
+                                     'l_max = 2\n[model]\nn_sparse = 10\n'
+                                     'baseline = {name = "zbl", inner = 1.1, outer = 2.1}\n')
+    proc = subprocess.run([sys.executable, "-m", "gpmlip.cli", "train", "-c", tmp_path / "s.toml",
+                           data, "-o", tmp_path / "m.npz", "-q"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert gpmlip.load_model(tmp_path / "m.npz").baseline.to_dict() == \
+        {"name": "zbl", "inner": 1.1, "outer": 2.1, "pairs": {}}
+    info = subprocess.run([sys.executable, "-m", "gpmlip.cli", "info", tmp_path / "m.npz"],
+                          capture_output=True, text=True, timeout=120).stdout
+    assert '"name": "zbl"' in info

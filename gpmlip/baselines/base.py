@@ -92,6 +92,17 @@ class Baseline:
         return f"{type(self).__name__}({args})"
 
 
+def add_to_prediction(result, b: BaselineResult) -> None:
+    """Add a whole-structure baseline's energy, per-atom energies, forces and stress to a
+    :class:`gpmlip.Prediction` (in place; absent forces or stress stay absent)."""
+    result.energy += b.energy
+    result.energies = result.energies + b.energies
+    if result.forces is not None:
+        result.forces = result.forces + b.forces
+    if result.stress is not None and b.stress is not None:
+        result.stress = result.stress + b.stress
+
+
 def _stress(b: BaselineResult, frame: Frame) -> np.ndarray:
     if b.stress is None:
         from gpmlip.errors import DataError

@@ -71,3 +71,22 @@ def _named(name: str, settings: dict) -> Baseline:
         return CalculatorBaseline(name, settings)
     raise SettingsError(f"unknown baseline {name!r}; known: {', '.join([*BUILDERS, *CALCULATORS])}"
                         " (or register_calculator(name, factory) for your own ASE calculator)")
+
+
+def stored_baseline(stored: dict | None, given: BaselineSpec, path) -> Baseline | None:
+    """The baseline a loaded model gets: the file's (``stored``), or ``given`` when the file
+    holds a user callable that must be re-supplied.  ``path`` names the file in errors."""
+    if given is None:
+        if stored is None:
+            return None
+        try:
+            return make_baseline(stored)
+        except SettingsError as exc:
+            raise SettingsError(f"{path}: the model's baseline cannot be rebuilt: {exc}") from None
+    if stored is None:
+        raise SettingsError(f"{path} was trained without a baseline; load it without one")
+    built = make_baseline(given)
+    if stored.get("name") != "callable" and built.to_dict() != stored:
+        raise SettingsError(f"{path} was trained with baseline {stored}, not {built.to_dict()}; "
+                            "load it without baseline= to get its own")
+    return built

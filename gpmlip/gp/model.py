@@ -12,7 +12,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from threadpoolctl import threadpool_limits
 
-from gpmlip.baselines import Baseline, BaselineSpec, make_baseline
+from gpmlip.baselines import (Baseline, BaselineSpec, add_to_prediction, make_baseline,
+                              stored_baseline)
 from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
                                local_kernel)
 from gpmlip.descriptors.engine import PairList
@@ -616,7 +617,7 @@ class SparseGP:
         if force_std:
             result.force_std = self._force_std(atoms)
         if self.baseline is not None and self._pair_baseline is None:
-            _add_baseline(result, self.baseline(atoms))
+            add_to_prediction(result, self.baseline(atoms))
         return result
 
     def _force_std(self, atoms: Atoms) -> np.ndarray:
@@ -645,16 +646,6 @@ class SparseGP:
             "settings": {"n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
                          "jitter": self.jitter, "seed": self.seed},
         }
-
-
-def _add_baseline(result: Prediction, b) -> None:
-    """Add a whole-structure baseline's energy, forces and stress to a prediction."""
-    result.energy += b.energy
-    result.energies = result.energies + b.energies
-    if result.forces is not None:
-        result.forces = result.forces + b.forces
-    if result.stress is not None and b.stress is not None:
-        result.stress = result.stress + b.stress
 
 
 def _e0_setting(e0):
@@ -699,7 +690,7 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
                          signal_std={z: float(np.sqrt(v))
                                      for z, v in state.signal_variance.items()},
                          e0=meta.get("e0_setting") or dict(state.e0.energies),
-                         baseline=_stored_baseline(meta.get("baseline"), baseline, path))
+                         baseline=stored_baseline(meta.get("baseline"), baseline, path))
     except SettingsError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -707,20 +698,3 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
     model.state_ = model._solved(state)
     return model
 
-
-def _stored_baseline(stored: dict | None, given: BaselineSpec, path) -> BaselineSpec:
-    """The baseline a loaded model gets: the file's, or the re-supplied factory it needs."""
-    if given is None:
-        if stored is None:
-            return None
-        try:
-            return make_baseline(stored)
-        except SettingsError as exc:
-            raise SettingsError(f"{path}: the model's baseline cannot be rebuilt: {exc}") from None
-    if stored is None:
-        raise SettingsError(f"{path} was trained without a baseline; load it without one")
-    built = make_baseline(given)
-    if stored.get("name") != "callable" and built.to_dict() != stored:
-        raise SettingsError(f"{path} was trained with baseline {stored}, not {built.to_dict()}; "
-                            "load it without baseline= to get its own")
-    return built

@@ -697,4 +697,3 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
         raise model_file_damaged(path, exc) from None
     model.state_ = model._solved(state)
     return model
-

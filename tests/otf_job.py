@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill-at", default=None)
+    parser.add_argument("--baseline", default=None, help="a baseline spec as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
@@ -80,7 +82,8 @@ def main() -> None:
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     rng = np.random.default_rng(0)
     atoms.set_momenta(rng.normal(0, np.sqrt(63.5 * units.kB * 800), (len(atoms), 3)))
-    model = gpmlip.SparseGP(gpmlip.SOAP(**SOAP), n_jobs=1)
+    baseline = None if args.baseline is None else json.loads(args.baseline)
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SOAP), n_jobs=1, baseline=baseline)
     labeller = make_labeller(args.directory.parent / "calls.log",
                              kill_count if kill_event == "labeller" else None)
     learner = OnTheFlyLearner(model, labeller, args.directory, std_tolerance=0.01,

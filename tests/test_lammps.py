@@ -359,3 +359,114 @@ def test_readme_input_runs(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     assert (tmp_path / "traj.dump").is_file()
+
+
+# -- baselines (issue 17) ---------------------------------------------------------------------
+
+def _squeezed_cuau():
+    atoms = bulk("Cu", "fcc", a=3.05, cubic=True).repeat(3)
+    atoms.numbers[np.random.default_rng(4).permutation(len(atoms))[:40]] = 79
+    atoms.rattle(0.1, seed=4)
+    return atoms
+
+
+def _lammps_results(atoms, data: Path, pair_lines: list[str], species=("Cu", "Au")):
+    lmp = _in_process(["units metal", "atom_style atomic", f"read_data {data}", *pair_lines,
+                       "compute pv all pressure NULL virial", "run 0"])
+    try:
+        n = lmp.extract_global("nlocal")
+        order = np.argsort(lmp.numpy.extract_atom("id")[:n])
+        forces = lmp.numpy.extract_atom("f")[:n][order].copy()
+        pe = lmp.get_thermo("pe")
+        stress = -lmp.numpy.extract_compute("pv", 0, 1).copy() / 1.6021765e6
+    finally:
+        lmp.close()
+    return pe, forces, stress[[0, 1, 2, 5, 4, 3]]
+
+
+def test_native_zbl_matches_gpmlip_zbl(tmp_path):
+    """LAMMPS's own pair_style zbl (lines from ZBL.lammps_lines) equals gpmlip's ZBL."""
+    from gpmlip.baselines import ZBL
+
+    atoms = _squeezed_cuau()
+    zbl = ZBL(1.5, 2.4, pairs={"Cu-Au": [1.3, 2.2]})
+    styles, coeffs = zbl.lammps_lines(["Cu", "Au"])
+    assert len(styles) == 2
+    pe, forces, stress = _lammps_results(
+        atoms, _data_file(atoms, tmp_path / "d.lmp"),
+        [f"pair_style hybrid/overlay {' '.join(styles)}", *coeffs])
+    ref = zbl.compute(atoms)
+    assert ref.energy > 1.0
+    assert_close(pe, ref.energy, rel=1e-9, what="energy")
+    assert_close(forces, ref.forces, rel=1e-9, what="forces")
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    assert_close(stress, full_3x3_to_voigt_6_stress(ref.stress), rel=1e-6, what="stress")
+
+
+def test_model_with_zbl_baseline_in_lammps_matches_python(tmp_path):
+    """pair_style gpmlip of a model with a zbl baseline = GPCalculator; and = hybrid/overlay of
+    LAMMPS's zbl with the same GP trained on labels minus ZBL by hand."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from conftest import emt_frames
+    from gpmlip.covariance import voigt
+
+    frames = emt_frames(4, seed=3, alloy=True)
+    for a in frames:      # squeeze them so that ZBL (outer 2.4 Å) acts on the labels
+        a.set_cell(a.cell.array * 0.85, scale_atoms=True)
+        a.calc = EMT()
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy(),
+                                       forces=a.get_forces(), stress=a.get_stress())
+    soap = dict(species=["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5)
+    spec = {"name": "zbl", "inner": 1.5, "outer": 2.4}
+    model = gpmlip.SparseGP(gpmlip.SOAP(**soap), n_sparse=20, e0={"Cu": 0.0, "Au": 0.0},
+                            baseline=spec).fit(frames)
+    model.save(tmp_path / "zbl.npz")
+    residual = []
+    for a in frames:
+        b = model.baseline.compute(a)
+        c = a.copy()
+        c.calc = SinglePointCalculator(c, energy=a.get_potential_energy() - b.energy,
+                                       forces=a.get_forces() - b.forces,
+                                       stress=a.get_stress() - voigt(b.stress))
+        residual.append(c)
+    plain = gpmlip.SparseGP(gpmlip.SOAP(**soap), n_sparse=20, e0={"Cu": 0.0, "Au": 0.0},
+                            sparse_method="cur").fit(residual, sparse_atoms=model.sparse_origin_)
+    plain.save(tmp_path / "plain.npz")
+    atoms = _squeezed_cuau()
+    data = _data_file(atoms, tmp_path / "d.lmp")
+    pe, forces, stress = _lammps_results(
+        atoms, data, [f"pair_style gpmlip {tmp_path / 'zbl.npz'}", "pair_coeff * * Cu Au"])
+    atoms.calc = gpmlip.GPCalculator(gpmlip.load_model(tmp_path / "zbl.npz"))
+    assert model.baseline.compute(atoms).energy > 1.0
+    assert_close(pe, atoms.get_potential_energy(), what="energy")
+    assert_close(forces, atoms.get_forces(), what="forces")
+    assert_close(stress, atoms.get_stress(), what="stress")
+    styles, coeffs = model.baseline.lammps_lines(["Cu", "Au"])
+    pe2, forces2, _ = _lammps_results(
+        atoms, data, [f"pair_style hybrid/overlay {' '.join(styles)} gpmlip "
+                      f"{tmp_path / 'plain.npz'}", *coeffs, "pair_coeff * * gpmlip Cu Au"])
+    # the same model, split in two pair styles
+    assert_close(pe2, pe, rel=1e-9, what="hybrid/overlay energy")
+    assert_close(forces2, forces, rel=1e-9, what="hybrid/overlay forces")
+
+
+def test_whole_structure_baseline_is_a_lammps_error(tmp_path):
+    """A model whose baseline is an ASE calculator cannot run on LAMMPS's pair list: it says so."""
+    from conftest import emt_frames
+
+    model = gpmlip.SparseGP(gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5),
+                            n_sparse=8, e0={"Cu": 0.0, "Au": 0.0},
+                            baseline={"name": "lj", "sigma": 2.3, "epsilon": 0.01, "rc": 6.0})
+    model.fit(emt_frames(2, seed=3, alloy=True))
+    model.save(tmp_path / "lj.npz")
+    data = _data_file(cuau_cell(), tmp_path / "d.lmp")
+    lmp = gl.lammps()
+    try:
+        with pytest.raises(Exception, match="not a pair potential"):
+            for c in _setup_commands(data, str(tmp_path / "lj.npz")) + ["run 0"]:
+                lmp.command(c)
+    finally:
+        lmp.close()

@@ -21,13 +21,18 @@ from queue_helpers import calls
 JOB = Path(__file__).with_name("loop_job.py")
 
 
-def _run(directory, delay):
-    return subprocess.Popen([sys.executable, str(JOB), str(directory), str(delay)],
+def _run(directory, delay, *baseline):
+    return subprocess.Popen([sys.executable, str(JOB), str(directory), str(delay), *baseline],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_loop_resumes_after_sigkill_without_losing_or_repeating_labels(tmp_path):
-    proc = _run(tmp_path, 0.3)
+ZBL = '{"name": "zbl", "inner": 1.6, "outer": 2.3}'
+
+
+@pytest.mark.parametrize("baseline", [(), pytest.param((ZBL,), marks=pytest.mark.slow)],
+                         ids=["plain", "zbl"])
+def test_loop_resumes_after_sigkill_without_losing_or_repeating_labels(tmp_path, baseline):
+    proc = _run(tmp_path, 0.3, *baseline)
     state = tmp_path / "loop" / "state.json"
     deadline = time.time() + 120
     while time.time() < deadline and not (state.exists() and
@@ -37,7 +42,7 @@ def test_loop_resumes_after_sigkill_without_losing_or_repeating_labels(tmp_path)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads(state.read_text())["round"] < 3, "the job finished before it was killed"
-    done = _run(tmp_path, 0.3)           # same labeller settings: same queue
+    done = _run(tmp_path, 0.3, *baseline)   # same labeller settings: same queue
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err[-3000:]
     assert "RESULT 9" in out
@@ -48,6 +53,7 @@ def test_loop_resumes_after_sigkill_without_losing_or_repeating_labels(tmp_path)
     assert sorted(final["applied"]) == done_ids          # every label learnt, once
     model = gpmlip.load_model(tmp_path / "loop" / final["model"])
     assert len(model.frames_) == 9
+    assert (model.baseline is None) == (not baseline)
     # each structure's label was stored once; a label cut short by the kill may have run twice
     ended = calls(tmp_path / "calls", "end")
     assert len(ended) == 9 and sum(ended.values()) <= 9 + 3

@@ -109,3 +109,25 @@ def test_a_new_run_refuses_a_used_directory(tmp_path, reference):
     second = run_job(tmp_path / "run")
     assert second.returncode != 0
     assert "holds an earlier run" in second.stderr
+
+
+ZBL = json.dumps({"name": "zbl", "inner": 1.8, "outer": 2.5})
+
+
+def test_kill_then_resume_with_a_baseline(tmp_path):
+    """With a zbl baseline in the model, a kill and resume gives the uninterrupted run."""
+    import gpmlip
+    from gpmlip.baselines import ZBL as ZBLBaseline
+
+    done = run_job(tmp_path / "reference" / "run", "--baseline", ZBL)
+    assert done.returncode == 0, done.stderr
+    reference = check_run(tmp_path / "reference" / "run")
+    killed = run_job(tmp_path / "killed" / "run", "--baseline", ZBL, "--kill-at", "updated:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = run_job(tmp_path / "killed" / "run", "--baseline", ZBL, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = check_run(tmp_path / "killed" / "run")
+    assert summary["labels"] == reference["labels"] >= 3
+    assert summary["sparse_points"] == reference["sparse_points"]
+    final = sorted((tmp_path / "killed" / "run").glob("model*.npz"))[-1]
+    assert isinstance(gpmlip.load_model(final).baseline, ZBLBaseline)

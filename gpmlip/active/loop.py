@@ -82,7 +82,8 @@ def run_loop(model: SparseGP, directory: str | Path, queue: LabelQueue, *, pool:
         if state.get("format") != STATE_FORMAT:
             raise SettingsError(f"{state_path} is not a gpmlip active-loop state")
         if state["model"]:
-            model = load_model(directory / state["model"], n_jobs=model.n_jobs)
+            model = load_model(directory / state["model"], n_jobs=model.n_jobs,
+                               baseline=model.baseline)
         log.info("resuming %s: round %d, %d rows learnt", directory, state["round"],
                  len(state["applied"]))
     else:

@@ -395,7 +395,8 @@ class OnTheFlyLearner:
         md = None
         if ck is not None:
             if ck.get("model"):
-                self.model = load_model(self.rundir.path / ck["model"])
+                self.model = load_model(self.rundir.path / ck["model"],
+                                        baseline=self.model.baseline)
                 self._model_file = ck["model"]
             self.n_applied = ck["n_labels"]
             self.counters.update(ck["counters"])

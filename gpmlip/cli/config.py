@@ -14,6 +14,7 @@ allowed::
     zeta = 4
     n_sparse = 200
     optimise = true
+    baseline = {name = "zbl", inner = 1.0, outer = 2.0}   # or "d3", see gpmlip.baselines
 
     [data]
     train = ["data/cu_emt.extxyz"]
@@ -45,7 +46,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                    "sigma": NUMBER, "n_jobs": (int,)},
     "model": {"zeta": (int,), "n_sparse": (int, dict), "sparse_method": (str,),
               "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
-              "e0": (str, dict), "optimise": (bool,), "file": (str,), "seed": (int,)},
+              "e0": (str, dict), "optimise": (bool,), "file": (str,), "seed": (int,),
+              "baseline": (str, dict)},
     "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
              "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
              "config_type_key": (str,)},

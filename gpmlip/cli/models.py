@@ -82,6 +82,7 @@ def info(args) -> int:
     print(f"  kernel        {json.dumps(meta['kernel'])}")
     print(f"  noise         {json.dumps(meta['noise'])}")
     print(f"  e0 (eV)       {json.dumps(meta['e0'])} ({meta['e0_method']})")
+    print(f"  baseline      {json.dumps(meta.get('baseline'))}")
     import numpy as np
     from ase.data import chemical_symbols
 

@@ -12,6 +12,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from threadpoolctl import threadpool_limits
 
+from gpmlip.baselines import (Baseline, BaselineSpec, add_to_prediction, make_baseline,
+                              stored_baseline)
 from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
                                local_kernel)
 from gpmlip.descriptors.engine import PairList
@@ -99,6 +101,11 @@ class SparseGP:
         Seed of the randomised sparse selections.
     n_jobs : int, optional
         Worker processes for the Jacobians of training frames (default: the descriptor's).
+    baseline : str, dict, Baseline or callable, optional
+        A physical model learnt on top of (see :mod:`gpmlip.baselines`): ``"zbl"``,
+        ``{"name": "zbl", "inner": 1.0, "outer": 2.0}``, ``"d3"``, any registered ASE
+        calculator, or a calculator factory.  Its energy, forces and stress are subtracted from
+        every label and added to every prediction; it adds no variance.
     """
 
     def __init__(self, descriptor: Descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
@@ -107,7 +114,8 @@ class SparseGP:
                  force_sigma: float = DEFAULT_SIGMAS["forces"],
                  stress_sigma: float = DEFAULT_SIGMAS["stress"],
                  config_sigmas: dict | None = None, e0: dict | str = "auto",
-                 jitter: float = 1e-8, seed: int = 0, n_jobs: int | None = None) -> None:
+                 jitter: float = 1e-8, seed: int = 0, n_jobs: int | None = None,
+                 baseline: BaselineSpec = None) -> None:
         self.descriptor = descriptor
         self.zeta = zeta
         self.n_sparse = n_sparse
@@ -121,6 +129,7 @@ class SparseGP:
         self.jitter = jitter
         self.seed = seed
         self.n_jobs = descriptor.n_jobs if n_jobs is None else n_jobs
+        self.baseline: Baseline | None = make_baseline(baseline, descriptor.species)
         self.state_: FittedState | None = None
         self._version = 0   # of the last state, so that a refit keeps counting up
 
@@ -226,6 +235,18 @@ class SparseGP:
             return list(frames)
         return list(load_frames(frames, species=self.species))
 
+    def _labels(self, frames: list[Frame]) -> list[Frame]:
+        """The frames with the baseline subtracted from their labels (what the GP learns)."""
+        return frames if self.baseline is None else [self.baseline.residual(f) for f in frames]
+
+    @property
+    def _pair_baseline(self) -> Baseline | None:
+        """The baseline if it is a pair potential within :attr:`pair_cutoff` (added on the pair
+        list, so in LAMMPS too), else None."""
+        b = self.baseline
+        return b if b is not None and b.cutoff is not None and b.cutoff <= self.pair_cutoff \
+            else None
+
     def _features(self, frames: list[Frame]) -> list[np.ndarray]:
         return [self.descriptor.describe(f.atoms).features for f in frames]
 
@@ -256,7 +277,7 @@ class SparseGP:
         self._version = self.version
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
-            reference_energies(Dataset(frames), self.e0)
+            reference_energies(Dataset(self._labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
                   _per_species(self.signal_std, self.species, "signal_std").items()}
         noise = {"energy": float(self.energy_sigma), "forces": float(self.force_sigma),
@@ -331,7 +352,8 @@ class SparseGP:
             for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
                 bar.update(1)
                 e0 = state.e0.of(frame.atoms.numbers)
-                for group, kr, y, scale in observations(frame, frame_rows, e0, noise):
+                for group, kr, y, scale in observations(self._labels([frame])[0], frame_rows,
+                                                        e0, noise):
                     stats[group].add(kr, y, scale)
                 if (k + 1) % 10 == 0 or k + 1 == len(todo):
                     log.info("kernel rows: %d/%d frames", k + 1, len(todo))
@@ -424,7 +446,7 @@ class SparseGP:
 
         if rank(old + new_frames) == rank(old):
             return None
-        e0 = reference_energies(Dataset(old + new_frames), self.e0)
+        e0 = reference_energies(Dataset(self._labels(old + new_frames)), self.e0)
         if e0.energies == state.e0.energies:
             return None
         log.info("the compositions span more species than before: e0 refitted from %s to %s "
@@ -517,6 +539,10 @@ class SparseGP:
             ``W = -sum_p r_ij (x) dE_dr[p]``; ``std`` (n_centres,) in [0, 1] or None.
         """
         self.check_fitted()
+        if self.baseline is not None and self._pair_baseline is None:
+            raise SettingsError(f"the model's baseline {self.baseline!r} is not a pair potential "
+                                f"within the pair cutoff {self.pair_cutoff:g} Å: a pair list "
+                                "cannot evaluate it (in LAMMPS add it as its own pair style)")
         pairs = PairList(centre_species=np.asarray(centre_numbers, dtype=np.int64),
                          centre=np.asarray(i, dtype=np.int64),
                          vector=np.asarray(r_ij, dtype=float),
@@ -530,6 +556,11 @@ class SparseGP:
         energies, grad, var, sigma2 = self._local(features, pairs.centre_species,
                                                   gradient=gradient, variance=variance)
         d_e = self.descriptor.backward(pairs, grad) if gradient else None
+        if self._pair_baseline is not None:
+            e_b, d_b = self._pair_baseline.pair_terms(pairs.centre_species, pairs.centre,
+                                                      pairs.vector, pairs.neighbour_species)
+            energies = energies + e_b
+            d_e = None if d_e is None else d_e + d_b
         std = None if var is None else normalised_std(var, sigma2)
         return PairEnergies(energies=energies, dE_dr=d_e, std=std, variance=var)
 
@@ -585,6 +616,8 @@ class SparseGP:
             result.stress = 0.5 * (s + s.T)
         if force_std:
             result.force_std = self._force_std(atoms)
+        if self.baseline is not None and self._pair_baseline is None:
+            add_to_prediction(result, self.baseline(atoms))
         return result
 
     def _force_std(self, atoms: Atoms) -> np.ndarray:
@@ -608,6 +641,7 @@ class SparseGP:
             "descriptor": self.descriptor.to_dict(),
             "kernel": NormalizedDotProduct(self.zeta, state.signal_variance).to_dict(),
             "config_sigmas": self.config_sigmas,
+            "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "e0_setting": _e0_setting(self.e0),
             "settings": {"n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
                          "jitter": self.jitter, "seed": self.seed},
@@ -623,7 +657,8 @@ def _e0_setting(e0):
     return e0
 
 
-def load_model(path: str | os.PathLike, *, n_jobs: int = 1) -> SparseGP:
+def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
+               baseline: BaselineSpec = None) -> SparseGP:
     """Read a model written by :meth:`SparseGP.save`.
 
     Parameters
@@ -631,6 +666,9 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1) -> SparseGP:
     path : str or Path
     n_jobs : int
         Worker processes for the descriptor of the loaded model.
+    baseline : optional
+        Only for a model trained with a user-supplied calculator factory (which a file cannot
+        store): the same factory again.  A stored named baseline is rebuilt from the file.
 
     Returns
     -------
@@ -651,7 +689,10 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1) -> SparseGP:
                          # loaded model is the model that was saved
                          signal_std={z: float(np.sqrt(v))
                                      for z, v in state.signal_variance.items()},
-                         e0=meta.get("e0_setting") or dict(state.e0.energies))
+                         e0=meta.get("e0_setting") or dict(state.e0.energies),
+                         baseline=stored_baseline(meta.get("baseline"), baseline, path))
+    except SettingsError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise model_file_damaged(path, exc) from None
     model.state_ = model._solved(state)

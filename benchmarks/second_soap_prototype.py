@@ -12,7 +12,7 @@ block-diagonal ``K_mm``:
    ``--nl2``, CUR ``--n-sparse2`` points) -- its own row;
 3. stack the rows of both models' sparse sets (energies + forces of every training frame, the
    benchmark's noise: 0.05 eV/Å, 0.01 eV / sqrt(median N) per atom), solve the DTC system
-   (``gpmlip.gp.solver.solve``, signal std 1 eV for both terms) and predict the test set from the
+   (``gpmlip.gp.solver.solve``, signal std 1 eV for the first term, ``--delta2`` for the second) and predict the test set from the
    test frames' rows (``prediction = rows @ beta``).
 
 Test MAE of energy per atom (meV/atom) and forces (eV/Å) of the three rows are printed and, with
@@ -75,7 +75,7 @@ def run(element, args) -> dict:
     energy_sigma = GAP_ENERGY_SIGMA / np.sqrt(np.median([f.n_atoms for f in train]))
     text = args.cutoff2
     r_cut2 = spec["r_cut"] + float(text[4:]) if text.startswith("rcut") else float(text)
-    out = {"element": element, "r_cut": spec["r_cut"], "r_cut2": r_cut2}
+    out = {"element": element, "r_cut": spec["r_cut"], "r_cut2": r_cut2, "delta2": args.delta2}
     models = []
     for name, r_cut, nl, m in (("soap", spec["r_cut"], 8, args.n_sparse),
                                ("soap2", r_cut2, args.nl2, args.n_sparse2)):
@@ -101,7 +101,9 @@ def run(element, args) -> dict:
         for group, k, y, scale in observations(frame, rows, e0.of(frame.atoms.numbers),
                                                NoiseModel({})):
             stats[group].add(k, y, scale)
-    post = solve(kmm, stats, Hyper(np.ones(m_all), {"energy": energy_sigma,
+    column = np.ones(m_all)
+    column[models[0].n_sparse_points:] = args.delta2 ** 2
+    post = solve(kmm, stats, Hyper(column, {"energy": energy_sigma,
                                                     "forces": FORCE_SIGMA}))
     energies, forces = [], []
     for frame, rows in zip(test, _rows(models, test)):
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--n-sparse2", type=int, default=250)
     parser.add_argument("--cutoff2", default="rcut-1.5", help="absolute Å or rcut+X / rcut-X")
     parser.add_argument("--nl2", type=int, default=6, help="n_max = l_max of the second SOAP")
+    parser.add_argument("--delta2", type=float, default=1.0,
+                        help="signal std of the second SOAP in the sum (eV; the first has 1)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

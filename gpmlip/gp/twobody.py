@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gpmlip.covariance import VOIGT
 from gpmlip.descriptors.engine import PairList
 from gpmlip.errors import SettingsError
+from gpmlip.gp.observations import FrameRows
 
 KEY = 0
 """Key of the two-body signal variance in ``signal_variance`` dicts and column keys."""
@@ -236,8 +238,6 @@ def frame_rows(term: TwoBody, pairs: PairList, sr: np.ndarray, skey: np.ndarray,
 
     ``stress_volume``: the cell volume for stress rows (None: no stress rows).
     """
-    from gpmlip.covariance import VOIGT
-
     n = pairs.n_centres
     idx, r, key = _geometry(term, pairs)
     m = len(sr)
@@ -330,8 +330,6 @@ class TwoBodySparse:
 def with_rows(rows, frames, two: TwoBodySparse, pair_list):
     """``rows`` (an iterator of SOAP :class:`~gpmlip.gp.observations.FrameRows`) with the
     two-body columns appended, frame by frame (pair lists are cheap: this process)."""
-    from gpmlip.gp.observations import FrameRows
-
     for frame, soap in zip(frames, rows):
         pairs = pair_list(frame.atoms)
         volume = abs(frame.atoms.cell.volume) if soap.stress is not None else None

@@ -53,6 +53,9 @@ Usage::
     ... --elements Mo --n-sparse 200    # quick check
     ... --weighting hard          # the hard cutoff of models before the smooth default
     ... --weighting r0=rcut+0.5,m=1   # another poly weighting (r0 absolute or rcut+X, in Å)
+    ... --two-body                # add GAP's 2-body term (gpmlip.TwoBody defaults: r_cut = the
+                                  # SOAP cutoff, sigma 0.5 eV, theta 1 Å, 20 sparse distances)
+    ... --two-body sigma=1,n_sparse=30,r_cut=4,length_scale=0.8   # its settings
 """
 
 from __future__ import annotations
@@ -148,6 +151,19 @@ def evaluate(model, test, calibration_frames: int, force_sigma: float) -> dict:
     return out
 
 
+def parse_two_body(text: str | None):
+    """``--two-body`` as a :class:`gpmlip.TwoBody` (None when not given)."""
+    if text is None:
+        return None
+    import gpmlip
+
+    values = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        values[key.strip()] = int(value) if key.strip() == "n_sparse" else float(value)
+    return gpmlip.TwoBody(**values)
+
+
 def run_element(element: str, args) -> dict:
     """Fit and test one element (runs in the child process)."""
     import gpmlip
@@ -178,7 +194,9 @@ def run_element(element: str, args) -> dict:
     model = gpmlip.SparseGP(desc, zeta=4, n_sparse=n_sparse, sparse_method="cur",
                             e0={element: spec["e0"]}, energy_sigma=energy_sigma,
                             force_sigma=FORCE_SIGMA, stress_sigma=args.stress_sigma,
-                            signal_std=1.0, jitter=1e-8)
+                            signal_std=1.0, jitter=1e-8,
+                            two_body=parse_two_body(args.two_body))
+    settings["two_body"] = None if model.two_body is None else model.two_body.to_dict()
     load_before = os.getloadavg()
     t = time.perf_counter()
     model.fit(train)
@@ -279,6 +297,9 @@ def main() -> None:
     parser.add_argument("--calibration-frames", type=int, default=8,
                         help="test frames for the force-std calibration (0: skip)")
     parser.add_argument("--n-jobs", type=int, default=2)
+    parser.add_argument("--two-body", nargs="?", const="", default=None,
+                        help="add the 2-body term; optional settings key=value,... "
+                             "(r_cut, sigma, length_scale, n_sparse, r_min, transition_width)")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)

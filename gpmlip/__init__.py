@@ -20,12 +20,13 @@ from gpmlip.errors import (
     ModelFileError,
     UnknownSpeciesError,
 )
-from gpmlip.gp import Prediction, SparseGP, load_model
+from gpmlip.gp import Prediction, SparseGP, TwoBody, load_model
 from gpmlip.version import __version__
 
 __all__ = [
     "SOAP",
     "SparseGP",
+    "TwoBody",
     "Prediction",
     "GPCalculator",
     "load_model",

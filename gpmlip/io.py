@@ -23,6 +23,10 @@ from gpmlip.version import __version__
 
 FORMAT = "gpmlip-sparse-gp"
 FORMAT_VERSION = 1
+TWO_BODY_FORMAT_VERSION = 2
+"""Written only by models with a two-body term (older gpmlip refuses them instead of silently
+dropping the term); files without one keep version 1."""
+READABLE_VERSIONS = (FORMAT_VERSION, TWO_BODY_FORMAT_VERSION)
 
 
 def _versions() -> dict:
@@ -49,7 +53,8 @@ def write_model_file(path, state: FittedState, settings: dict) -> None:
     """
     path = Path(path)
     arrays, state_meta = state.to_arrays()
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "versions": _versions(),
+    version = FORMAT_VERSION if state.two_body is None else TWO_BODY_FORMAT_VERSION
+    meta = {"format": FORMAT, "format_version": version, "versions": _versions(),
             **settings, **state_meta}
     arrays = {"metadata.json": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
               **arrays}
@@ -102,8 +107,8 @@ def _open(path):
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a gpmlip sparse GP model (format "
                              f"{meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ModelFileError(f"{path} has model format version {meta.get('format_version')}; "
-                             f"this gpmlip reads version {FORMAT_VERSION}: use the gpmlip "
+                             f"this gpmlip reads versions {READABLE_VERSIONS}: use the gpmlip "
                              f"version that wrote it ({meta.get('versions', {}).get('gpmlip')})")
     return meta, arrays

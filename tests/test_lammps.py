@@ -55,21 +55,22 @@ def _toy_std(atoms):
     return ToyModel().pair_energies(z, i, j, d, z[j], std=True).std
 
 
-def _fitted_gp(path: Path) -> Path:
+def _fitted_gp(path: Path, two_body=None) -> Path:
     from conftest import emt_frames
 
     model = gpmlip.SparseGP(gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5),
-                            n_sparse=20, e0={"Cu": 0.0, "Au": 0.0})
+                            n_sparse=20, e0={"Cu": 0.0, "Au": 0.0}, two_body=two_body)
     model.fit(emt_frames(4, seed=3, alloy=True))
     model.save(path)
     return path
 
 
-@pytest.fixture(params=["toy", "gp"])
+@pytest.fixture(params=["toy", "gp", "gp+2b"])
 def pair_model(request, tmp_path_factory):
     if request.param == "toy":
         return PairModel(TOY, ToyCalculator, ("Cu", "Au"), _toy_std)
-    path = _fitted_gp(tmp_path_factory.mktemp("gp") / "tiny.npz")
+    path = _fitted_gp(tmp_path_factory.mktemp("gp") / "tiny.npz",
+                      gpmlip.TwoBody(n_sparse=8) if request.param == "gp+2b" else None)
     model = gpmlip.load_model(path)
 
     def std(atoms):

@@ -2,5 +2,6 @@
 
 from gpmlip.gp.model import Prediction, SparseGP, load_model
 from gpmlip.gp.state import FittedState
+from gpmlip.gp.twobody import TwoBody
 
-__all__ = ["SparseGP", "Prediction", "FittedState", "load_model"]
+__all__ = ["SparseGP", "Prediction", "FittedState", "load_model", "TwoBody"]

@@ -18,6 +18,7 @@ from scipy.optimize import minimize
 from gpmlip.errors import NumericalError
 from gpmlip.gp.solver import Hyper, log_likelihood_and_gradient
 from gpmlip.gp.state import FittedState
+from gpmlip.gp.twobody import KEY as TWO_BODY_KEY
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ class HyperResult:
     Attributes
     ----------
     values : dict
-        Name -> optimal standard deviation ("signal Cu", "energy", "forces", "stress").
+        Name -> optimal standard deviation ("signal Cu", "signal 2b" for the two-body term,
+        "energy", "forces", "stress").
     log_likelihood : float
         At the optimum (of the re-solved model, once the model has applied the values).
     initial_log_likelihood : float
@@ -62,8 +64,10 @@ class HyperResult:
 def _parameters(state: FittedState, species: Sequence[int]):
     """(kind, key, name) of every free hyper-parameter with data behind it."""
     stats = {g: st for g, st in state.stats.items() if st.n}
-    present = set(state.sparse.species.tolist())
+    present = set(state.column_keys.tolist())
     params = [("signal", z, f"signal {chemical_symbols[z]}") for z in species if z in present]
+    if TWO_BODY_KEY in present:
+        params.append(("signal", TWO_BODY_KEY, "signal 2b"))
     params += [("noise", g, g) for g in ("energy", "forces", "stress") if g in stats]
     return params, stats
 
@@ -84,7 +88,7 @@ def objective(state: FittedState, species: Sequence[int], theta: np.ndarray):
     """Negative log likelihood and its gradient at ``theta`` = log variances (see ``_parameters``)."""
     params, stats = _parameters(state, species)
     variances, noise = _values(state, params, theta)
-    value, grad = log_likelihood_and_gradient(state.kmm, state.sparse.species, stats,
+    value, grad = log_likelihood_and_gradient(state.system_kmm, state.column_keys, stats,
                                               Hyper(np.zeros(0), noise), variances)
     return -value, -np.array([grad[(kind, key)] for kind, key, _ in params])
 

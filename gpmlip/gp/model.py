@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
 from gpmlip.gp.solver import GramStats, Hyper, solve
 from gpmlip.gp.state import FittedState
+from gpmlip.gp import twobody
+from gpmlip.gp.twobody import TwoBody, TwoBodySparse
 from gpmlip.io import model_file_damaged, read_model_file, write_model_file
 from gpmlip.kernels import NormalizedDotProduct
 from gpmlip.progress import progress_bar
@@ -106,6 +109,9 @@ class SparseGP:
         ``{"name": "zbl", "inner": 1.0, "outer": 2.0}``, ``"d3"``, any registered ASE
         calculator, or a calculator factory.  Its energy, forces and stress are subtracted from
         every label and added to every prediction; it adds no variance.
+    two_body : TwoBody, optional
+        Add GAP's two-body term (a GP on pair distances per species pair, with its own signal
+        std) to the SOAP kernel; see :mod:`gpmlip.gp.twobody`.
     """
 
     def __init__(self, descriptor: Descriptor, *, zeta: int = 4, n_sparse: int | dict = 200,
@@ -115,7 +121,8 @@ class SparseGP:
                  stress_sigma: float = DEFAULT_SIGMAS["stress"],
                  config_sigmas: dict | None = None, e0: dict | str = "auto",
                  jitter: float = 1e-8, seed: int = 0, n_jobs: int | None = None,
-                 baseline: BaselineSpec = None) -> None:
+                 baseline: BaselineSpec = None,
+                 two_body: TwoBody | None = None) -> None:
         self.descriptor = descriptor
         self.zeta = zeta
         self.n_sparse = n_sparse
@@ -130,6 +137,7 @@ class SparseGP:
         self.seed = seed
         self.n_jobs = descriptor.n_jobs if n_jobs is None else n_jobs
         self.baseline: Baseline | None = make_baseline(baseline, descriptor.species)
+        self.two_body = two_body
         self.state_: FittedState | None = None
         self._version = 0   # of the last state, so that a refit keeps counting up
 
@@ -177,8 +185,9 @@ class SparseGP:
 
     @property
     def signal_variances(self) -> dict[int, float]:
-        """Fitted ``sigma_z^2`` per atomic number, eV^2 (a copy)."""
-        return dict(self.state.signal_variance)
+        """Fitted ``sigma_z^2`` per atomic number, eV^2 (a copy; without the two-body
+        ``delta^2``, which is ``state.signal_variance[0]``)."""
+        return {z: v for z, v in self.state.signal_variance.items() if z != twobody.KEY}
 
     @property
     def noise(self) -> dict[str, float]:
@@ -218,6 +227,8 @@ class SparseGP:
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise SettingsError(f"{name}={value}: use a positive number")
+        if self.two_body is not None and not isinstance(self.two_body, TwoBody):
+            raise SettingsError(f"two_body={self.two_body!r}: give a gpmlip.TwoBody(...)")
 
     def _frames(self, frames: TrainingData) -> list[Frame]:
         if isinstance(frames, Dataset):
@@ -284,6 +295,11 @@ class SparseGP:
                  "stress": float(self.stress_sigma)}
         empty = FittedState.empty(self.descriptor.n_features, e0, signal, noise,
                                   version=self._version)
+        if self.two_body is not None:
+            term = self.two_body.validated(self.descriptor.neighbour_cutoff)
+            signal[twobody.KEY] = term.sigma ** 2
+            empty = empty.replace(signal_variance=signal, two_body=TwoBodySparse.build(
+                term, self.species, self.jitter))
         features = self._features(frames)
         if sparse_atoms is None:
             origin = self._select(empty, frames, features, self.n_sparse, self.sparse_method)
@@ -333,16 +349,19 @@ class SparseGP:
                                np.concatenate([sparse.species, z_new]))
             sparse_origin = np.vstack([sparse_origin, origin])
             kmm = self._grown_kmm(kmm, sparse, m_old)
-        if len(sparse) > m_old or rebuild:
+        m_all = len(sparse) + (0 if state.two_body is None else len(state.two_body))
+        if len(sparse) > m_old or rebuild or len(state.stats["energy"].z) != m_all:
             # New kernel columns: every known frame contributes to them.  Its Jacobian is
             # recomputed (never stored) and its rows are folded in again for all columns.
-            stats = {g: GramStats.empty(len(sparse)) for g in state.stats}
+            stats = {g: GramStats.empty(m_all) for g in state.stats}
             todo = frames
         else:
             stats = state.copied_stats()
             todo = list(new_frames)
         rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, sparse,
                             executor=executor, n_jobs=self.n_jobs)
+        if state.two_body is not None:
+            rows = twobody.with_rows(rows, todo, state.two_body, self.descriptor.pair_list)
         noise = NoiseModel(self.config_sigmas)
         # While worker processes use the cores, this process's BLAS gets one thread: OpenBLAS
         # threads spin-wait, and oversubscribed they made the QR updates 50x slower (measured).
@@ -373,7 +392,8 @@ class SparseGP:
     def _solved(self, state: FittedState) -> FittedState:
         """``state`` with its posterior solved and the next version number."""
         stats = {g: st for g, st in state.stats.items() if st.n}
-        posterior = solve(state.kmm, stats, Hyper(state.column_variance, dict(state.noise)))
+        posterior = solve(state.system_kmm, stats,
+                          Hyper(state.column_variance, dict(state.noise)))
         log.info("solved: %d sparse points, %d observations, log likelihood %.6g",
                  len(state.sparse), sum(st.n for st in stats.values()),
                  posterior.log_likelihood)
@@ -485,22 +505,31 @@ class SparseGP:
                 "it was not trained on them; add training structures that contain them")
 
     def _local(self, features: np.ndarray, species: np.ndarray, *, gradient: bool,
-               variance: bool):
+               variance: bool, extra: twobody.PairTerms | None = None):
         """Local energies (with e0), dE/dq per atom and local variances, in blocks of atoms so
-        that the (atoms x sparse) kernel block stays small."""
+        that the (atoms x sparse) kernel block stays small; ``extra``: the two-body term's
+        rows and priors, joined to the SOAP rows for the variances (its energies are added by
+        the caller).  The returned prior variance is sigma_z^2 (+ the two-body prior)."""
         state = self.state_
         post = state.posterior
         kernel = unit_kernel(self.zeta, species, state.sparse.species)
         e0 = np.array([state.e0.energies[int(z)] for z in species])
         sigma2 = np.array([state.signal_variance[int(z)] for z in species])
+        if extra is not None and extra.prior is not None:
+            sigma2 = sigma2 + state.signal_variance[twobody.KEY] * extra.prior
+        m = len(state.sparse)
         energies = np.empty(len(species))
         grad = np.empty_like(features) if gradient else None
         var = np.empty(len(species)) if variance else None
         x, zx = state.sparse.features, state.sparse.species
         for a in range(0, len(species), PREDICT_BLOCK):
             b = min(a + PREDICT_BLOCK, len(species))
-            values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta,
+            values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta[:m],
                                               gradient=gradient, rows=variance)
+            if variance and state.two_body is not None:
+                # without a pair list (descriptors only) the SOAP term's own variance
+                k = np.hstack([k, np.zeros((b - a, len(state.two_body))) if extra is None
+                               else extra.rows[a:b]])
             energies[a:b] = values + e0[a:b]
             if gradient:
                 grad[a:b] = g
@@ -553,9 +582,17 @@ class SparseGP:
 
     def _evaluate(self, pairs: PairList, *, gradient: bool, variance: bool) -> PairEnergies:
         features = self.descriptor.features(pairs)
+        two = self.state_.two_body
+        extra = None if two is None else twobody.evaluate(
+            two.term, pairs, two.distances, two.keys, self.state_.posterior.beta[-len(two):],
+            gradient=gradient, rows=variance)
         energies, grad, var, sigma2 = self._local(features, pairs.centre_species,
-                                                  gradient=gradient, variance=variance)
+                                                  gradient=gradient, variance=variance,
+                                                  extra=extra)
         d_e = self.descriptor.backward(pairs, grad) if gradient else None
+        if extra is not None:
+            energies = energies + extra.energies
+            d_e = d_e + extra.dE_dr if gradient else None
         if self._pair_baseline is not None:
             e_b, d_b = self._pair_baseline.pair_terms(pairs.centre_species, pairs.centre,
                                                       pairs.vector, pairs.neighbour_species)
@@ -577,6 +614,8 @@ class SparseGP:
         -------
         ndarray, shape (n,)
             The normalised local-energy std, in [0, 1], that :meth:`predict` gives these atoms.
+            With a two-body term (which needs the pair list, not the descriptor), it is the
+            SOAP term's own: ``sqrt(v_SOAP) / sigma_z``.
         """
         self.check_fitted()
         species = np.asarray(species, dtype=np.int64)
@@ -626,6 +665,10 @@ class SparseGP:
         state = self.state_
         rows = force_rows(env, state.sparse, self.zeta).reshape(3 * len(atoms), -1)
         prior = force_prior_variance(env, self.zeta, state.signal_variance).ravel()
+        if state.two_body is not None:
+            rows, extra = twobody.force_terms(state.two_body, self.descriptor.pair_list(atoms),
+                                              rows, len(atoms))
+            prior = prior + state.signal_variance[twobody.KEY] * extra
         return np.sqrt(state.posterior.dtc_variance(prior, rows, state.column_variance)
                        ).reshape(-1, 3)
 
@@ -639,7 +682,7 @@ class SparseGP:
         state = self.state
         return {
             "descriptor": self.descriptor.to_dict(),
-            "kernel": NormalizedDotProduct(self.zeta, state.signal_variance).to_dict(),
+            "kernel": NormalizedDotProduct(self.zeta, self.signal_variances).to_dict(),
             "config_sigmas": self.config_sigmas,
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "e0_setting": _e0_setting(self.e0),
@@ -680,6 +723,7 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
                           n_jobs=n_jobs)
         settings = meta["settings"]
         kernel = NormalizedDotProduct.from_dict(meta["kernel"])
+        two = state.two_body
         model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
                          sparse_method=settings["sparse_method"], jitter=settings["jitter"],
                          seed=settings["seed"], config_sigmas=meta["config_sigmas"],
@@ -688,7 +732,10 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
                          # the fitted signal levels and the e0 rule, so that a refit of the
                          # loaded model is the model that was saved
                          signal_std={z: float(np.sqrt(v))
-                                     for z, v in state.signal_variance.items()},
+                                     for z, v in state.signal_variance.items()
+                                     if z != twobody.KEY},
+                         two_body=None if two is None else dataclasses.replace(
+                             two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY]))),
                          e0=meta.get("e0_setting") or dict(state.e0.energies),
                          baseline=stored_baseline(meta.get("baseline"), baseline, path))
     except SettingsError:

@@ -28,7 +28,9 @@ class Prediction:
         Predictive variance of each local energy, eV² (Nystroem residual plus the uncertainty
         of the weights).
     local_std_normalised : ndarray, shape (n_atoms,)
-        ``sqrt(local_variance) / sigma_z``, clipped to [0, 1]: 0 = known, 1 = unknown.  The one
+        ``sqrt(local_variance) / sigma_z``, clipped to [0, 1]: 0 = known, 1 = unknown (with a
+        two-body term, over the prior std of the whole local energy,
+        ``sqrt(sigma_z^2 + delta^2 / 4 sum_{j,k in N(i)} k_2b(r_ij, r_ik))``).  The one
         novelty quantity of gpmlip: what the on-the-fly learner, the gate, the pool and the
         loop threshold (see :mod:`gpmlip.active.settings`).
     force_std : ndarray, shape (n_atoms, 3) or None

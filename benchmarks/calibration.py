@@ -31,7 +31,7 @@ from ase import units
 from ase.build import bulk, fcc111
 from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution  # noqa: F401 (ase < 3.29)
 
 import gpmlip
 from gpmlip.active import OnTheFlyLearner
@@ -53,6 +53,7 @@ def trajectory(atoms, temperature, seed, n_frames, equilibrate=300, spacing=50):
         frame = atoms.copy()
         frame.calc = None
         frame.arrays["emt_forces"] = atoms.get_forces().copy()
+        frame.info["emt_energy"] = atoms.get_potential_energy()
         frames.append(frame)
     return frames
 
@@ -75,7 +76,8 @@ def as_labelled(frames):
     out = []
     for f in frames:
         a = f.copy()
-        a.calc = SinglePointCalculator(a, forces=f.arrays["emt_forces"])
+        a.calc = SinglePointCalculator(a, energy=f.info["emt_energy"],
+                                       forces=f.arrays["emt_forces"])
         out.append(a)
     return out
 

@@ -140,3 +140,31 @@ def test_force_trigger_records_why_and_calibrates(tmp_path):
     with pytest.raises(SettingsError, match="force_tolerance"):
         OnTheFlyLearner(model, "emt", tmp_path / "r2", adaptive_tolerance=True,
                         force_tolerance=None)
+
+
+def test_gate_force_threshold_and_adaptive_trigger(cu_model, tmp_path):
+    from gpmlip.active import UncertaintyGate
+    from gpmlip.active.settings import OTFSettings
+    from gpmlip.active.trigger import Trigger
+
+    model, held_out = cu_model
+    counts = {}
+    for force_threshold in (5.0, 1e-4):
+        atoms = held_out[0].copy()
+        gate = UncertaintyGate(model, tmp_path / f"g{force_threshold}", threshold=1e-4,
+                               policy="warn", min_steps_between=1,
+                               force_threshold=force_threshold)
+        atoms.calc = gate.calculator
+        dyn = Langevin(atoms, 2 * units.fs, temperature_K=800, friction=0.02 / units.fs,
+                       rng=np.random.default_rng(0))
+        counts[force_threshold] = gate.run(dyn, 4)["gated"]
+    assert counts[5.0] == 0 and counts[1e-4] >= 3
+    trig = Trigger(OTFSettings(std_tolerance=1e-4, update_threshold=1e-5,
+                               force_tolerance=1e-4, adaptive_tolerance=True,
+                               force_check_interval=1))
+    atoms = held_out[0]
+    std = model.predict(atoms).local_std_normalised
+    first = trig.check(model, atoms, std, False, 0)     # empty window: the floor decides
+    assert first is not None and first["threshold"] == 1e-4
+    again = trig.check(model, atoms, std, False, 1)     # same frame: not above 1.3 x its level
+    assert again is None and trig.threshold() > 1e-4

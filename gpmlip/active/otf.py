@@ -179,7 +179,9 @@ class OnTheFlyLearner:
         std = calc.get_property("local_std_normalised", atoms)
         self.counters["steps"] = step
         labelled = False
+        t = time.perf_counter()
         reason = self.trigger.check(self.model, atoms, std, step < self._cooldown_until, step)
+        self.timers["predict"] += time.perf_counter() - t     # the force std, when computed
         if self.trigger.last is not None:
             calc.results["force_std"] = self.trigger.last["force_std"]
         if reason is not None and self.budget_left():

@@ -16,7 +16,9 @@ UNCERTAINTY_RESULTS = {
     "local_std_normalised": "sqrt(local_variance) over the species' signal std, in [0, 1]: the "
                             "novelty every threshold of gpmlip is on",
     "max_uncertainty": "max over atoms of local_std_normalised (what OTF and the gate threshold)",
-    "force_std": "per-component force standard deviation, eV/Å (only with force_std=True)",
+    "force_std": "per-component force standard deviation, eV/Å, calibrated when the model has "
+                 "a calibration (only with force_std=True)",
+    "force_std_raw": "the raw (uncalibrated) DTC force std, eV/Å (only with force_std=True)",
 }
 """Extra entries of ``calc.results`` and what they mean."""
 
@@ -45,7 +47,7 @@ class GPCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies",
                               "local_variance", "local_std_normalised", "max_uncertainty",
-                              "force_std"]
+                              "force_std", "force_std_raw"]
 
     def __init__(self, model: SparseGP, *, uncertainty: bool = False, force_std: bool = False,
                  **kwargs) -> None:
@@ -66,7 +68,7 @@ class GPCalculator(Calculator):
         """Fill ``self.results`` for ``atoms`` (see ASE's ``Calculator.calculate``)."""
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        if "force_std" in properties and not self.force_std:
+        if {"force_std", "force_std_raw"} & set(properties) and not self.force_std:
             raise PropertyNotImplementedError("create the calculator with force_std=True to get "
                                               "force uncertainties")
         has_volume = atoms.pbc.all() and abs(atoms.cell.volume) > 1e-8
@@ -100,3 +102,4 @@ class GPCalculator(Calculator):
         })
         if pred.force_std is not None:
             self.results["force_std"] = pred.force_std
+            self.results["force_std_raw"] = pred.force_std_raw

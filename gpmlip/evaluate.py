@@ -23,8 +23,9 @@ def predictions(model: SparseGP, frames: TrainingData, *, force_std: bool = Fals
     -------
     list of dict
         Per frame: ``config_type``, ``n_atoms``, ``energy``/``energy_pred`` (eV), ``forces``/
-        ``forces_pred`` (eV/Å), ``stress``/``stress_pred`` (eV/Å³), ``force_std`` (eV/Å,
-        only with ``force_std=True``); a label the frame lacks is None.
+        ``forces_pred`` (eV/Å), ``stress``/``stress_pred`` (eV/Å³), ``force_std`` and
+        ``force_std_raw`` (calibrated and raw, eV/Å, only with ``force_std=True``); a label
+        the frame lacks is None.
 
     Parameters
     ----------
@@ -48,7 +49,7 @@ def predictions(model: SparseGP, frames: TrainingData, *, force_std: bool = Fals
         out.append({"config_type": frame.config_type, "n_atoms": len(frame.atoms),
                     "energy": frame.energy, "energy_pred": pred.energy,
                     "forces": frame.forces, "forces_pred": pred.forces,
-                    "force_std": pred.force_std,
+                    "force_std": pred.force_std, "force_std_raw": pred.force_std_raw,
                     "stress": frame.stress, "stress_pred": pred.stress})
     return out
 
@@ -91,3 +92,22 @@ def format_table(table: dict[str, dict]) -> str:
             cells.append(f"{v['mae']:>12.2f} /{v['rmse']:>12.2f}" if v else f"{'-':>26}")
         lines.append(f"{name:<{width}} {entry['frames']:>6}  " + "  ".join(cells))
     return "\n".join(lines)
+
+
+def calibration_report(records: list[dict]) -> dict[str, dict]:
+    """Calibration metrics (:mod:`gpmlip.uncertainty`) of the force std in ``records``.
+
+    Returns ``{"calibrated": metrics, "raw": metrics}`` over every force component of the frames
+    with forces and a predicted std (``predictions(..., force_std=True)``); empty without any.
+    """
+    from gpmlip.uncertainty import calibration_metrics
+
+    rows = [r for r in records if r["forces"] is not None and r.get("force_std") is not None]
+    if not rows:
+        return {}
+    err = np.concatenate([np.ravel(r["forces_pred"] - r["forces"]) for r in rows])
+    out = {}
+    for name, key in (("calibrated", "force_std"), ("raw", "force_std_raw")):
+        std = np.concatenate([np.ravel(r[key]) for r in rows])
+        out[name] = calibration_metrics(err, np.maximum(std, 1e-12))
+    return out

@@ -40,6 +40,7 @@ from gpmlip.active import mdstate
 from gpmlip.active.otf import OnTheFlyLearner
 from gpmlip.active.rundir import RunDirectory, write_json
 from gpmlip.active.settings import OTFSettings
+from gpmlip.active.trigger import force_std
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, SettingsError, UncertaintyStop
 from gpmlip.gp.model import SparseGP
@@ -59,6 +60,10 @@ class UncertaintyGate:
         Where gated frames, events, labels and the stop state go (created).
     threshold : float
         ``local_std_normalised`` (0-1) above which a frame is gated.
+    force_threshold : float, optional
+        eV/Å: gate only frames whose largest calibrated force std (raw without a
+        calibration) also exceeds this; ``threshold`` is then the cheap pre-screen (below
+        it no force std is computed).
     policy : {"warn", "queue", "stop", "label"}
     queue : object with ``add(structures, source=...)``, optional
         Needed by ``"queue"``.
@@ -81,7 +86,7 @@ class UncertaintyGate:
     def __init__(self, model: SparseGP, directory: str | Path, threshold: float, policy: str = "warn", *,
                  queue=None, labeller=None, max_atoms_added: int = 20,
                  min_steps_between: int = 10, label_settings: dict | None = None,
-                 callbacks: list | None = None) -> None:
+                 callbacks: list | None = None, force_threshold: float | None = None) -> None:
         if policy not in POLICIES:
             raise SettingsError(f"policy={policy!r}: choose one of {POLICIES}")
         if not 0 < threshold <= 1:
@@ -93,7 +98,11 @@ class UncertaintyGate:
             raise SettingsError("policy 'label' needs labeller= (e.g. 'emt' or a GPAW dict)")
         if label_settings and policy != "label":
             raise SettingsError("label_settings= is for policy 'label'")
+        if force_threshold is not None and not 0 < force_threshold < 10:
+            raise SettingsError(f"force_threshold={force_threshold}: a force std in eV/Å, "
+                                "e.g. 0.05-0.3 for production MD")
         self.threshold = float(threshold)
+        self.force_threshold = None if force_threshold is None else float(force_threshold)
         self.policy = policy
         self.queue = queue
         self.min_steps_between = int(min_steps_between)
@@ -111,7 +120,8 @@ class UncertaintyGate:
             settings = OTFSettings.from_dict({
                 "std_tolerance": self.threshold, "update_threshold": self.threshold / 10,
                 "max_atoms_added": int(max_atoms_added), "optimise_every": 0,
-                "min_steps_between_labels": self.min_steps_between, **(label_settings or {})})
+                "min_steps_between_labels": self.min_steps_between,
+                "force_tolerance": self.force_threshold, **(label_settings or {})})
             self._learner = OnTheFlyLearner(model, labeller, directory, settings=settings,
                                             callbacks=[*(callbacks or []), self._replayed],
                                             config_type="gate")
@@ -192,6 +202,10 @@ class UncertaintyGate:
         state["counts"]["steps"] = step
         state["max_std"] = max(state["max_std"], float(std.max()))
         gated = std.max() > self.threshold and step >= state["quiet_until"]
+        if gated and self.force_threshold is not None:
+            fstd = float(force_std(self.model, atoms)[0].max())
+            state["max_force_std"] = max(state.get("max_force_std", 0.0), fstd)
+            gated = fstd > self.force_threshold
         if gated:
             state["counts"]["gated"] += 1
             state["quiet_until"] = step + self.min_steps_between
@@ -263,7 +277,9 @@ class UncertaintyGate:
 
     def summary(self) -> dict:
         """Counts of steps, gated frames and actions, the largest std seen; also written."""
-        out = {"policy": self.policy, "threshold": self.threshold, **self.counts,
+        out = {"policy": self.policy, "threshold": self.threshold,
+               "force_threshold": self.force_threshold,
+               "max_force_std_seen": self._state.get("max_force_std"), **self.counts,
                "max_std_seen": self.max_std, "stopped": self.stopped,
                "directory": str(self.rundir.path)}
         if self._learner is not None:

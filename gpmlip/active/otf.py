@@ -33,6 +33,7 @@ from gpmlip.active import mdstate, records
 from gpmlip.active.rundir import RunDirectory, label_frame, write_json
 from gpmlip.active.settings import OTFSettings, log_thresholds
 from gpmlip.active.sparse import choose_sparse_atoms
+from gpmlip.active.trigger import Trigger
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError, SettingsError
 from gpmlip.gp.model import SparseGP, load_model
@@ -108,6 +109,7 @@ class OnTheFlyLearner:
         self.callbacks = list(callbacks or [])
         self.config_type = config_type
         self.extra_state: dict = {}
+        self.trigger = Trigger(self.settings)
         self.counters = {"steps": 0, "labels": 0, "failed": 0, "sparse_added": 0,
                          "optimisations": 0, "skipped_frames": 0}
         self.timers = dict.fromkeys(PHASES, 0.0)
@@ -153,8 +155,11 @@ class OnTheFlyLearner:
             self.model.fit(self.initial_data)
         self._atoms().calc = self.calculator
         if not self.model.is_fitted:
-            log.info("empty model: labelling the first frame")
-            self.label(self._atoms(), np.ones(len(self._atoms())))
+            log.info("empty model: labelling the first frame%s", "; until a second label "
+                     "gives residuals to calibrate on, the force trigger uses the raw std"
+                     if self.settings.force_tolerance is not None else "")
+            self.label(self._atoms(), np.ones(len(self._atoms())),
+                       reason={"trigger": "empty", "text": "empty model: first frame"})
         elif self.rundir.read_checkpoint() is None:
             self._checkpoint(save_model=True)
         log_thresholds(self.settings, self.model.signal_variances)
@@ -174,10 +179,14 @@ class OnTheFlyLearner:
         std = calc.get_property("local_std_normalised", atoms)
         self.counters["steps"] = step
         labelled = False
-        if std.max() > self.settings.std_tolerance and step >= self._cooldown_until:
-            if self.budget_left():
-                self.label(atoms, std)
-                labelled = True
+        t = time.perf_counter()
+        reason = self.trigger.check(self.model, atoms, std, step < self._cooldown_until, step)
+        self.timers["predict"] += time.perf_counter() - t     # the force std, when computed
+        if self.trigger.last is not None:
+            calc.results["force_std"] = self.trigger.last["force_std"]
+        if reason is not None and self.budget_left():
+            self.label(atoms, std, reason=reason)
+            labelled = True
         if labelled or step % self.settings.trajectory_interval == 0:
             self._write_frame(atoms, step, labelled)
         self.step_done(step, labelled)
@@ -250,6 +259,10 @@ class OnTheFlyLearner:
             "wall_seconds": round(wall, 3), "seconds": timers,
             "signal_std": {str(z): float(np.sqrt(v))
                            for z, v in self.model.signal_variances.items()},
+            "calibration": None if self.model.calibration is None else
+            self.model.calibration.to_dict(),
+            "threshold_equivalents": self.trigger.equivalents(),
+            "label_reasons": records.reason_counts(self.rundir),
             **records.label_statistics(self.rundir),
             "settings": self.settings.to_dict(), "labeller": self.labeller.describe(),
             "directory": str(self.rundir.path.resolve()),
@@ -275,7 +288,7 @@ class OnTheFlyLearner:
         s = self.settings
         return choose_sparse_atoms(self.model, atoms, std, s.update_threshold, s.max_atoms_added)
 
-    def label(self, atoms, std: np.ndarray) -> bool:
+    def label(self, atoms, std: np.ndarray, reason: dict | None = None) -> bool:
         """Label the current frame now (with retries), write it, learn from it, checkpoint.
 
         Parameters
@@ -284,6 +297,8 @@ class OnTheFlyLearner:
             The dynamics' current frame.
         std : ndarray, shape (n_atoms,)
             Its ``local_std_normalised`` (chooses the new sparse points).
+        reason : dict, optional
+            Why (recorded; :class:`~gpmlip.active.trigger.Trigger` makes it).
 
         Returns
         -------
@@ -297,7 +312,7 @@ class OnTheFlyLearner:
         self.counters["steps"] = step
         before = records.model_view(self.model, atoms)
         for attempt in range(attempts):
-            record = self._call_labeller(atoms, std, step, attempt, before)
+            record = self._call_labeller(atoms, std, step, attempt, before, reason)
             self._emit("labelled", record)
             self._apply(record)
             if record["result"]["ok"]:
@@ -317,7 +332,7 @@ class OnTheFlyLearner:
                     step, attempts, self._cooldown_until)
         return False
 
-    def _call_labeller(self, atoms, std, step, attempt, before) -> dict:
+    def _call_labeller(self, atoms, std, step, attempt, before, reason=None) -> dict:
         """Call the labeller once and write the record to disk; nothing else."""
         index = self.n_applied + 1
         # everything that does not need the label is done first, so that the time between the
@@ -332,7 +347,7 @@ class OnTheFlyLearner:
         record = records.label_record(
             index=index, step=step, attempt=attempt, config_type=self.config_type, atoms=atoms,
             result=result, labeller=self.labeller, started=started, std=std, sparse=sparse,
-            md=md, before=before)
+            md=md, before=before, reason=reason)
         t = time.perf_counter()
         self.rundir.write_label(record)
         self.timers["io"] += time.perf_counter() - t
@@ -361,6 +376,7 @@ class OnTheFlyLearner:
             log.info("hyper-parameters re-optimised after %d labels: %s (log likelihood %.6g)",
                      n_ok, ", ".join(f"{k} {v:.4g}" for k, v in result.values.items()),
                      result.log_likelihood)
+        self.trigger.learnt(self.model, record)
         record["update_seconds"] = time.perf_counter() - t
         self.timers["update"] += record["update_seconds"]
 
@@ -405,6 +421,10 @@ class OnTheFlyLearner:
             self._wall_before = ck.get("wall_seconds", 0.0)
             self.extra_state.update(ck.get("extra", {}))
             md = ck["md"]
+            for record in self.rundir.labels()[:self.n_applied]:   # the calibration's residuals
+                if record.get("residuals"):
+                    self.trigger.history.append((np.asarray(record["residuals"]["force_error"]),
+                                                 np.asarray(record["residuals"]["parts"])))
         checkpointed = self.n_applied
         pending = self.rundir.labels(after=checkpointed)
         for record in pending:

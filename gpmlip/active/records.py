@@ -16,6 +16,7 @@ from ase import Atoms
 
 from gpmlip.active.rundir import RunDirectory, structure_dict
 from gpmlip.errors import RunDirectoryError
+from gpmlip.gp.calibration import force_variance_parts
 from gpmlip.gp.model import SparseGP
 from gpmlip.labelling.labellers import Labeller, LabelResult, provenance
 
@@ -34,16 +35,20 @@ def model_view(model: SparseGP, atoms: Atoms) -> dict:
     """The model's view of a frame before it sees the label (for the calibration record)."""
     if not model.is_fitted:
         return {}
-    pred = model.predict(atoms, stress=False, force_std=True)
+    pred = model.predict(atoms, stress=False)
+    parts = force_variance_parts(model, atoms)
+    raw = np.sqrt(parts[..., 0] + parts[..., 1])
     signal = model.signal_variances
     sigma = np.sqrt([signal[int(z)] for z in atoms.numbers])
-    return {"forces": pred.forces, "force_std": pred.force_std,
+    return {"forces": pred.forces, "parts": parts, "force_std_raw": raw,
+            "force_std": raw if model.calibration is None else model.calibration.std(parts),
             "energy_std": np.sqrt(pred.local_variance), "sigma": sigma}
 
 
 def label_record(*, index: int, step: int, attempt: int, config_type: str, atoms: Atoms,
                  result: LabelResult, labeller: Labeller, started: str, std: np.ndarray,
-                 sparse: list[int], md: dict, before: dict) -> dict:
+                 sparse: list[int], md: dict, before: dict,
+                 reason: dict | None = None) -> dict:
     """The record of one labeller call: structure, result, provenance, what to learn from it.
 
     Parameters
@@ -56,6 +61,9 @@ def label_record(*, index: int, step: int, attempt: int, config_type: str, atoms
         The dynamics' state at the frame (:func:`gpmlip.active.mdstate.capture`).
     before : dict
         :func:`model_view` of the frame (empty for an unfitted model).
+    reason : dict, optional
+        Why the frame was labelled (:class:`~gpmlip.active.trigger.Trigger`; ``text`` is
+        logged and counted in the summary).
     """
     record = {
         "index": index, "step": step, "attempt": attempt, "config_type": config_type,
@@ -65,6 +73,7 @@ def label_record(*, index: int, step: int, attempt: int, config_type: str, atoms
         "max_std": float(std.max()),
         "sparse_atoms": sparse if result.ok else [],
         "md": md,
+        "reason": reason or {"trigger": "other", "text": "labelled by the caller"},
     }
     if result.ok and before:
         err = before["forces"] - result.forces
@@ -72,8 +81,13 @@ def label_record(*, index: int, step: int, attempt: int, config_type: str, atoms
             "force_rmse": float(np.sqrt(np.mean(err ** 2))),
             "force_max_error": float(np.abs(err).max()),
             "predicted_force_std": float(np.sqrt(np.mean(before["force_std"] ** 2))),
+            "predicted_force_std_raw": float(np.sqrt(np.mean(before["force_std_raw"] ** 2))),
+            "max_predicted_force_std": float(before["force_std"].max()),
             "max_energy_std": float(before["energy_std"].max()),
         }
+        # the honest residuals the calibration is fitted on (not in events.jsonl)
+        record["residuals"] = {"force_error": err.ravel().round(6).tolist(),
+                               "parts": before["parts"].reshape(-1, 3).tolist()}
     return record
 
 
@@ -87,10 +101,12 @@ def label_event(record: dict, model: SparseGP) -> dict:
              "update_seconds": record.get("update_seconds", 0.0),
              "sparse_added": len(record["sparse_atoms"]),
              "sparse_points": model.n_sparse_points, "signal_std": sigma,
+             "reason": record.get("reason", {}).get("text", ""),
              **record.get("before", {})}
-    log.info("step %d: label %d %s (max std %.3f; labeller %.2f s, update %.2f s)%s; "
+    log.info("step %d: label %d %s (%s; labeller %.2f s, update %.2f s)%s; "
              "%d sparse points", record["step"], record["index"],
-             "done" if result["ok"] else f"FAILED: {result['error']}", record["max_std"],
+             "done" if result["ok"] else f"FAILED: {result['error']}",
+             event["reason"] or f"max std {record['max_std']:.3f}",
              result["seconds"], event["update_seconds"],
              f"; force error before it {event['force_rmse']:.3f} eV/Å (predicted std "
              f"{event['predicted_force_std']:.3f})" if "force_rmse" in event else "",
@@ -106,6 +122,16 @@ def label_statistics(rundir: RunDirectory) -> dict:
             "median_predicted_force_std_at_label": med("predicted_force_std")}
 
 
+def reason_counts(rundir: RunDirectory) -> dict:
+    """How many labels each trigger made (``empty``, ``force``, ``std``, ``other``)."""
+    counts: dict[str, int] = {}
+    for record in rundir.labels():
+        if record["attempt"] == 0:
+            kind = record.get("reason", {}).get("trigger", "other")
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def trajectory_frame(atoms: Atoms, step: int, labelled: bool) -> Atoms:
     """A copy of an MD frame with the calculator's per-atom results, for ``trajectory.extxyz``."""
     res = atoms.calc.results
@@ -116,6 +142,8 @@ def trajectory_frame(atoms: Atoms, step: int, labelled: bool) -> Atoms:
     frame.arrays["local_std"] = res["local_std_normalised"].copy()
     frame.arrays["local_energy"] = res["energies"].copy()
     frame.arrays["gp_forces"] = res["forces"].copy()
+    if res.get("force_std") is not None:
+        frame.arrays["force_std"] = np.asarray(res["force_std"]).copy()
     return frame
 
 

@@ -1,4 +1,24 @@
-"""Settings of on-the-fly learning, and what its two thresholds mean.
+"""Settings of on-the-fly learning, and what its thresholds mean.
+
+The trigger in eV/Å (default)
+-----------------------------
+With ``force_tolerance`` set (the default, 0.08 eV/Å) a frame is labelled when its largest
+*calibrated* predicted force std (over atoms and Cartesian components, eV/Å, the unit of
+VASP's on-the-fly ML_CTIFOR) exceeds it.  The calibration is refitted after every label by
+maximum likelihood on the honest residuals of the run: the force error of the model on each
+new label *before* it learnt it, against the std it predicted (the last ``calibration_labels``
+labels; :mod:`gpmlip.gp.calibration`).  Before the first calibration exists (empty model: the
+first frame is always labelled; then until a second label gives residuals) the raw std is
+used, which overestimates the error, so the first labels come early.  ``std_tolerance`` is then
+a cheap pre-screen: a frame whose largest normalised std is at most ``std_tolerance`` is known
+in every environment and is not labelled, and its force std is not computed (it needs the
+descriptor Jacobian, ~7x the cost of a step's prediction).  With ``adaptive_tolerance`` the
+threshold follows the running level of recent maxima (VASP resets ML_CTIFOR to the mean of
+recent Bayesian errors): ``max(force_tolerance, adaptive_factor * mean of the frame maxima of
+the last adaptive_window steps with the current model)``, and the force std is computed at
+every step.  A trigger on forces lets go on multi-species systems of one composition, where
+the local-energy std cannot fall along the undetermined split of energy between species
+(DESIGN.md section 8); ``force_tolerance = None`` restores the trigger on ``std_tolerance``.
 
 Choosing the thresholds
 -----------------------
@@ -57,7 +77,20 @@ class OTFSettings:
     Parameters
     ----------
     std_tolerance : float, default 0.003
-        Label a frame when its largest normalised local-energy std exceeds this.
+        Label a frame when its largest normalised local-energy std exceeds this (and, with
+        ``force_tolerance``, its force std too; below it no force std is computed).
+    force_tolerance : float or None, default 0.08
+        eV/Å: label a frame when its largest calibrated force std exceeds this (None: trigger
+        on ``std_tolerance`` alone).
+    adaptive_tolerance : bool, default False
+        Follow the running level of recent maxima (``force_tolerance`` is then the floor).
+    adaptive_window, adaptive_factor : int, float, default 20, 1.3
+        Steps of the running level, and how far above it a frame must be.
+    force_check_interval : int, default 5
+        Compute the force std (and so check the force trigger) at most every this many steps
+        (it costs ~7x a step's prediction; 1 checks every step).
+    calibration_labels : int, default 10
+        The calibration is fitted on the residuals of this many most recent labels.
     update_threshold : float, default 0.001
         Atoms above this normalised std may become sparse points.
     max_atoms_added : int, default 50
@@ -87,6 +120,12 @@ class OTFSettings:
     """
 
     std_tolerance: float = 0.003
+    force_tolerance: float | None = 0.08
+    adaptive_tolerance: bool = False
+    adaptive_window: int = 20
+    adaptive_factor: float = 1.3
+    force_check_interval: int = 5
+    calibration_labels: int = 10
     update_threshold: float = 0.001
     max_atoms_added: int = 50
     optimise_every: int = 5
@@ -107,9 +146,18 @@ class OTFSettings:
         if not 0 < self.update_threshold <= self.std_tolerance:
             raise SettingsError(f"update_threshold={self.update_threshold}: use a number in "
                                 f"(0, std_tolerance={self.std_tolerance}], about a tenth of it")
+        if self.force_tolerance is not None and not 0 < self.force_tolerance < 10:
+            raise SettingsError(f"force_tolerance={self.force_tolerance}: a force std in eV/Å, "
+                                "e.g. 0.02-0.1, or None to trigger on std_tolerance alone")
+        if self.adaptive_tolerance and self.force_tolerance is None:
+            raise SettingsError("adaptive_tolerance follows the force std: set force_tolerance "
+                                "(eV/Å, the floor of the adaptive threshold)")
+        if not self.adaptive_factor >= 1:
+            raise SettingsError(f"adaptive_factor={self.adaptive_factor}: use 1 or more")
         if self.on_failure not in FAILURE_POLICIES:
             raise SettingsError(f"on_failure={self.on_failure!r}: use one of {FAILURE_POLICIES}")
-        for name in ("max_atoms_added", "trajectory_interval", "checkpoint_interval"):
+        for name in ("max_atoms_added", "trajectory_interval", "checkpoint_interval",
+                     "adaptive_window", "calibration_labels", "force_check_interval"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"{name}={getattr(self, name)}: use 1 or more")
         for name in ("optimise_every", "optimise_until", "max_retries", "cooldown_steps",
@@ -143,3 +191,9 @@ def log_thresholds(settings: OTFSettings, signal_variances: dict[int, float]) ->
                  "%.3g meV and update_threshold %.3g = %.3g meV", z, sigma,
                  settings.std_tolerance, 1000 * settings.std_tolerance * sigma,
                  settings.update_threshold, 1000 * settings.update_threshold * sigma)
+    if settings.force_tolerance is not None:
+        log.info("trigger: largest calibrated force std > %.3g eV/Å%s (frames with normalised "
+                 "std <= %.3g are not labelled); what it is in normalised std is logged at "
+                 "every label and in the summary (threshold_equivalents)",
+                 settings.force_tolerance, " (floor of the adaptive threshold)"
+                 if settings.adaptive_tolerance else "", settings.std_tolerance)

@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="trajectory (extxyz, default md.extxyz)")
     p.add_argument("--interval", type=int, help="write every this many steps (default 10)")
     p.add_argument("--gate-threshold", type=float, help="normalised std that triggers the gate")
+    p.add_argument("--gate-force-threshold", type=float,
+                   help="eV/Å: gate only frames whose largest calibrated force std also "
+                        "exceeds this (the normalised std is then a pre-screen)")
     p.add_argument("--gate-policy", choices=["warn", "queue", "stop", "label"])
     p.add_argument("--queue", help="queue file for --gate-policy queue")
     p.add_argument("--labeller", help="labeller of the queue (new queue) or of policy 'label'")

@@ -56,7 +56,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
            "trajectory": (str,), "interval": (int,)},
     "otf": {**{f.name: (object,) for f in fields(OTFSettings)}, "labeller": (str, dict),
             "directory": (str,)},
-    "gate": {"threshold": NUMBER, "policy": (str,), "queue": (str,), "labeller": (str, dict),
+    "gate": {"threshold": NUMBER, "force_threshold": NUMBER, "policy": (str,), "queue": (str,), "labeller": (str, dict),
              "directory": (str,)},
     "learn": {"pool": (str, list), "queue": (str,), "labeller": (str, dict),
               "directory": (str,), "batch": (int,), "method": (str,), "max_labels": (int,),

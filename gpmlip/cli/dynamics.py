@@ -26,7 +26,8 @@ def md(args) -> int:
                           ensemble=args.ensemble, trajectory=args.output,
                           interval=args.interval)
     gate_cfg = config.merge(cfg, "gate", threshold=args.gate_threshold, policy=args.gate_policy,
-                            queue=args.queue, labeller=args.labeller)
+                            queue=args.queue, labeller=args.labeller,
+                            force_threshold=args.gate_force_threshold)
     if "structure" not in md_cfg:
         raise gpmlip.errors.SettingsError("give a structure: a file or a bulk spec such as "
                                           "'Cu fcc 3.61 3' (--structure or [md] structure)")
@@ -46,7 +47,8 @@ def md(args) -> int:
         directory = gate_cfg.get("directory", str(out.with_suffix("")) + "_gate")
         gate = UncertaintyGate(model, directory, gate_cfg["threshold"],
                                gate_cfg.get("policy", "warn"), queue=queue,
-                               labeller=gate_cfg.get("labeller"))
+                               labeller=gate_cfg.get("labeller"),
+                               force_threshold=gate_cfg.get("force_threshold"))
         atoms.calc = gate.calculator
     else:
         atoms.calc = gpmlip.GPCalculator(model)
@@ -144,6 +146,13 @@ def otf(args) -> int:
               f"({summary['failed_labels']} failed), {summary['sparse_points']} sparse points, "
               f"{summary['wall_seconds']:.0f} s (" +
               ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ")")
+        eq = summary.get("threshold_equivalents") or {}
+        print(f"labels by reason: {summary.get('label_reasons')}; calibration: " +
+              (f"x {summary['calibration']['weights']['residual'] ** 0.5:.3g} "
+               f"({summary['calibration']['method']})" if summary.get("calibration") else "none") +
+              (f"; force_tolerance {summary['settings']['force_tolerance']} eV/Å ~ normalised std "
+               f"{eq['force_tolerance_as_normalised_std']:.3g}"
+               if "force_tolerance_as_normalised_std" in eq else ""))
         print(f"files: {summary['directory']}/ (model.npz, labelled.extxyz, trajectory.extxyz, "
               "events.jsonl, summary.json" + (", otf_curve.png" if args.plot else "") + ")")
     return 0

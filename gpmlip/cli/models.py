@@ -50,17 +50,27 @@ def train(args) -> int:
 def evaluate(args) -> int:
     """Error table of a model on labelled files, per config_type; optional plots."""
     import gpmlip
-    from gpmlip.evaluate import error_table, format_table, predictions
+    from gpmlip.evaluate import calibration_report, error_table, format_table, predictions
+    from gpmlip.uncertainty import format_metrics
 
     model = gpmlip.load_model(args.model)
     data = build.data(args.data, {}, model.species)
-    records = predictions(model, data, force_std=bool(args.plot), progress=True)
+    records = predictions(model, data, force_std=True, progress=True)
     table = error_table(records)
+    calibration = calibration_report(records)
     if args.plot:
         from gpmlip.plots import parity_plots
         written = parity_plots(records, args.plot)
         log.info("plots written: %s", ", ".join(str(p) for p in written))
-    print(json.dumps(table, indent=1) if args.json else format_table(table))
+    if args.json:
+        print(json.dumps({**table, "force_calibration": calibration}, indent=1))
+        return 0
+    print(format_table(table))
+    state = (model.calibration.describe() if model.calibration is not None else
+             "none: the raw std (calibrate with model.calibrate(held_out_frames))")
+    print(f"\nmodel calibration: {state}")
+    for name, metrics in calibration.items():
+        print(format_metrics(metrics, f"{name} force std"))
     return 0
 
 

@@ -15,8 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from gpmlip.baselines import (Baseline, BaselineSpec, add_to_prediction, make_baseline,
                               stored_baseline)
-from gpmlip.covariance import (SparseSet, unit_kernel, force_prior_variance, force_rows,
-                               local_kernel)
+from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.descriptors.soap import SOAP
@@ -24,6 +23,8 @@ from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import hyper, selection
+from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
+                                    held_out_residuals)
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
 from gpmlip.gp.solver import GramStats, Hyper, solve
@@ -139,6 +140,7 @@ class SparseGP:
         self.baseline: Baseline | None = make_baseline(baseline, descriptor.species)
         self.two_body = two_body
         self.state_: FittedState | None = None
+        self.calibration: Calibration | None = None   # of the force std; None: raw
         self._version = 0   # of the last state, so that a refit keeps counting up
 
     # -- state -----------------------------------------------------------------------------
@@ -287,6 +289,7 @@ class SparseGP:
             raise DataError("no training frames: give at least one labelled structure")
         self._version = self.version
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
+        self.calibration = None   # fitted for other data: calibrate again
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(self._labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
@@ -634,7 +637,9 @@ class SparseGP:
             Compute them (by back-propagation through the descriptor: no Jacobian).
         force_std : bool
             Also the force uncertainty (needs the descriptor Jacobian and one kernel-row
-            contraction per sparse point: for labelling decisions, not for every MD step).
+            contraction per sparse point: for labelling decisions, not for every MD step):
+            ``force_std`` is calibrated when :attr:`calibration` is set (see :meth:`calibrate`),
+            ``force_std_raw`` is the raw DTC std.
         variance : bool, default True
             Compute the local-energy variances (plain MD does not need them); without them the
             variance fields of the result are None.
@@ -654,23 +659,33 @@ class SparseGP:
             s = np.einsum("pa,pb->ab", out.dE_dr, pairs.vector) / volume
             result.stress = 0.5 * (s + s.T)
         if force_std:
-            result.force_std = self._force_std(atoms)
+            parts = force_variance_parts(self, atoms)
+            result.force_std_raw = np.sqrt(parts[..., 0] + parts[..., 1])
+            result.force_std = result.force_std_raw if self.calibration is None else \
+                self.calibration.std(parts)
         if self.baseline is not None and self._pair_baseline is None:
             add_to_prediction(result, self.baseline(atoms))
         return result
 
-    def _force_std(self, atoms: Atoms) -> np.ndarray:
-        """DTC standard deviation of every force component, shape (n_atoms, 3)."""
-        env = self.descriptor.describe(atoms, gradients=True)
-        state = self.state_
-        rows = force_rows(env, state.sparse, self.zeta).reshape(3 * len(atoms), -1)
-        prior = force_prior_variance(env, self.zeta, state.signal_variance).ravel()
-        if state.two_body is not None:
-            rows, extra = twobody.force_terms(state.two_body, self.descriptor.pair_list(atoms),
-                                              rows, len(atoms))
-            prior = prior + state.signal_variance[twobody.KEY] * extra
-        return np.sqrt(state.posterior.dtc_variance(prior, rows, state.column_variance)
-                       ).reshape(-1, 3)
+    def calibrate(self, frames: TrainingData, *, method: str = "auto") -> Calibration:
+        """Fit the force-std calibration on held-out labelled frames and keep it.
+
+        Parameters
+        ----------
+        frames : list of ase.Atoms, Dataset or a path
+            Labelled structures the model was *not* trained on (with forces).
+        method : {"auto", "scale", "parts"}
+            See :func:`gpmlip.gp.calibration.fit_calibration`.
+
+        Returns
+        -------
+        Calibration
+            Also stored as :attr:`calibration` (and in the model file on :meth:`save`).
+        """
+        residuals, parts = held_out_residuals(self, frames)
+        self.calibration = fit_calibration(residuals, parts, method=method, source="held-out")
+        log.info("calibrated: %s", self.calibration.describe())
+        return self.calibration
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -688,6 +703,7 @@ class SparseGP:
             "e0_setting": _e0_setting(self.e0),
             "settings": {"n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
                          "jitter": self.jitter, "seed": self.seed},
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
 
@@ -743,4 +759,5 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
     except (KeyError, TypeError, ValueError) as exc:
         raise model_file_damaged(path, exc) from None
     model.state_ = model._solved(state)
+    model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
     return model

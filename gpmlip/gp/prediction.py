@@ -34,8 +34,10 @@ class Prediction:
         novelty quantity of gpmlip: what the on-the-fly learner, the gate, the pool and the
         loop threshold (see :mod:`gpmlip.active.settings`).
     force_std : ndarray, shape (n_atoms, 3) or None
-        Standard deviation of each force component from the uncertainty of the weights
-        (the DTC term ``k_F' A^-1 k_F``), when asked for.
+        Standard deviation of each force component, eV/Å, when asked for: calibrated when
+        the model has a calibration (:meth:`SparseGP.calibrate`), else the raw one.
+    force_std_raw : ndarray, shape (n_atoms, 3) or None
+        The raw DTC std (Nystroem residual plus the uncertainty of the weights), uncalibrated.
     """
 
     energy: float
@@ -45,6 +47,7 @@ class Prediction:
     local_variance: np.ndarray
     local_std_normalised: np.ndarray
     force_std: np.ndarray | None = None
+    force_std_raw: np.ndarray | None = None
 
     @property
     def max_uncertainty(self) -> float:

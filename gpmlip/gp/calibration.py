@@ -1,0 +1,240 @@
+"""Calibrated force uncertainty: weights of the variance parts fitted by maximum likelihood.
+
+The raw DTC force variance of a component is the sum of two parts, and a third is the noise:
+
+* ``"residual"``: prior variance minus what the sparse points explain (Nystroem residual),
+* ``"weights"``: the uncertainty of the weights on the sparse basis (the posterior part),
+* ``"noise"``: the fitted force noise ``sigma_F^2`` (the model's own error floor).
+
+A calibration is a non-negative weight per part, so that the calibrated variance is
+``sum_k w_k v_k``.  :func:`fit_calibration` takes residuals and the raw parts of their variance,
+from any honest source (held-out frames, the labels of an on-the-fly run before they were
+learnt, leave-one-structure-out residuals), and maximises the Gaussian likelihood:
+
+1. one scale on the raw std (``w_residual = w_weights = alpha^2``, ``w_noise = 0``): the closed
+   form ``alpha^2 = mean(r^2 / v)``;
+2. a weight per part (L-BFGS-B on the log weights), kept only if it improves the log likelihood
+   by more than BIC's ``0.5 log(n)`` per extra parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+from gpmlip.covariance import force_prior_variance, force_rows
+from gpmlip.errors import DataError
+from gpmlip.gp import twobody
+
+log = logging.getLogger(__name__)
+
+PARTS = ("residual", "weights", "noise")
+"""The variance parts a calibration weights, in the order of the last axis of ``parts``."""
+
+CALIBRATION_VERSION = 1
+
+
+@dataclass
+class Calibration:
+    """Weights of the force variance parts (see the module docstring).
+
+    Attributes
+    ----------
+    weights : dict
+        Part name -> weight (``PARTS``); the calibrated variance is ``sum_k w_k v_k``.
+    method : str
+        ``"scale"`` (one factor on the raw std) or ``"parts"`` (a weight per part).
+    n : int
+        Residuals it was fitted on.
+    source : str
+        Where the residuals came from ("held-out", "on-the-fly", "leave-one-out", ...).
+    nll : float
+        Mean negative log likelihood of the fit residuals under the calibration.
+    info : dict
+        Anything else worth keeping (e.g. the one-scale fit when ``method`` is "parts").
+    """
+
+    weights: dict[str, float]
+    method: str = "scale"
+    n: int = 0
+    source: str = ""
+    nll: float = float("nan")
+    info: dict = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        """The factor on the raw std when ``method`` is "scale" (else the mean-square ratio
+        at the fit residuals is in ``info``)."""
+        return float(np.sqrt(self.weights["residual"]))
+
+    def variance(self, parts: np.ndarray) -> np.ndarray:
+        """Calibrated variance from raw parts, shape ``parts.shape[:-1]``."""
+        w = np.array([self.weights[p] for p in PARTS])
+        return np.asarray(parts) @ w
+
+    def std(self, parts: np.ndarray) -> np.ndarray:
+        """Calibrated std from raw parts (clipped at a tiny positive value)."""
+        return np.sqrt(np.clip(self.variance(parts), 1e-30, None))
+
+    def to_dict(self) -> dict:
+        """JSON-ready (what the model file stores)."""
+        return {"version": CALIBRATION_VERSION, "weights": dict(self.weights),
+                "method": self.method, "n": self.n, "source": self.source, "nll": self.nll,
+                "info": self.info}
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Calibration | None:
+        """Read :meth:`to_dict` (None stays None: an uncalibrated model)."""
+        if not data:
+            return None
+        return cls(weights={p: float(data["weights"][p]) for p in PARTS},
+                   method=data.get("method", "scale"), n=int(data.get("n", 0)),
+                   source=data.get("source", ""), nll=float(data.get("nll", float("nan"))),
+                   info=dict(data.get("info", {})))
+
+    def describe(self) -> str:
+        """One line for logs."""
+        if self.method == "scale":
+            return (f"force std x {self.scale:.3g} (one scale, {self.n} residuals, "
+                    f"{self.source})")
+        w = ", ".join(f"{p} x {np.sqrt(v):.3g}" for p, v in self.weights.items())
+        return f"force std from parts ({w}; {self.n} residuals, {self.source})"
+
+
+def _mean_nll(r2: np.ndarray, var: np.ndarray) -> float:
+    return float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * r2 / var))
+
+
+def fit_calibration(residuals, parts, *, method: str = "auto",
+                    source: str = "") -> Calibration:
+    """Maximum-likelihood weights of the variance parts for these residuals.
+
+    Parameters
+    ----------
+    residuals : array, shape (n,) or any shape
+        Prediction minus reference (e.g. force components, eV/Å), honest: the model did not
+        learn them.
+    parts : array, shape residuals.shape + (3,)
+        The raw variance parts of each residual, in the order of :data:`PARTS`
+        (:func:`force_variance_parts` gives them for a structure).
+    method : {"auto", "scale", "parts"}
+        One scale on the raw std, a weight per part, or the parts only when the likelihood
+        gain pays for the extra parameters (BIC).
+    source : str
+        Stored with the calibration.
+
+    Returns
+    -------
+    Calibration
+    """
+    if method not in ("auto", "scale", "parts"):
+        raise DataError(f"method={method!r}: use 'auto', 'scale' or 'parts'")
+    r = np.ravel(np.asarray(residuals, dtype=float))
+    v = np.asarray(parts, dtype=float).reshape(len(r), len(PARTS)) if r.size else \
+        np.zeros((0, len(PARTS)))
+    if r.size == 0:
+        raise DataError("no residuals to calibrate on: give at least one labelled, held-out "
+                        "structure")
+    if not (np.all(np.isfinite(r)) and np.all(np.isfinite(v))) or np.any(v < 0):
+        raise DataError("residuals must be finite and variance parts finite and >= 0")
+    raw = v[:, 0] + v[:, 1]
+    ok = raw > 0
+    if not ok.any():
+        raise DataError("every raw variance is zero: nothing to scale")
+    r2 = r ** 2
+    alpha2 = float(np.mean(r2[ok] / raw[ok]))
+    alpha2 = max(alpha2, 1e-12)
+    floor = 1e-30
+    scale_var = np.clip(alpha2 * raw, floor, None)
+    scale_nll = _mean_nll(r2, scale_var)
+    scale = Calibration(weights={"residual": alpha2, "weights": alpha2, "noise": 0.0},
+                        method="scale", n=len(r), source=source, nll=scale_nll)
+    if method == "scale":
+        return scale
+    # a weight per part, in log space; a part that is zero everywhere keeps weight 0
+    present = np.flatnonzero(v.max(axis=0) > 0)
+    typical = np.array([np.mean(v[:, k]) for k in present])
+
+    def objective(logw):
+        w = np.exp(logw)
+        var = np.clip(v[:, present] @ w, floor, None)
+        g_var = 0.5 / var - 0.5 * r2 / var ** 2
+        return _mean_nll(r2, var), (v[:, present] * g_var[:, None]).mean(axis=0) * w
+
+    # starts: each part carrying an equal share of the one-scale mean variance, and the
+    # one-scale fit with the noise nearly off; the best end point wins
+    share = alpha2 * np.mean(raw) / (len(present) * typical)
+    starts = [np.log(np.maximum(share, 1e-30))]
+    if "noise" in [PARTS[k] for k in present]:
+        second = np.log(np.maximum(alpha2 * np.ones(len(present)), 1e-30))
+        j = [PARTS[k] for k in present].index("noise")
+        second[j] = np.log(max(1e-3 * alpha2 * np.mean(raw) / typical[j], 1e-30))
+        starts.append(second)
+    res = min((minimize(objective, x0, jac=True, method="L-BFGS-B",
+                        bounds=[(-70.0, 30.0)] * len(present)) for x0 in starts),
+              key=lambda out: out.fun)
+    weights = dict.fromkeys(PARTS, 0.0)
+    for k, lw in zip(present, res.x):
+        weights[PARTS[k]] = float(np.exp(lw))
+    parts_nll = float(res.fun)
+    gain = len(r) * (scale_nll - parts_nll)
+    penalty = 0.5 * np.log(len(r)) * (len(present) - 1)
+    if method == "parts" or gain > penalty:
+        return Calibration(weights=weights, method="parts", n=len(r), source=source,
+                           nll=parts_nll, info={"scale": float(np.sqrt(alpha2)),
+                                                "scale_nll": scale_nll,
+                                                "log_likelihood_gain": float(gain)})
+    scale.info = {"parts_weights": weights, "log_likelihood_gain": float(gain)}
+    return scale
+
+
+def force_variance_parts(model, atoms) -> np.ndarray:
+    """The raw variance parts (:data:`PARTS`) of every force component, shape (n, 3, 3).
+
+    ``parts[..., 0] + parts[..., 1]`` is the raw DTC force variance (``force_std_raw ** 2``);
+    ``parts[..., 2]`` is ``sigma_F^2`` for every component.
+    """
+    model.check_fitted()
+    env = model.descriptor.describe(atoms, gradients=True)
+    state = model.state_
+    rows = force_rows(env, state.sparse, model.zeta).reshape(3 * len(atoms), -1)
+    prior = force_prior_variance(env, model.zeta, state.signal_variance).ravel()
+    if state.two_body is not None:
+        rows, extra = twobody.force_terms(state.two_body, model.descriptor.pair_list(atoms),
+                                          rows, len(atoms))
+        prior = prior + state.signal_variance[twobody.KEY] * extra
+    post = state.posterior
+    total = post.dtc_variance(prior, rows, state.column_variance)
+    weights = post.weight_variance(rows) if rows.shape[1] else np.zeros_like(total)
+    weights = np.minimum(weights, total)
+    out = np.empty((len(total), len(PARTS)))
+    out[:, 0] = total - weights
+    out[:, 1] = weights
+    out[:, 2] = state.noise["forces"] ** 2
+    return out.reshape(len(atoms), 3, len(PARTS))
+
+
+def held_out_residuals(model, frames) -> tuple[np.ndarray, np.ndarray]:
+    """Force residuals (prediction - reference) and their raw variance parts on labelled frames.
+
+    Returns
+    -------
+    residuals : ndarray, shape (n_components,)
+    parts : ndarray, shape (n_components, 3)
+    """
+    from gpmlip.data import Dataset, load_frames
+
+    data = frames if isinstance(frames, Dataset) else load_frames(frames, species=model.species)
+    res, parts = [], []
+    for frame in data:
+        if frame.forces is None:
+            continue
+        pred = model.predict(frame.atoms, stress=False, variance=False)
+        res.append(np.ravel(pred.forces - frame.forces))
+        parts.append(force_variance_parts(model, frame.atoms).reshape(-1, len(PARTS)))
+    if not res:
+        raise DataError("none of the frames has forces: calibration needs labelled forces")
+    return np.concatenate(res), np.concatenate(parts)

@@ -14,7 +14,7 @@ start; held-out EMT frames at 800 K and 1200 K).  Every setting is one on-the-fl
 * ``--gpmlip-trigger KEY=V1,V2,...`` (repeatable): one gpmlip run per value, with ``KEY=V``
   passed as a keyword argument to :class:`~gpmlip.active.OnTheFlyLearner`, so any trigger the
   learner accepts works (``std_tolerance=...``, ``force_tolerance=...`` once it exists).
-  ``--gpmlip-option KEY=V`` (repeatable) is passed to every gpmlip run.  A value that is not a
+  ``--gpmlip-trigger none``: no gpmlip run.  ``--gpmlip-option KEY=V`` (repeatable) is passed to every gpmlip run.  A value that is not a
   number is passed as a string (``true``/``false``/``none`` as Python's).
 * ``--flare-tolerance T1,T2,...``: one FLARE run (``benchmarks/otf_flare.py``) per FLARE
   ``std_tolerance_factor`` (negative: absolute threshold on its normalised local std), with its
@@ -24,7 +24,8 @@ Measured per run: labeller calls and the final model's held-out force RMSE (and,
 the held-out RMSE after every label, through a learner callback).  The passive reference: an
 offline gpmlip fit (same descriptor and defaults) on ``k`` frames drawn at random from an 800 K
 EMT trajectory of ``--steps`` steps from the same start (``--passive-seeds`` draws), for every
-``k`` a gpmlip run reached, with as many sparse points as that run had after ``k`` labels.
+``k`` of a geometric ladder (1, 2, 3, 4, 7, 10, 17, 27, ...) or a run's final count that a gpmlip
+run reached, with as many sparse points as that run had after ``k`` labels.
 
 Comparison at equal calls: each code's curve is its runs' (calls, RMSE) points, the RMSE at a
 call count taken as the median over runs with that count; between counts it is interpolated
@@ -72,6 +73,8 @@ def parse_triggers(items: list[str]) -> list[dict]:
     """``["std_tolerance=0.003,0.01"]`` -> ``[{"std_tolerance": 0.003}, {"std_tolerance": 0.01}]``."""
     out = []
     for item in items:
+        if item.strip().lower() == "none":          # no gpmlip runs (e.g. a FLARE-only part)
+            continue
         key, _, values = item.partition("=")
         if not key or not values:
             raise SystemExit(f"--gpmlip-trigger {item!r}: write KEY=V1,V2,...")
@@ -237,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="KEY=V1,V2,...: one gpmlip run per value (repeatable)")
     p.add_argument("--gpmlip-option", action="append", default=[],
                    help="KEY=VALUE passed to every gpmlip learner (repeatable)")
-    p.add_argument("--flare-tolerance", default="-0.002,-0.005,-0.01,-0.02")
+    p.add_argument("--flare-tolerance", default="-0.002,-0.005,-0.01,-0.02",
+                   help="FLARE std_tolerance_factor values, comma-separated ('' for none)")
     p.add_argument("--flare-update-fraction", type=float, default=0.5)
     p.add_argument("--passive-seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=RESULTS / "otf_sweep.json")
@@ -282,7 +286,10 @@ def main(argv: list[str] | None = None) -> dict:
     ok = [r for r in result["runs"] if "error" not in r]
     gp_runs = [r for r in ok if r["code"] == "gpmlip"]
     fl_runs = [r for r in ok if r["code"] == "flare"]
-    ks = sorted({a["calls"] for r in gp_runs for a in r["after_each_label"]})
+    reached = {a["calls"] for r in gp_runs for a in r["after_each_label"]}
+    # the passive fits cost the most: every run's final count plus a geometric ladder
+    ladder = {int(round(1.6 ** i)) for i in range(12)}
+    ks = sorted(reached & (ladder | {r["calls"] for r in gp_runs}))
     if args.passive_seeds and ks:
         sparse = {k: max(a["sparse"] for r in gp_runs for a in r["after_each_label"]
                          if a["calls"] == k) for k in ks}

@@ -30,7 +30,8 @@ run reached, with as many sparse points as that run had after ``k`` labels.
 Comparison at equal calls: each code's curve is its runs' (calls, RMSE) points, the RMSE at a
 call count taken as the median over runs with that count; between counts it is interpolated
 linearly in (log calls, log RMSE).  The ratio gpmlip / FLARE is evaluated at every gpmlip point
-inside FLARE's range of calls (no extrapolation).  ``--reanalyse`` redoes the analysis of the
+inside FLARE's range of calls (no extrapolation), and for gpmlip's model after each of its
+first k labels (``ratio_after_k_labels``, the median over runs).  ``--reanalyse`` redoes the analysis of the
 runs already in ``--out`` (e.g. after an interrupted sweep).  Results: ``benchmarks/results/otf_sweep.json``
 and ``otf_sweep.png``.
 """
@@ -195,7 +196,14 @@ def compare(gp_runs: list[dict], fl_runs: list[dict]) -> dict:
     fx, fy = curve(fl_runs)
     inside = (gx >= fx.min()) & (gx <= fx.max())
     ratio = gy[inside] / loglog_interp(gx[inside], fx, fy)
-    return {"gpmlip_curve": {"calls": gx.tolist(), "rmse_meV_A": gy.tolist()},
+    after = {}                      # gpmlip's model after k labels (within its runs)
+    for k in sorted({a["calls"] for r in gp_runs for a in r["after_each_label"]}):
+        if fx.min() <= k <= fx.max():
+            med = np.median([a["rmse_meV_A"] for r in gp_runs for a in r["after_each_label"]
+                             if a["calls"] == k])
+            after[str(k)] = float(med / loglog_interp(np.array([k]), fx, fy)[0])
+    return {"ratio_after_k_labels": after,
+            "gpmlip_curve": {"calls": gx.tolist(), "rmse_meV_A": gy.tolist()},
             "flare_curve": {"calls": fx.tolist(), "rmse_meV_A": fy.tolist()},
             "ratio_at_gpmlip_calls": {str(int(c)): float(r) for c, r in zip(gx[inside], ratio)},
             "max_ratio": float(ratio.max()) if len(ratio) else None,

@@ -88,7 +88,7 @@ def test_selection_bad_input(cold_model):
     with pytest.raises(SettingsError, match="method"):
         select_batch(cold_model, pool, 1, method="maxvol")
     with pytest.raises(SettingsError, match="score"):
-        select_batch(cold_model, pool, 1, score="sum")
+        select_batch(cold_model, pool, 1, score="median")
     with pytest.raises(SettingsError, match="pool size"):
         select_batch(cold_model, pool, 3)
     alloy = emt_frames(1, seed=7, alloy=True)

@@ -11,7 +11,7 @@ learner and the gate threshold: the projected-process residual ``1 - k_i K^-1 k_
 uncertainty of the weights, over ``sigma_z^2``, square-rooted.  Conditioning on a pick shrinks
 each candidate's residual (``K`` the unit-variance kernel of the sparse points plus the picks so
 far) and its weight term by the same fraction.  A structure scores its largest ``u_i`` or, with
-``score="rms"``, the root-mean-square over its atoms.  ``"topk"`` (no conditioning) and ``"random"`` are
+``score="rms"``, the root-mean-square over its atoms (``"sum"``: the root of their sum).  ``"topk"`` (no conditioning) and ``"random"`` are
 the baselines; MLIP-2's maxvol (D-optimality on the model's basis) is the peer reference.
 
 The conditioning is done with one pivoted-Cholesky basis per species, so a batch of ``b`` picks
@@ -35,6 +35,7 @@ from gpmlip.kernels import normalise
 log = logging.getLogger(__name__)
 
 METHODS = ("greedy", "topk", "random")
+SCORES = ("max", "rms", "sum")
 
 
 @dataclass
@@ -138,9 +139,11 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
         At most this many environments per pick and species.
     seed : int, optional
         For ``"random"``.
-    score : {"max", "rms"}
-        A structure's score: its largest atomic normalised std (the on-the-fly trigger), or the
-        root-mean-square over its atoms (how much of it is new, not only its most novel atom).
+    score : {"max", "rms", "sum"}
+        A structure's score: its largest atomic normalised std (the on-the-fly trigger), the
+        root-mean-square over its atoms (how much of it is new, not only its most novel atom),
+        or the root of the sum of ``u_i^2`` over its atoms (the total new variance a label
+        would pin: a larger structure with as much novelty per atom counts more).
     features : sequence of ndarray, optional
         The candidates' descriptors (``model.descriptor.describe(atoms).features``), if already
         computed: a pool scored in every round of a loop need not be described again.
@@ -151,8 +154,8 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
     """
     if method not in METHODS:
         raise SettingsError(f"method={method!r}: choose one of {METHODS}")
-    if score not in ("max", "rms"):
-        raise SettingsError(f"score={score!r}: choose 'max' or 'rms'")
+    if score not in SCORES:
+        raise SettingsError(f"score={score!r}: choose one of {SCORES}")
     candidates = list(candidates)
     if not 0 < n_select <= len(candidates):
         raise SettingsError(f"n_select={n_select}: choose 1 to {len(candidates)} (the pool size)")
@@ -188,7 +191,9 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
             np.maximum.at(out, owner, np.sqrt(v))
         else:
             np.add.at(out, owner, v)
-            out = np.sqrt(out / np.bincount(owner, minlength=len(candidates)))
+            if score == "rms":
+                out /= np.bincount(owner, minlength=len(candidates))
+            out = np.sqrt(out)
         return out
 
     initial = scores()

@@ -45,7 +45,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
                    "sigma": NUMBER, "n_jobs": (int,)},
     "model": {"zeta": (int,), "n_sparse": (int, dict), "sparse_method": (str,),
               "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
-              "e0": (str, dict), "optimise": (bool,), "file": (str,), "seed": (int,)},
+              "stress_noise": (str,), "virial_sigma": NUMBER, "e0": (str, dict), "optimise": (bool,), "file": (str,), "seed": (int,)},
     "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
              "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
              "config_type_key": (str,)},

@@ -29,7 +29,7 @@ def dense_system(model, frames):
     frames = list(load_frames(frames))
     d = np.array([model.signal_variance_[int(z)] for z in model.sparse_.species])
     rows, ys, noise = [], [], []
-    noise_model = NoiseModel(model.config_sigmas)
+    noise_model = NoiseModel(model.config_sigmas, model.stress_noise == "per_atom")
     for frame, fr in zip(frames, compute_rows(frames, model.descriptor.to_dict(), model.zeta,
                                               model.sparse_)):
         for group, k, y, scale in observations(frame, fr, model.e0_.of(frame.atoms.numbers),

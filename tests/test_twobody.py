@@ -153,7 +153,7 @@ def _dense(model, frames):
     for frame, fr in zip(frames, twobody.with_rows(soap_rows, frames, state.two_body,
                                                    model.descriptor.pair_list)):
         for group, k, y, scale in observations(frame, fr, state.e0.of(frame.atoms.numbers),
-                                               NoiseModel({})):
+                                               NoiseModel({}, model.stress_noise == "per_atom")):
             rows.append(k * d)
             ys.append(y)
             noise.append(scale * state.noise[group] ** 2)

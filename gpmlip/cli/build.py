@@ -9,7 +9,7 @@ import numpy as np
 from gpmlip.errors import SettingsError
 
 MODEL_KEYS = ("zeta", "n_sparse", "sparse_method", "energy_sigma", "force_sigma",
-              "stress_sigma", "e0", "seed", "baseline")
+              "stress_sigma", "stress_noise", "virial_sigma", "e0", "seed", "baseline")
 
 
 def soap(desc: dict):

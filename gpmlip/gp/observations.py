@@ -33,9 +33,24 @@ class NoiseModel:
         config_type -> {"energy": eV/atom, "forces": eV/Å, "stress": eV/Å³}: fixed noise for the
         frames of that config_type (per-frame ``energy_sigma``/``force_sigma``/``virial_sigma``
         take precedence).
+    stress_per_atom : bool
+        True (GAP's ``sigma_per_atom``): the global stress level is a virial noise in eV per
+        atom, and a stress component's variance is ``sigma^2 n_atoms / V^2`` (the virial's
+        variance grows as n_atoms, stress = virial / V), so the weight of a cell's stress does
+        not grow with its size.  False (models before this setting): the level is a stress
+        noise in eV/Å³, the same for every cell.
     """
 
     config_sigmas: dict[str, dict[str, float]]
+    stress_per_atom: bool = False
+
+    def scale(self, frame: Frame, kind: str) -> float:
+        """Factor on the global noise variance of one ``kind`` observation of ``frame``."""
+        if kind == "energy":
+            return float(frame.n_atoms)
+        if kind == "stress" and self.stress_per_atom:
+            return frame.n_atoms / frame.atoms.cell.volume ** 2
+        return 1.0
 
     def fixed_sigma(self, frame: Frame, kind: str) -> float | None:
         """The frame's fixed noise for ``kind`` in model units, or None for the global level."""
@@ -66,18 +81,18 @@ def observations(frame: Frame, rows: FrameRows, e0_total: float, noise: NoiseMod
     ``group`` is "energy", "forces", "stress" or "fixed"; ``scale`` multiplies the group's noise
     variance (or *is* the variance for "fixed").  Energy noise grows as sqrt(n_atoms).
     """
-    n = frame.n_atoms
     labels = (("energy", rows.energy[None, :], np.array([frame.energy - e0_total]) if
-               frame.energy is not None else None, n),
-              ("forces", rows.forces, None if frame.forces is None else frame.forces.ravel(), 1),
-              ("stress", rows.stress, None if frame.stress is None else voigt(frame.stress), 1))
-    for kind, k, y, scale in labels:
+               frame.energy is not None else None),
+              ("forces", rows.forces, None if frame.forces is None else frame.forces.ravel()),
+              ("stress", rows.stress, None if frame.stress is None else voigt(frame.stress)))
+    for kind, k, y in labels:
         if y is None:
             continue
         sigma = noise.fixed_sigma(frame, kind)
         if sigma is None:
-            yield kind, k, y, np.full(len(y), float(scale))
-        else:
+            yield kind, k, y, np.full(len(y), noise.scale(frame, kind))
+        else:   # fixed levels: energy per atom (times n_atoms in variance), stress in eV/Å³
+            scale = frame.n_atoms if kind == "energy" else 1.0
             yield "fixed", k, y, np.full(len(y), sigma ** 2 * scale)
 
 

@@ -148,3 +148,19 @@ def test_fit_report_flags_a_pulay_offset(train, caplog):
     assert any("Pulay" in f for f in report.flags)
     assert abs(report.mean_pressure_residual) > 2 * abs(clean.fit_report_.mean_pressure_residual)
     assert "mean_pressure_residual" in report.to_dict()
+
+
+@pytest.mark.parametrize("extra", [{"two_body": "yes"}, {"baseline": "zbl"}])
+def test_leave_one_out_with_two_body_or_baseline_equals_refits(train, extra):
+    """The LOO rows carry the two-body columns and the labels minus the baseline of the fit."""
+    if "two_body" in extra:
+        extra = {"two_body": gpmlip.TwoBody(n_sparse=8)}
+    else:
+        extra = {"baseline": {"name": "zbl", "inner": 1.6, "outer": 2.6}}
+    frames = train[:4]
+    model = fitted(frames, **extra)
+    loo = leave_one_out(model, frames=[2])
+    refit = fitted([f for j, f in enumerate(frames) if j != 2], **extra)
+    p = refit.predict(frames[2])
+    np.testing.assert_allclose(loo.force_residual[0], frames[2].get_forces() - p.forces,
+                               rtol=1e-6, atol=1e-9)

@@ -172,7 +172,9 @@ def test_otf_ctrl_c_then_resume(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "gpmlip.cli", "otf", tmp_path / "otf.toml",
                              "-d", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            # as at a terminal: a shell's background job starts with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "events.jsonl").exists():
         time.sleep(0.1)

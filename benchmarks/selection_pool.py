@@ -17,8 +17,8 @@ measure the held-out force RMSE.  Random runs with ``--random-seeds`` seeds; its
 the mean over seeds at ``--labels``.  A method "reaches" it at the first label count whose error
 is at or below it; the ratio to random's label count is the issue's figure (goal <= 0.5).
 
-``--methods`` is a comma list of ``method:score`` (``greedy:max``, ``greedy:rms``, ``topk:max``,
-...).  Results go to ``benchmarks/results/selection_pool.json`` and a PNG next to it.
+``--methods`` is a comma list of ``method:score[:nodup]`` (``greedy:max``, ``greedy:rms``,
+``topk:max``, ...; ``nodup`` turns off select_batch's copy rule, ``duplicate=0``).  Results go to ``benchmarks/results/selection_pool.json`` and a PNG next to it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def force_rmse(model, frames) -> dict:
 
 
 def curve(spec: str, pool, features, test, start, args, seed: int = 0) -> list[dict]:
-    method, _, score = spec.partition(":")
+    method, score, rule = (spec.split(":") + ["", ""])[:3]
     soap = gpmlip.SOAP(["Cu"], r_cut=4.5, n_max=6, l_max=4)
     model = gpmlip.SparseGP(soap, n_sparse=20, e0="fit", energy_sigma=0.002, force_sigma=0.03,
                             n_jobs=1)
@@ -97,8 +97,10 @@ def curve(spec: str, pool, features, test, start, args, seed: int = 0) -> list[d
         left = [i for i in range(len(pool)) if i not in taken]
         t = time.perf_counter()
         sel = select_batch(model, [pool[i] for i in left], args.batch, method=method,
-                           features=[features[i] for i in left], seed=seed,
-                           atoms_per_pick=args.sparse_per_frame, score=score or "max")
+                           features=[features[i] for i in left],
+                           seed=1000 * seed + len(labelled),          # a new draw every round
+                           atoms_per_pick=args.sparse_per_frame, score=score or "max",
+                           duplicate=0.0 if rule == "nodup" else 1e-12)
         picks = [left[i] for i in sel.indices]
         seconds = time.perf_counter() - t
         picked = [pool[i] for i in picks]
@@ -162,8 +164,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--labels", type=int, default=34)
     parser.add_argument("--sparse-per-frame", type=int, default=10)
-    parser.add_argument("--random-seeds", type=int, default=3)
-    parser.add_argument("--methods", default="greedy:max,greedy:rms,topk:max")
+    parser.add_argument("--random-seeds", type=int, default=5)
+    parser.add_argument("--methods",
+                        default="greedy:max,greedy:rms,greedy:max:nodup,topk:max,topk:rms")
     parser.add_argument("--out", type=Path, default=RESULTS / "selection_pool.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -24,35 +24,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import units
 from ase.build import bulk
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.langevin import Langevin
 
 import gpmlip
 from gpmlip.active import select_batch
+from gpmlip.testing import emt_md_frames
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TEMPERATURES = (300, 600, 900, 1200)
 
 
 def md_frames(temperature: float, n: int, seed: int, every: int = 5) -> list:
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
-    atoms.rattle(0.05, seed=seed)
-    atoms.calc = EMT()
-    dyn = Langevin(atoms, 4 * units.fs, temperature_K=temperature, friction=0.02 / units.fs,
-                   fixcm=False, rng=np.random.default_rng(seed))
-    dyn.run(200)
-    out = []
-    for _ in range(n):
-        dyn.run(every)
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces())
-        frame.info["temperature"] = temperature
-        out.append(frame)
-    return out
+    return emt_md_frames(bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), n,
+                         temperature=temperature, every=every, seed=seed, dt_fs=4.0,
+                         warmup=200, info={"temperature": temperature})
 
 
 def force_rmse(model, frames) -> float:
@@ -60,11 +45,17 @@ def force_rmse(model, frames) -> float:
     return 1000 * float(np.sqrt(np.mean(np.concatenate(err) ** 2)))
 
 
-def curve(method: str, pool, features, test, start, args) -> list[dict]:
+def start_model(frames):
+    """The benchmarks' model (SOAP r_cut 4.5 Å, n_max 6, l_max 4, fixed noise) fitted on
+    ``frames``."""
     soap = gpmlip.SOAP(["Cu"], r_cut=4.5, n_max=6, l_max=4)
     model = gpmlip.SparseGP(soap, n_sparse=20, e0="fit", energy_sigma=0.002, force_sigma=0.03,
                             n_jobs=1)
-    model.fit([pool[i] for i in start])
+    return model.fit(frames)
+
+
+def curve(method: str, pool, features, test, start, args) -> list[dict]:
+    model = start_model([pool[i] for i in start])
     labelled = list(start)
     points = [{"labels": len(labelled), "rmse": force_rmse(model, test),
                "sparse": model.n_sparse_points}]

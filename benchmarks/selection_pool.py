@@ -30,14 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import units
 from ase.build import bulk, fcc111
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.langevin import Langevin
 
 import gpmlip
 from gpmlip.active import select_batch
+from gpmlip.testing import emt_md_frames
+from selection import start_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("bulk", "vacancy", "surface", "hot")
@@ -50,27 +48,13 @@ def _structure(kind: str, seed: int):
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
         if kind == "vacancy":
             del atoms[int(np.random.default_rng(seed).integers(len(atoms)))]
-    atoms.rattle(0.05, seed=seed)
     return atoms
 
 
 def md_frames(kind: str, n: int, seed: int, every: int, warmup: int = 150) -> list:
     """``n`` frames of ``kind`` (see the module docstring), ``every`` MD steps of 2 fs apart."""
-    atoms = _structure(kind, seed)
-    atoms.calc = EMT()
-    temperature = 1600 if kind == "hot" else 800
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02 / units.fs,
-                   fixcm=False, rng=np.random.default_rng(seed))
-    dyn.run(warmup)
-    out = []
-    for _ in range(n):
-        dyn.run(every)
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces())
-        frame.info["kind"] = kind
-        out.append(frame)
-    return out
+    return emt_md_frames(_structure(kind, seed), n, temperature=1600 if kind == "hot" else 800,
+                         every=every, seed=seed, warmup=warmup, info={"kind": kind})
 
 
 def force_rmse(model, frames) -> dict:
@@ -85,10 +69,7 @@ def force_rmse(model, frames) -> dict:
 
 def curve(spec: str, pool, features, test, start, args, seed: int = 0) -> list[dict]:
     method, score, rule = (spec.split(":") + ["", ""])[:3]
-    soap = gpmlip.SOAP(["Cu"], r_cut=4.5, n_max=6, l_max=4)
-    model = gpmlip.SparseGP(soap, n_sparse=20, e0="fit", energy_sigma=0.002, force_sigma=0.03,
-                            n_jobs=1)
-    model.fit([pool[i] for i in start])
+    model = start_model([pool[i] for i in start])
     labelled = list(start)
     points = [{"labels": len(labelled), "rmse": force_rmse(model, test),
                "sparse": model.n_sparse_points}]

@@ -2,33 +2,17 @@
 
 import numpy as np
 import pytest
-from ase import units
 from ase.build import bulk, fcc111
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.langevin import Langevin
 
 import gpmlip
 from gpmlip.active import select_batch
+from gpmlip.testing import emt_md_frames
 
 from conftest import SMALL_CU
 
 
-def _md(atoms, n, every, seed, temperature=800):
-    atoms = atoms.copy()
-    atoms.rattle(0.05, seed=seed)
-    atoms.calc = EMT()
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02 / units.fs,
-                   fixcm=False, rng=np.random.default_rng(seed))
-    dyn.run(40)
-    out = []
-    for _ in range(n):
-        dyn.run(every)
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces())
-        out.append(frame)
-    return out
+def _md(atoms, n, every, seed):
+    return emt_md_frames(atoms, n, temperature=800, every=every, seed=seed, warmup=40)
 
 
 @pytest.fixture(scope="module")

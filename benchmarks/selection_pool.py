@@ -18,7 +18,8 @@ the mean over seeds at ``--labels``.  A method "reaches" it at the first label c
 is at or below it; the ratio to random's label count is the issue's figure (goal <= 0.5).
 
 ``--methods`` is a comma list of ``method:score[:nodup]`` (``greedy:max``, ``greedy:rms``,
-``topk:max``, ...; ``nodup`` turns off select_batch's copy rule, ``duplicate=0``).  Results go to ``benchmarks/results/selection_pool.json`` and a PNG next to it.
+``topk:max``, ...; ``nodup`` turns off select_batch's copy rule, ``duplicate=0``).
+``--report`` redraws the figure and table from the JSON (e.g. of a run stopped early).  Results go to ``benchmarks/results/selection_pool.json`` and a PNG next to it.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def plot(result: dict, path: Path) -> None:
     for name, points in result["curves"].items():
         style = dict(color="0.6", lw=0.8) if name.startswith("random") else dict(marker="o", ms=3)
         ax.plot([p["labels"] for p in points], [p["rmse"]["all"] for p in points],
-                label=name if not name.startswith("random") or name.endswith("#0") else "random",
+                label=(name if not name.startswith("random") else
+                       "random (each seed)" if name.endswith("#0") else "_nolegend_"),
                 **style)
     ax.axhline(result["random_final_rmse"], color="k", ls=":", lw=0.8)
     ax.set_xlabel("labelled frames")
@@ -134,6 +136,25 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title("pool: 800 K MD 4 fs apart + vacancy, surface, hot frames", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def report(result: dict, out: Path) -> None:
+    """The PNG next to ``out`` and the table and label counts on stdout."""
+    plot(result, out.with_suffix(".png"))
+    n_random = sum(name.startswith("random") for name in result["curves"])
+    curves = result["curves"]
+    print("\n| labels | " + " | ".join(curves) + " |")
+    print("|---:|" + "---:|" * len(curves))
+    for k in range(len(next(iter(curves.values())))):
+        row = [curves[m][k] for m in curves]
+        print(f"| {row[0]['labels']} | " + " | ".join(f"{p['rmse']['all']:.1f}" for p in row)
+              + " |")
+    print(f"\nrandom's final error (mean of {n_random} seeds) "
+          f"{result['random_final_rmse']:.1f} meV/Å at {result['random_final_labels']} labels")
+    for spec, r in result["reach"].items():
+        print(f"{spec}: reaches it at {r['labels']} labels (fraction {r['fraction']}); per kind "
+              + ", ".join(f"{k} {v['random_final_rmse']:.1f} at {v['labels']}"
+                          for k, v in r["per_kind"].items()))
 
 
 def main() -> None:
@@ -149,7 +170,11 @@ def main() -> None:
     parser.add_argument("--methods",
                         default="greedy:max,greedy:rms,greedy:max:nodup,topk:max,topk:rms")
     parser.add_argument("--out", type=Path, default=RESULTS / "selection_pool.json")
+    parser.add_argument("--report", action="store_true",
+                        help="only plot and print the results already in --out")
     args = parser.parse_args()
+    if args.report:
+        return report(json.loads(args.out.read_text()), args.out)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for name in ("gpmlip.gp", "gpmlip.data", "gpmlip.active.pool"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -185,20 +210,7 @@ def main() -> None:
                                  reach / result["random_final_labels"],
                                  "per_kind": per_kind_reach(result, points)}
         args.out.write_text(json.dumps(result, indent=1))
-    plot(result, args.out.with_suffix(".png"))
-
-    curves = result["curves"]
-    print("\n| labels | " + " | ".join(curves) + " |")
-    print("|---:|" + "---:|" * len(curves))
-    for k in range(len(next(iter(curves.values())))):
-        row = [curves[m][k] for m in curves]
-        print(f"| {row[0]['labels']} | " + " | ".join(f"{p['rmse']['all']:.1f}" for p in row)
-              + " |")
-    print(f"\nrandom's final error (mean of {args.random_seeds} seeds) "
-          f"{result['random_final_rmse']:.1f} meV/Å at {result['random_final_labels']} labels")
-    for spec, r in result["reach"].items():
-        print(f"{spec}: reaches it at {r['labels']} labels (fraction {r['fraction']})")
-
+    report(result, args.out)
 
 if __name__ == "__main__":
     main()

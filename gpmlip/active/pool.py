@@ -14,6 +14,12 @@ far) and its weight term by the same fraction.  A structure scores its largest `
 ``score="rms"``, the root-mean-square over its atoms.  ``"topk"`` (no conditioning) and ``"random"`` are
 the baselines; MLIP-2's maxvol (D-optimality on the model's basis) is the peer reference.
 
+Once a redundant pool is explained (frames of an MD run a few fs apart), the conditioned scores
+fall to ~0 and stop telling frames apart; two rules keep the batch diverse then: a copy of a pick
+(same structure fingerprint up to ``duplicate``, blind to translations and atom order) is taken
+only when nothing else is left, and near-tied scores go to the candidate farthest from the picks
+in fingerprint space.
+
 The conditioning is done with one pivoted-Cholesky basis per species, so a batch of ``b`` picks
 costs ``O(n_candidate_atoms * (m + b k))`` with ``k`` environments added per pick.
 """

@@ -82,13 +82,19 @@ def force_rmse(model, frames) -> float:
     return 1000 * float(np.sqrt(np.mean(np.concatenate(err) ** 2)))
 
 
-def curve(method: str, pool, features, test, start, args, seed: int = 0) -> list[dict]:
-    """One learning curve; ``method`` is ``random``, ``topk:SCORE`` or ``greedy:SCORE``."""
-    name, _, score = method.partition(":")
+def start_model(frames):
+    """The benchmarks' model (SOAP r_cut 4.5 Å, n_max 6, l_max 4, fixed noise) fitted on
+    ``frames`` (also used by selection_pool.py)."""
     soap = gpmlip.SOAP(["Cu"], r_cut=4.5, n_max=6, l_max=4)
     model = gpmlip.SparseGP(soap, n_sparse=20, e0="fit", energy_sigma=0.002, force_sigma=0.03,
                             n_jobs=1)
-    model.fit([pool[i] for i in start])
+    return model.fit(frames)
+
+
+def curve(method: str, pool, features, test, start, args, seed: int = 0) -> list[dict]:
+    """One learning curve; ``method`` is ``random``, ``topk:SCORE`` or ``greedy:SCORE``."""
+    name, _, score = method.partition(":")
+    model = start_model([pool[i] for i in start])
     labelled = list(start)
     points = [{"labels": len(labelled), "rmse": force_rmse(model, test),
                "sparse": model.n_sparse_points}]

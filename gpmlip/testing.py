@@ -222,3 +222,32 @@ def check_stress(predict: Callable[[Atoms], object], atoms: Atoms, rtol: float =
         raise AssertionError(f"stress differs from (1/V) dE/d(strain) (finite differences) by "
                              f"{err:.2e} relative (> {rtol:g})")
     return err
+
+
+def emt_md_frames(atoms: Atoms, n: int, *, temperature: float, every: int, seed: int,
+                  dt_fs: float = 2.0, warmup: int = 150,
+                  info: dict | None = None) -> list[Atoms]:
+    """``n`` frames of EMT Langevin MD from ``atoms`` (rattled by 0.05 Å with ``seed``), one
+    every ``every`` steps of ``dt_fs`` after ``warmup`` steps, labelled (energy, forces) on a
+    single-point calculator; ``info`` goes into each frame's ``info``.
+    For tests and benchmarks that need correlated MD frames."""
+    from ase import units
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.langevin import Langevin
+
+    atoms = atoms.copy()
+    atoms.rattle(0.05, seed=seed)
+    atoms.calc = EMT()
+    dyn = Langevin(atoms, dt_fs * units.fs, temperature_K=temperature,
+                   friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(seed))
+    dyn.run(warmup)
+    out = []
+    for _ in range(n):
+        dyn.run(every)
+        frame = atoms.copy()
+        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        frame.info.update(info or {})
+        out.append(frame)
+    return out

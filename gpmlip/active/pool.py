@@ -14,6 +14,12 @@ far) and its weight term by the same fraction.  A structure scores its largest `
 ``score="rms"``, the root-mean-square over its atoms (``"sum"``: the root of their sum).  ``"topk"`` (no conditioning) and ``"random"`` are
 the baselines; MLIP-2's maxvol (D-optimality on the model's basis) is the peer reference.
 
+Once a redundant pool is explained (frames of an MD run a few fs apart), the conditioned scores
+fall to ~0 and stop telling frames apart; two rules keep the batch diverse then: a copy of a pick
+(same structure fingerprint up to ``duplicate``, blind to translations and atom order) is taken
+only when nothing else is left, and near-tied scores go to the candidate farthest from the picks
+in fingerprint space.
+
 The conditioning is done with one pivoted-Cholesky basis per species, so a batch of ``b`` picks
 costs ``O(n_candidate_atoms * (m + b k))`` with ``k`` environments added per pick.
 """
@@ -113,11 +119,32 @@ class _Basis:
         return added
 
 
+def fingerprints(features: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """One unit vector per structure: the mean of its atoms' normalised descriptors."""
+    out = np.zeros((n, features.shape[1]))
+    np.add.at(out, owner, features)
+    return normalise(out)
+
+
+def diverse_argmax(scores: np.ndarray, distance: np.ndarray, duplicate: float,
+                   ties: float = 1e-3) -> int:
+    """The highest score among non-copies (``distance > duplicate``); among near-ties, the one
+    farthest from the picks.  Candidates already picked carry ``-inf`` scores."""
+    if duplicate <= 0:
+        return int(np.argmax(scores))
+    open_ = np.isfinite(scores)
+    fresh = open_ & (distance > duplicate)
+    allowed = fresh if fresh.any() else open_
+    best = scores[allowed].max()
+    tied = allowed & (scores >= best - ties * abs(best))
+    return int(np.flatnonzero(tied)[np.argmax(distance[tied])])
+
+
 def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
                  method: str = "greedy", explained: float = 0.1, atoms_per_pick: int = 64,
                  seed: int | None = 0,
                  features: Sequence[np.ndarray] | None = None,
-                 score: str = "max") -> BatchSelection:
+                 score: str = "max", duplicate: float = 1e-12) -> BatchSelection:
     """Choose ``n_select`` structures to label from ``candidates``.
 
     Parameters
@@ -144,6 +171,13 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
         root-mean-square over its atoms (how much of it is new, not only its most novel atom),
         or the root of the sum of ``u_i^2`` over its atoms (the total new variance a label
         would pin: a larger structure with as much novelty per atom counts more).
+    duplicate : float
+        For ``"greedy"``: a candidate whose fingerprint (the mean of its atoms' normalised
+        descriptors, blind to translations and atom order) has cosine distance ``<= duplicate``
+        to a pick's is a copy of it (frames of an MD run 4 fs apart are 1e-9 to 1e-7 apart) and
+        is only taken when nothing else is left; among candidates whose scores tie with the best
+        (within 0.1 %, e.g. all explained to ~0 in a redundant pool) the one farthest from the
+        picks in fingerprint space is taken.  ``0`` disables both.
     features : sequence of ndarray, optional
         The candidates' descriptors (``model.descriptor.describe(atoms).features``), if already
         computed: a pool scored in every round of a loop need not be described again.
@@ -207,9 +241,11 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
                               initial, method)
     picks, picked_scores, added_atoms = [], [], []
     current = initial.copy()
+    prints = fingerprints(features, owner, len(candidates))
+    distance = np.full(len(candidates), 2.0)            # cosine distance to the nearest pick
     for _ in range(n_select):
         current[picks] = -np.inf
-        p = int(np.argmax(current))
+        p = diverse_argmax(current, distance, duplicate)
         picks.append(p)
         picked_scores.append(float(current[p]))
         added = []
@@ -219,6 +255,7 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
             first_atom = np.flatnonzero(owner == p)[0]
             added += [int(rows[g] - first_atom) for g in got]
         added_atoms.append(added)
+        distance = np.minimum(distance, 1.0 - prints @ prints[p])
         current = scores()
     log.info("greedy batch of %d: scores %.3g -> %.3g", n_select, picked_scores[0],
              picked_scores[-1])

@@ -6,7 +6,9 @@ Two 108-atom Cu models (EMT, SOAP 4.5/4/3 as in the README's main job):
   ``model.calibrate`` on 4 other 800 K frames;
 * on the fly: the main job's learner (empty start, 800 K, 1000 steps of 5 fs, default
   settings), calibrated by the run itself on each label's residual before it was learnt
-  (or ``--otf-model`` a model file such a run wrote).
+  (or ``--otf-model`` a model file such a run wrote);
+* ``offline_loo`` / ``on_the_fly_loo``: the same two models calibrated instead by
+  ``model.calibrate()`` (closed-form leave-one-structure-out residuals of their own training sets).
 
 Both are measured on fresh held-out frames: 800 K (in distribution), 1200 K, a vacancy (107
 atoms, 800 K) and a (111) surface slab (800 K).  Goals: ZMS in [0.8, 1.25], coverage
@@ -129,8 +131,17 @@ def main() -> None:
     offline.optimise_hyperparameters()
     offline.calibrate(as_labelled(train[8:]))
     otf = otf_model(args.otf_model)
+    # the same two models calibrated instead by leave-one-structure-out of their training sets
+    with tempfile.TemporaryDirectory() as tmp:
+        copies = []
+        for model in (offline, otf):
+            model.save(Path(tmp) / "m.npz")
+            copy = gpmlip.load_model(Path(tmp) / "m.npz")
+            copy.calibrate()
+            copies.append(copy)
     result = {}
-    for name, model in (("offline", offline), ("on_the_fly", otf)):
+    for name, model in (("offline", offline), ("on_the_fly", otf),
+                        ("offline_loo", copies[0]), ("on_the_fly_loo", copies[1])):
         result[name] = {"calibration": model.calibration.to_dict() if model.calibration
                         else None, "sparse_points": model.n_sparse_points,
                         "sets": {k: measure(model, v) for k, v in sets.items()}}

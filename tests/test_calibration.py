@@ -168,3 +168,26 @@ def test_gate_force_threshold_and_adaptive_trigger(cu_model, tmp_path):
     assert first is not None and first["threshold"] == 1e-4
     again = trig.check(model, atoms, std, False, 1)     # same frame: not above 1.3 x its level
     assert again is None and trig.threshold() > 1e-4
+
+
+def test_calibrate_without_frames_uses_leave_one_out(cu_model):
+    """``calibrate()`` fits on the closed-form leave-one-structure-out residuals of the training
+    set: its scale is the maximum-likelihood mean(r^2 / v) of exactly those residuals."""
+    from gpmlip.gp.calibration import leave_one_out_residuals
+    from gpmlip.gp.validation import leave_one_out
+
+    model, _ = cu_model
+    before = model.calibration
+    try:
+        cal = model.calibrate(method="scale")
+        assert cal.source == "leave-one-out"
+        n_components = sum(3 * f.n_atoms for f in model.training_frames if f.forces is not None)
+        assert cal.n == n_components
+        residuals, parts = leave_one_out_residuals(model)
+        loo = leave_one_out(model)
+        np.testing.assert_allclose(np.abs(residuals), np.abs(loo.forces()), rtol=1e-12)
+        np.testing.assert_allclose(parts[:, 1], loo.forces("variance"), rtol=1e-12)
+        raw = parts[:, 0] + parts[:, 1]
+        assert cal.scale ** 2 == pytest.approx(np.mean(residuals ** 2 / raw), rel=1e-6)
+    finally:
+        model.calibration = before

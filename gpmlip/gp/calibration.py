@@ -238,3 +238,48 @@ def held_out_residuals(model, frames) -> tuple[np.ndarray, np.ndarray]:
     if not res:
         raise DataError("none of the frames has forces: calibration needs labelled forces")
     return np.concatenate(res), np.concatenate(parts)
+
+
+def leave_one_out_residuals(model, *, max_frames: int | None = 50
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form leave-one-structure-out force residuals and their variance parts.
+
+    Each training structure's forces are predicted by the model refitted without it (same
+    sparse points and hyper-parameters; :func:`gpmlip.gp.validation.leave_one_out`); the parts
+    are the model's Nystroem residual for that structure, the left-out prediction's weight
+    variance and the force noise, so the calibration describes the current model, not the
+    earlier ones of an on-the-fly run.
+
+    Parameters
+    ----------
+    model : SparseGP
+        Fitted, with force labels on at least one structure.
+    max_frames : int, optional
+        Use at most this many structures, evenly spread over the training set (each costs one
+        Jacobian); None: all.
+
+    Returns
+    -------
+    residuals : ndarray, shape (n_components,)
+    parts : ndarray, shape (n_components, 3)
+    """
+    from gpmlip.gp.validation import leave_one_out
+
+    frames = model.training_frames
+    idx = np.arange(len(frames))
+    if max_frames is not None and len(idx) > max_frames:
+        idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
+    loo = leave_one_out(model, frames=idx)
+    res, parts = [], []
+    for k, i in enumerate(loo.frames):
+        r = loo.force_residual[k]
+        if r is None:
+            continue
+        nystroem = force_variance_parts(model, frames[int(i)].atoms)[..., 0].ravel()
+        parts.append(np.column_stack([nystroem, np.ravel(loo.force_variance[k]),
+                                      np.ravel(loo.force_noise_variance[k])]))
+        res.append(np.ravel(r))
+    if not res:
+        raise DataError("no training structure has forces: leave-one-out calibration needs "
+                        "force labels (or calibrate on held-out frames)")
+    return np.concatenate(res), np.concatenate(parts)

@@ -24,7 +24,7 @@ from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import hyper, selection
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
-                                    held_out_residuals)
+                                    held_out_residuals, leave_one_out_residuals)
 from gpmlip.gp import report as fit_report
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
@@ -699,13 +699,16 @@ class SparseGP:
             add_to_prediction(result, self.baseline(atoms))
         return result
 
-    def calibrate(self, frames: TrainingData, *, method: str = "auto") -> Calibration:
-        """Fit the force-std calibration on held-out labelled frames and keep it.
+    def calibrate(self, frames: TrainingData | None = None, *,
+                  method: str = "auto") -> Calibration:
+        """Fit the force-std calibration on honest residuals and keep it.
 
         Parameters
         ----------
-        frames : list of ase.Atoms, Dataset or a path
-            Labelled structures the model was *not* trained on (with forces).
+        frames : list of ase.Atoms, Dataset or a path, optional
+            Labelled structures the model was *not* trained on (with forces).  Default: the
+            closed-form leave-one-structure-out residuals of the training set
+            (:func:`gpmlip.gp.calibration.leave_one_out_residuals`; at most 50 structures).
         method : {"auto", "scale", "parts"}
             See :func:`gpmlip.gp.calibration.fit_calibration`.
 
@@ -714,8 +717,14 @@ class SparseGP:
         Calibration
             Also stored as :attr:`calibration` (and in the model file on :meth:`save`).
         """
-        residuals, parts = held_out_residuals(self, frames)
-        self.calibration = fit_calibration(residuals, parts, method=method, source="held-out")
+        self.check_fitted()
+        if frames is None:
+            residuals, parts = leave_one_out_residuals(self)
+            source = "leave-one-out"
+        else:
+            residuals, parts = held_out_residuals(self, frames)
+            source = "held-out"
+        self.calibration = fit_calibration(residuals, parts, method=method, source=source)
         log.info("calibrated: %s", self.calibration.describe())
         return self.calibration
 

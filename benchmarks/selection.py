@@ -29,33 +29,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import units
 from ase.build import bulk
-from ase.calculators.emt import EMT
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.langevin import Langevin
 
 import gpmlip
 from gpmlip.active import select_batch
+from gpmlip.testing import emt_md_frames
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _run(atoms, temperature: float, n: int, seed: int, every: int, warm: int = 100,
          kind: str = "bulk") -> list:
-    atoms.calc = EMT()
-    dyn = Langevin(atoms, 2 * units.fs, temperature_K=temperature, friction=0.02 / units.fs,
-                   fixcm=False, rng=np.random.default_rng(seed))
-    dyn.run(warm)
-    out = []
-    for _ in range(n):
-        dyn.run(every)
-        frame = atoms.copy()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces())
-        frame.info["kind"] = kind
-        out.append(frame)
-    return out
+    return emt_md_frames(atoms, n, temperature=temperature, every=every, seed=seed,
+                         warmup=warm, info={"kind": kind}, rattle=0.0)
 
 
 def crystal() -> "Atoms":

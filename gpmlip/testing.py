@@ -225,11 +225,11 @@ def check_stress(predict: Callable[[Atoms], object], atoms: Atoms, rtol: float =
 
 
 def emt_md_frames(atoms: Atoms, n: int, *, temperature: float, every: int, seed: int,
-                  dt_fs: float = 2.0, warmup: int = 150,
-                  info: dict | None = None) -> list[Atoms]:
-    """``n`` frames of EMT Langevin MD from ``atoms`` (rattled by 0.05 Å with ``seed``), one
-    every ``every`` steps of ``dt_fs`` after ``warmup`` steps, labelled (energy, forces) on a
-    single-point calculator; ``info`` goes into each frame's ``info``.
+                  dt_fs: float = 2.0, warmup: int = 150, info: dict | None = None,
+                  rattle: float = 0.05) -> list[Atoms]:
+    """``n`` frames of EMT Langevin MD from ``atoms`` (rattled by ``rattle`` Å with ``seed``;
+    0: not rattled), one every ``every`` steps of ``dt_fs`` after ``warmup`` steps, labelled
+    (energy, forces) on a single-point calculator; ``info`` goes into each frame's ``info``.
     For tests and benchmarks that need correlated MD frames."""
     from ase import units
     from ase.calculators.emt import EMT
@@ -237,7 +237,8 @@ def emt_md_frames(atoms: Atoms, n: int, *, temperature: float, every: int, seed:
     from ase.md.langevin import Langevin
 
     atoms = atoms.copy()
-    atoms.rattle(0.05, seed=seed)
+    if rattle:
+        atoms.rattle(rattle, seed=seed)
     atoms.calc = EMT()
     dyn = Langevin(atoms, dt_fs * units.fs, temperature_K=temperature,
                    friction=0.02 / units.fs, fixcm=False, rng=np.random.default_rng(seed))

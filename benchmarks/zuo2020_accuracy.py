@@ -181,24 +181,42 @@ def run_element(element: str, args) -> dict:
     n_sparse = args.n_sparse or spec["n_sparse"]
     median_n = float(np.median([f.n_atoms for f in train]))
     energy_sigma = float(args.energy_sigma or GAP_ENERGY_SIGMA / np.sqrt(median_n))
+    force_sigma = args.force_sigma
+    noise_source = None
+    if args.noise_from:   # levels chosen by leave-one-out in an earlier (cheaper) run
+        earlier = [r for r in json.loads(args.noise_from.read_text())["results"]
+                   if r["element"] == element and "loo" in r]
+        if not earlier:
+            raise SystemExit(f"{args.noise_from} has no leave-one-out result for {element}")
+        chosen, scale = earlier[0]["loo"]["noise"], earlier[0]["loo"]["calibration_scale"]
+        # the calibration scaled signal and noise variances together: undo it for signal 1
+        energy_sigma, force_sigma = (chosen[g] / np.sqrt(scale) for g in ("energy", "forces"))
+        if "stress" in chosen and args.with_stress:
+            args.virial_sigma = chosen["stress"] / np.sqrt(scale)
+        noise_source = {"file": str(args.noise_from), "n_sparse": earlier[0]["n_sparse_points"],
+                        "weighting": earlier[0]["settings"]["weighting"]}
     weighting = parse_weighting(args.weighting, spec["r_cut"])
-    settings = {"r_cut": spec["r_cut"], "n_max": 8, "l_max": 8, "sigma": 0.5, "zeta": 4,
+    settings = {"r_cut": spec["r_cut"], "n_max": args.n_max, "l_max": args.l_max,
+                "sigma": args.atom_sigma, "zeta": args.zeta,
                 "weighting": weighting_label(weighting),
                 "n_sparse": n_sparse, "sparse_method": "cur", "e0": spec["e0"],
                 "signal_std": 1.0, "energy_sigma_ev_atom": energy_sigma,
-                "force_sigma": FORCE_SIGMA,
+                "force_sigma": force_sigma, "noise_from": noise_source,
                 "stress_sigma": args.stress_sigma if args.with_stress else None,
                 "stress_noise": args.stress_noise, "virial_sigma": args.virial_sigma,
                 "fitted_to": "energy+forces+stress" if args.with_stress else "energy+forces",
                 "n_jobs": args.n_jobs}
     log.info("%s: %d train frames (%d atoms), %d test frames; settings %s", element, len(train),
              sum(f.n_atoms for f in train), len(test), settings)
-    desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=8, l_max=8, sigma=0.5,
-                       weighting=weighting, n_jobs=args.n_jobs)
+    if weighting not in (None, "smooth") and args.w0 is not None:
+        weighting = {**weighting, "w0": args.w0}
+    desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=args.n_max,
+                       l_max=args.l_max, sigma=args.atom_sigma, weighting=weighting,
+                       n_jobs=args.n_jobs)
     settings["soap"] = repr(desc)
-    model = gpmlip.SparseGP(desc, zeta=4, n_sparse=n_sparse, sparse_method="cur",
+    model = gpmlip.SparseGP(desc, zeta=args.zeta, n_sparse=n_sparse, sparse_method="cur",
                             e0={element: spec["e0"]}, energy_sigma=energy_sigma,
-                            force_sigma=FORCE_SIGMA, stress_sigma=args.stress_sigma,
+                            force_sigma=force_sigma, stress_sigma=args.stress_sigma,
                             stress_noise=args.stress_noise,
                             **({"virial_sigma": args.virial_sigma} if args.virial_sigma else {}),
                             signal_std=1.0, jitter=1e-8,
@@ -221,10 +239,20 @@ def run_element(element: str, args) -> dict:
         "gap_mae_e_mev_atom": spec["gap_mae_e"], "gap_mae_f_ev_a": spec["gap_mae_f"],
     }
     t = time.perf_counter()
-    result["test"] = evaluate(model, test, args.calibration_frames, FORCE_SIGMA)
+    result["test"] = evaluate(model, test, args.calibration_frames, force_sigma)
     result["evaluate_s"] = time.perf_counter() - t
     log.info("%s: test %s", element, {k: v for k, v in result["test"].items()
                                       if k != "per_config_type"})
+    if args.loo_screen:   # one leave-one-out pass at the fitted levels: compares settings
+        from gpmlip.gp.validation import leave_one_out
+
+        t = time.perf_counter()
+        frames = np.unique(np.linspace(0, len(train) - 1, min(args.loo_frames, len(train)))
+                           .round().astype(int))
+        mae = leave_one_out(model, frames=frames).mae()
+        result["loo_screen"] = {"frames": len(frames), "loo_mae": mae,
+                                "seconds": time.perf_counter() - t}
+        log.info("%s: leave-one-out MAE at the fitted levels %s", element, mae)
     if args.loo:
         from gpmlip.gp.validation import choose_noise
 
@@ -319,6 +347,10 @@ def main() -> None:
                         help="also optimise the hyper-parameters and re-test")
     parser.add_argument("--energy-sigma", type=float,
                         help="eV/atom (default 0.01 eV / sqrt(median N_train))")
+    parser.add_argument("--force-sigma", type=float, default=FORCE_SIGMA, help="eV/Å")
+    parser.add_argument("--noise-from", type=Path,
+                        help="results JSON of an earlier --loo run: fit with the noise levels "
+                             "it chose for the element (signal std 1)")
     parser.add_argument("--stress-sigma", type=float, default=0.001,
                         help="eV/Å³ (with --stress-noise absolute)")
     parser.add_argument("--stress-noise", choices=["per_atom", "absolute"], default="per_atom")
@@ -327,7 +359,17 @@ def main() -> None:
     parser.add_argument("--loo", action="store_true",
                         help="also choose noise levels by leave-one-structure-out error")
     parser.add_argument("--loo-frames", type=int, default=60)
+    parser.add_argument("--loo-screen", action="store_true",
+                        help="also measure the leave-one-structure-out MAE at the fitted noise "
+                             "levels (on --loo-frames training structures): the criterion that "
+                             "compares descriptor settings without the test set")
     parser.add_argument("--weighting", default="smooth", help=WEIGHTING_HELP)
+    parser.add_argument("--w0", type=float, help="weight of the centre atom's own density "
+                        "(dscribe's poly weighting w0; with an r0=...,m=... weighting)")
+    parser.add_argument("--n-max", type=int, default=8)
+    parser.add_argument("--l-max", type=int, default=8)
+    parser.add_argument("--atom-sigma", type=float, default=0.5, help="Å")
+    parser.add_argument("--zeta", type=float, default=4)
     parser.add_argument("--calibration-frames", type=int, default=8,
                         help="test frames for the force-std calibration (0: skip)")
     parser.add_argument("--n-jobs", type=int, default=2)

@@ -63,6 +63,25 @@ def test_train_reports_errors_per_config_type(trained):
     assert "md900" in text and "forces meV/Å" in text and "(20 sparse points)" in text
 
 
+def test_train_with_weighting_two_body_and_noise_by_leave_one_out(tmp_path):
+    """[descriptor] weighting, [model] two_body and optimise = "loo" reach the saved model."""
+    from gpmlip import SparseGP, load_model
+
+    (tmp_path / "soft.toml").write_text(SMALL.replace(
+        "l_max = 3\n", "l_max = 3\nweighting = {r0 = 5.0, m = 1}\n")
+        + 'two_body = {n_sparse = 8}\noptimise = "loo"\n')
+    proc = gpmlip("train", "-c", tmp_path / "soft.toml", DATA / "cu_emt_train.extxyz",
+                  "-o", tmp_path / "soft.npz", "--n-sparse", "20", "--json")
+    json.loads(proc.stdout)
+    model = load_model(tmp_path / "soft.npz")
+    assert model.descriptor.settings.weighting_dict == {"function": "poly", "r0": 5.0,
+                                                        "m": 1.0, "c": 1.0}
+    assert model.two_body is not None and model.two_body.n_sparse == 8
+    default = SparseGP(model.descriptor)
+    assert model.noise["forces"] != pytest.approx(default.force_sigma)   # chosen, not default
+    assert "hyper-parameters (loo)" in proc.stderr
+
+
 def test_info_and_eval_with_plots(trained):
     work, report = trained
     info = gpmlip("info", work / "cu.npz").stdout
@@ -200,18 +219,23 @@ def test_otf_needs_a_labeller(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["bad_key", "bad_type", "missing_file", "future_model",
-                                  "unknown_table"])
+                                  "unknown_table", "bad_optimise", "bad_weighting"])
 def test_errors_are_one_clear_line(trained, tmp_path, case):
     work, _ = trained
-    if case in ("bad_key", "bad_type", "unknown_table"):
+    if case in ("bad_key", "bad_type", "unknown_table", "bad_optimise", "bad_weighting"):
         text = {"bad_key": "[descriptor]\nspecies = ['Cu']\nr_cutt = 4.0\n",
                 "bad_type": "[descriptor]\nspecies = ['Cu']\nr_cut = 'four'\n",
-                "unknown_table": "[modle]\nzeta = 4\n"}[case]
+                "unknown_table": "[modle]\nzeta = 4\n",
+                "bad_optimise": "[model]\noptimise = 'lo'\n",
+                "bad_weighting": "[descriptor]\nweighting = 'soft'\n"}[case]
         (tmp_path / "c.toml").write_text(text)
         args = ["train", "-c", tmp_path / "c.toml", DATA / "cu_emt_train.extxyz"]
         expect = {"bad_key": "unknown key 'r_cutt' in [descriptor]; allowed: species, r_cut",
                   "bad_type": "r_cut = 'four' must be a number",
-                  "unknown_table": "unknown table [modle]"}[case]
+                  "unknown_table": "unknown table [modle]",
+                  "bad_optimise": "[model] optimise = 'lo'; allowed: true, false, "
+                                  '"likelihood", "loo"',
+                  "bad_weighting": "[descriptor] weighting = 'soft'; allowed"}[case]
     elif case == "missing_file":
         args, expect = ["eval", work / "cu.npz", tmp_path / "none.xyz"], "no data file at"
     else:

@@ -167,3 +167,27 @@ def test_settings_round_trip():
     again = gpmlip.SOAP.from_dict(soap.to_dict())
     assert again.settings == soap.settings
     assert again.n_features == soap.n_features == 252
+
+
+@pytest.mark.parametrize("w0", [0.0, 0.3])
+def test_soft_weighting_with_centre_weight(w0):
+    """A softer poly weighting reaching past r_cut (r0 = r_cut + 1 Å, m = 1) with the centre
+    atom's own density weighted by ``w0``: features equal dscribe's, Jacobians equal finite
+    differences (dscribe computes no derivatives with a weighting)."""
+    from conftest import MULTI_SETTINGS, triclinic_three_species
+
+    for settings, atoms, subset in ((CU_SETTINGS, cu_bulk(), [0, 13, 31]),
+                                    (MULTI_SETTINGS, triclinic_three_species(), None)):
+        weighting = {"function": "poly", "r0": settings["r_cut"] + 1.0, "m": 1.0, "c": 1.0,
+                     "w0": w0}
+        soap = gpmlip.SOAP(**settings, weighting=weighting)
+        ref = dscribe_reference(atoms, {**settings, "weighting": weighting})
+        check_features(soap, atoms, ref)
+        check_jacobian(soap, atoms, rtol=1e-6, atom_indices=subset)
+        check_strain_jacobian(soap, atoms, rtol=1e-6)
+    weighting = {"function": "poly", "r0": CU_SETTINGS["r_cut"] + 1.0, "m": 1.0, "c": 1.0}
+    centre_free = gpmlip.SOAP(**CU_SETTINGS, weighting={**weighting, "w0": 0.0})
+    with_centre = gpmlip.SOAP(**CU_SETTINGS, weighting={**weighting, "w0": 1.0})
+    atoms = cu_bulk()
+    assert not np.allclose(centre_free.describe(atoms).features,
+                           with_centre.describe(atoms).features)

@@ -49,8 +49,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--l-max", type=int)
     p.add_argument("--n-sparse", type=int, help="sparse points per species")
     p.add_argument("--zeta", type=int, help="kernel exponent (default 4)")
-    p.add_argument("--optimise", action=argparse.BooleanOptionalAction, default=None,
-                   help="optimise noise and signal levels by the marginal likelihood")
+    p.add_argument("--optimise", nargs="?", const="likelihood", default=None,
+                   choices=["likelihood", "loo", "none"],
+                   help="choose noise and signal levels: by the marginal likelihood (the "
+                        "default when the flag is given alone) or by leave-one-structure-out "
+                        "error on energies and forces together (loo)")
     p.add_argument("-j", "--jobs", type=int, help="worker processes for descriptors")
     p.set_defaults(func=models.train)
 

@@ -20,8 +20,13 @@ def soap(desc: dict):
     if missing:
         raise SettingsError(f"[descriptor] needs {', '.join(missing)} (e.g. species = [\"Cu\"], "
                             "r_cut = 4.5), in the settings file or as --species/--r-cut")
+    weighting = desc.get("weighting", "smooth")
+    if weighting == "hard":
+        weighting = None
+    elif isinstance(weighting, dict):
+        weighting = {"function": "poly", **weighting}
     return gpmlip.SOAP(desc["species"], desc["r_cut"], desc.get("n_max", 6),
-                       desc.get("l_max", 4), desc.get("sigma", 0.5),
+                       desc.get("l_max", 4), desc.get("sigma", 0.5), weighting=weighting,
                        n_jobs=desc.get("n_jobs", 1))
 
 
@@ -30,7 +35,24 @@ def model(desc: dict, settings: dict):
     import gpmlip
 
     kwargs = {k: settings[k] for k in MODEL_KEYS if k in settings}
+    two_body = settings.get("two_body", False)
+    if two_body:
+        kwargs["two_body"] = gpmlip.TwoBody(**(two_body if isinstance(two_body, dict) else {}))
     return gpmlip.SparseGP(soap(desc), **kwargs)
+
+
+def optimise(model, how) -> dict | None:
+    """Apply ``[model] optimise`` to a fitted model; the chosen values (None: nothing done)."""
+    if how is True or how == "likelihood":
+        return model.optimise_hyperparameters().values
+    if how == "loo":
+        from gpmlip.gp.validation import choose_noise
+
+        choice = choose_noise(model)
+        return {**{f"noise {g}": v for g, v in choice.noise.items()},
+                "loo MAE energy (eV/atom)": choice.loo_mae["energy"],
+                "loo MAE forces (eV/Å)": choice.loo_mae["forces"]}
+    return None
 
 
 def data(paths, settings: dict, species=None):

@@ -10,10 +10,13 @@ allowed::
     n_max = 6
     l_max = 4
 
+    weighting = "smooth"    # default; "hard", or a dscribe poly table {r0 = 5.5, m = 1}
+
     [model]
     zeta = 4
     n_sparse = 200
-    optimise = true
+    optimise = true         # marginal likelihood; "loo": noise by leave-one-out error
+    two_body = true         # or a table of gpmlip.TwoBody settings {sigma = 0.5}
     baseline = {name = "zbl", inner = 1.0, outer = 2.0}   # or "d3", see gpmlip.baselines
 
     [data]
@@ -43,11 +46,12 @@ NUMBER = (int, float)
 
 SCHEMA: dict[str, dict[str, tuple]] = {
     "descriptor": {"species": (list,), "r_cut": NUMBER, "n_max": (int,), "l_max": (int,),
-                   "sigma": NUMBER, "n_jobs": (int,)},
+                   "sigma": NUMBER, "weighting": (str, dict), "n_jobs": (int,)},
     "model": {"zeta": (int,), "n_sparse": (int, dict), "sparse_method": (str,),
               "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
-              "stress_noise": (str,), "virial_sigma": NUMBER, "e0": (str, dict), "optimise": (bool,),
-              "file": (str,), "seed": (int,), "baseline": (str, dict)},
+              "stress_noise": (str,), "virial_sigma": NUMBER, "e0": (str, dict),
+              "optimise": (bool, str), "file": (str,), "seed": (int,), "baseline": (str, dict),
+              "two_body": (bool, dict)},
     "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
              "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
              "config_type_key": (str,)},
@@ -63,6 +67,10 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "target_std": NUMBER, "workers": (int,), "lease_seconds": NUMBER},
 }
 ENSEMBLES = ("langevin", "verlet", "berendsen")
+OPTIMISE = ("likelihood", "loo")
+"""``[model] optimise``: maximise the marginal likelihood (``true`` means this) or choose the noise
+levels by leave-one-structure-out error on energies and forces together
+(:func:`gpmlip.gp.validation.choose_noise`)."""
 
 
 def _type_name(types: tuple) -> str:
@@ -91,6 +99,14 @@ def check(config: dict, source: str = "settings") -> dict:
             if not ok:
                 raise SettingsError(f"{source}: [{table}] {key} = {value!r} must be "
                                     f"{_type_name(types)}")
+    optimise = config.get("model", {}).get("optimise")
+    if isinstance(optimise, str) and optimise not in OPTIMISE:
+        raise SettingsError(f"{source}: [model] optimise = {optimise!r}; allowed: true, false, "
+                            + ", ".join(f'"{o}"' for o in OPTIMISE))
+    weighting = config.get("descriptor", {}).get("weighting")
+    if isinstance(weighting, str) and weighting not in ("smooth", "hard"):
+        raise SettingsError(f"{source}: [descriptor] weighting = {weighting!r}; allowed: "
+                            '"smooth", "hard" or a table such as {r0 = 6.2, m = 1}')
     ensemble = config.get("md", {}).get("ensemble")
     if ensemble is not None and ensemble not in ENSEMBLES:
         raise SettingsError(f"{source}: [md] ensemble = {ensemble!r}; allowed: "

@@ -19,15 +19,16 @@ def train(args) -> int:
     desc = config.merge(cfg, "descriptor", species=args.species, r_cut=args.r_cut,
                         n_max=args.n_max, l_max=args.l_max, n_jobs=args.jobs)
     settings = config.merge(cfg, "model", n_sparse=args.n_sparse, zeta=args.zeta,
-                            optimise=args.optimise)
+                            optimise={"none": False}.get(args.optimise, args.optimise))
     data_cfg = cfg.get("data", {})
     model = build.model(desc, settings)
     train_data = build.data(args.data or data_cfg.get("train", []), data_cfg, model.species)
     log.info("fitting %d frames", len(train_data))
     model.fit(train_data)
-    if settings.get("optimise", False):
-        result = model.optimise_hyperparameters()
-        log.info("hyper-parameters: %s", {k: round(v, 6) for k, v in result.values.items()})
+    chosen = build.optimise(model, settings.get("optimise", False))
+    if chosen:
+        log.info("hyper-parameters (%s): %s", settings["optimise"],
+                 {k: float(f"{v:.6g}") for k, v in chosen.items()})
     out = Path(args.output)
     model.save(out)
     report = {"model": str(out), "sparse_points": model.n_sparse_points,

@@ -199,7 +199,8 @@ def run_element(element: str, args) -> dict:
     settings = {"r_cut": spec["r_cut"], "n_max": args.n_max, "l_max": args.l_max,
                 "sigma": args.atom_sigma, "zeta": args.zeta,
                 "weighting": weighting_label(weighting),
-                "n_sparse": n_sparse, "sparse_method": "cur", "e0": spec["e0"],
+                "n_sparse": n_sparse, "sparse_method": "cur",
+                "e0": spec["e0"] if args.e0 == "paper" else args.e0,
                 "signal_std": 1.0, "energy_sigma_ev_atom": energy_sigma,
                 "force_sigma": force_sigma, "noise_from": noise_source,
                 "stress_sigma": args.stress_sigma if args.with_stress else None,
@@ -215,7 +216,8 @@ def run_element(element: str, args) -> dict:
                        n_jobs=args.n_jobs)
     settings["soap"] = repr(desc)
     model = gpmlip.SparseGP(desc, zeta=args.zeta, n_sparse=n_sparse, sparse_method="cur",
-                            e0={element: spec["e0"]}, energy_sigma=energy_sigma,
+                            e0={element: spec["e0"]} if args.e0 == "paper" else args.e0,
+                            energy_sigma=energy_sigma,
                             force_sigma=force_sigma, stress_sigma=args.stress_sigma,
                             stress_noise=args.stress_noise,
                             **({"virial_sigma": args.virial_sigma} if args.virial_sigma else {}),
@@ -347,6 +349,10 @@ def main() -> None:
                         help="also optimise the hyper-parameters and re-test")
     parser.add_argument("--energy-sigma", type=float,
                         help="eV/atom (default 0.01 eV / sqrt(median N_train))")
+    parser.add_argument("--e0", choices=["paper", "fit"], default="paper",
+                        help="paper: the isolated-atom energies GAP used; fit: gpmlip's default "
+                             "for data without isolated atoms (least squares of the energy on "
+                             "composition, here the mean energy per atom)")
     parser.add_argument("--force-sigma", type=float, default=FORCE_SIGMA, help="eV/Å")
     parser.add_argument("--noise-from", type=Path,
                         help="results JSON of an earlier --loo run: fit with the noise levels "

@@ -54,6 +54,21 @@ def test_leave_one_out_equals_refits(train, stress_noise):
         np.testing.assert_allclose(loo.force_noise_variance[k], noise)
 
 
+def test_leave_one_out_from_cached_rows_equals_one_structure_at_a_time(train):
+    """choose_noise's cached path whitens all rows in one triangular solve: same numbers."""
+    from gpmlip.gp.validation import structure_rows
+
+    model = fitted(train)
+    frames = [0, 2, 4]
+    one = leave_one_out(model, frames=frames)
+    batched = leave_one_out(model, cache=list(structure_rows(model, frames)))
+    np.testing.assert_allclose(batched.energy_residual, one.energy_residual, rtol=1e-10)
+    np.testing.assert_allclose(batched.energy_variance, one.energy_variance, rtol=1e-10)
+    for a, b in zip(batched.force_residual + batched.force_variance,
+                    one.force_residual + one.force_variance):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
 def test_leave_one_out_variance_is_the_refit_weight_variance(train):
     from gpmlip.gp.validation import structure_rows
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 from gpmlip.errors import NumericalError, SettingsError
 from gpmlip.gp import twobody
@@ -147,18 +148,30 @@ def _kinds(frame, group: np.ndarray) -> np.ndarray:
     return kinds
 
 
-def loo_block(posterior, block: StructureRows, noise: dict[str, float]):
+def _whitened(posterior, blocks: Sequence[StructureRows], noise: dict[str, float]) -> list:
+    """``Lambda_I^-1/2 K_I R^-1`` of each block, by one triangular solve for all of them."""
+    scaled = [b.rows / np.sqrt(b.noise_variance(noise))[:, None] for b in blocks]
+    if not scaled:
+        return []
+    out = solve_triangular(posterior.r, np.concatenate(scaled).T, trans="T",
+                           check_finite=False).T
+    return np.split(out, np.cumsum([len(x) for x in scaled])[:-1])
+
+
+def loo_block(posterior, block: StructureRows, noise: dict[str, float],
+              whitened: np.ndarray | None = None):
     """Leave-one-out residuals and prediction variances of one structure's rows.
 
     Returns ``(residual, variance, noise_variance)``, each (n_rows,), in label units (energy per
-    structure).
+    structure).  ``whitened``: the block's ``Lambda^-1/2 K_I R^-1`` if already computed.
     """
-    r_inv = posterior.inverse_factors[1]
     lam = block.noise_variance(noise)
     root = np.sqrt(lam)
     resid = (block.y - block.rows @ posterior.beta) / root
+    if whitened is None:
+        whitened = _whitened(posterior, [block], noise)[0]
     # whitened: S~ = V V', V = Lambda^-1/2 K_I R^-1 = U s W'; (I - S~)^-1 = I + U h/(1-h) U'
-    u, sv, _ = np.linalg.svd((block.rows / root[:, None]) @ r_inv, full_matrices=False)
+    u, sv, _ = np.linalg.svd(whitened, full_matrices=False)
     h = sv ** 2
     if h.size and h.max() >= 1.0 - 1e-12:
         raise NumericalError(
@@ -201,14 +214,17 @@ def leave_one_out(model, *, frames: Sequence[int] | None = None,
     noise = dict(state.noise)
     out = {k: [] for k in ("frames", "n", "e", "ev", "en", "f", "fv", "fn", "s", "sv")}
     blocks = cache if cache is not None else structure_rows(model, frames)
+    # cached rows: one triangular solve for all of them (a BLAS-3 call, no m x m inverse)
+    whitened = _whitened(state.posterior, cache, noise) if cache is not None else None
     bar = progress_bar(total=len(cache) if cache is not None else
                        len(frames if frames is not None else state.frames),
                        desc="leave-one-out", unit="frame")
     with bar:
-        for block in blocks:
+        for i, block in enumerate(blocks):
             bar.update(1)
             frame = state.frames[block.frame]
-            resid, var, lam = loo_block(state.posterior, block, noise)
+            resid, var, lam = loo_block(state.posterior, block, noise,
+                                        None if whitened is None else whitened[i])
             kinds = _kinds(frame, block.group)
             n = block.n_atoms
             out["frames"].append(block.frame)

@@ -1,0 +1,141 @@
+"""Choose SOAP settings per element by leave-one-out error, then measure them on Zuo et al. (2020).
+
+Issue 15's benchmark run as a user without the test set would run it: every choice is made on the
+training data, and the test set only measures the outcome.
+
+1. **Screen** (``--screen-sparse`` points, default 500, stresses fitted): for each candidate of
+   :data:`CANDIDATES` (smooth-cutoff SOAP settings; all keep the paper's n_max = l_max = 8 unless
+   named), one fit and the closed-form leave-one-structure-out MAE of energies and forces on
+   ``--loo-frames`` training structures at the paper's noise levels
+   (``zuo2020_accuracy.py --loo-screen``).  Criterion: ``(E / E_smooth + F / F_smooth) / 2``, the
+   leave-one-out MAEs relative to those of the library's default smooth cutoff.  The smallest wins.
+2. **Measure** the winner at the paper's sparse count (Mo 2000, Si 1000, Li 4000): energies +
+   forces only; energies + forces + the data's stresses with the library defaults; the same with
+   noise levels chosen by leave-one-out (``--loo``, :func:`gpmlip.gp.validation.choose_noise`).
+
+Each run is ``benchmarks/zuo2020_accuracy.py`` in its own process; its JSON lands in ``--out``
+(default ``benchmarks/results/zuo2020_select``) and a run whose JSON exists is not repeated, so an
+interrupted selection resumes.  Test errors of every screened candidate are written too (they are
+not used for the choice).
+
+Usage::
+
+    .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si Li
+    .venv/bin/python benchmarks/zuo2020_select.py --elements Li --screen-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ACCURACY = HERE / "zuo2020_accuracy.py"
+PAPER_SPARSE = {"Mo": 2000, "Si": 1000, "Li": 4000}
+GOAL = {"Mo": (2.24, 0.09), "Si": (2.21, 0.06), "Li": (0.49, 0.01)}   # better of GAP and MTP
+
+CANDIDATES = {
+    # name: zuo2020_accuracy.py arguments (smooth poly weightings: r0 in Å past the paper cutoff)
+    "smooth": [],                                                # library default r0 = r_cut, m=2
+    "r1m1": ["--weighting", "r0=rcut+1,m=1"],
+    "r15m1": ["--weighting", "r0=rcut+1.5,m=1"],
+    "r1m1s04": ["--weighting", "r0=rcut+1,m=1", "--atom-sigma", "0.4"],
+    "r15m1s04": ["--weighting", "r0=rcut+1.5,m=1", "--atom-sigma", "0.4"],
+    "r15m1fit": ["--weighting", "r0=rcut+1.5,m=1", "--e0", "fit"],
+    "r15m1n10": ["--weighting", "r0=rcut+1.5,m=1", "--n-max", "10"],
+}
+REFERENCE = "smooth"
+
+
+def run(out: Path, name: str, args: list[str]) -> dict:
+    """One zuo2020_accuracy.py run (skipped when its JSON exists); its single result."""
+    path = out / f"{name}.json"
+    if not path.exists():
+        cmd = [sys.executable, str(ACCURACY), *args, "--calibration-frames", "0",
+               "--json", str(path)]
+        print("running", " ".join(cmd), flush=True)
+        with open(out / f"{name}.log", "w") as log:
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
+                raise SystemExit(f"{name} failed: see {out / (name + '.log')}")
+    return json.loads(path.read_text())["results"][0]
+
+
+def screen(out: Path, element: str, args) -> tuple[str, dict]:
+    """Screen every candidate; the winner's name and each candidate's numbers."""
+    rows = {}
+    for name, extra in CANDIDATES.items():
+        r = run(out, f"scr_{element}_{name}",
+                ["--elements", element, "--n-sparse", str(args.screen_sparse), "--with-stress",
+                 "--loo-screen", "--loo-frames", str(args.loo_frames), *extra])
+        rows[name] = {"args": extra, "loo_mae": r["loo_screen"]["loo_mae"],
+                      "test": {k: r["test"][k] for k in ("mae_e_mev_atom", "mae_f_ev_a")},
+                      "fit_s": r["fit_s"]}
+    ref = rows[REFERENCE]["loo_mae"]
+    for row in rows.values():
+        row["criterion"] = 0.5 * (row["loo_mae"]["energy"] / ref["energy"]
+                                  + row["loo_mae"]["forces"] / ref["forces"])
+    return min(rows, key=lambda n: rows[n]["criterion"]), rows
+
+
+def measure(out: Path, element: str, name: str, args) -> dict:
+    """The chosen settings at the paper's sparse count: E+F, E+F+S defaults, E+F+S by LOO."""
+    base = ["--elements", element, *CANDIDATES[name]]
+    ef = run(out, f"final_{element}_{name}_ef", base)
+    efs = run(out, f"final_{element}_{name}_efs",
+              [*base, "--with-stress", "--loo", "--loo-frames", str(args.final_loo_frames)])
+    keep = ("mae_e_mev_atom", "mae_f_ev_a", "rmse_e_mev_atom", "rmse_f_ev_a", "mae_stress_gpa")
+    return {"energy+forces": {k: ef["test"].get(k) for k in keep} | {"fit_s": ef["fit_s"]},
+            "+stress, defaults": {k: efs["test"].get(k) for k in keep} | {"fit_s": efs["fit_s"]},
+            "+stress, noise by LOO": {k: efs["test_loo"].get(k) for k in keep}
+            | {"fit_s": efs["fit_s"], "loo_s": efs["loo_s"], "noise": efs["loo"]["noise"],
+               "calibration_scale": efs["loo"]["calibration_scale"]},
+            "n_sparse": efs["n_sparse_points"], "fit_report": efs.get("fit_report")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--elements", nargs="+", default=["Mo", "Si", "Li"],
+                        choices=list(PAPER_SPARSE))
+    parser.add_argument("--screen-sparse", type=int, default=500)
+    parser.add_argument("--loo-frames", type=int, default=60,
+                        help="training structures left out in the screen")
+    parser.add_argument("--final-loo-frames", type=int, default=30,
+                        help="training structures left out when choosing the final noise")
+    parser.add_argument("--screen-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "zuo2020_select")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for element in args.elements:
+        best, rows = screen(args.out, element, args)
+        summary[element] = {"screen": rows, "chosen": best}
+        print(f"\n{element}: screen at {args.screen_sparse} sparse points (LOO MAE on "
+              f"{args.loo_frames} training structures; test MAE not used)")
+        print("| candidate | LOO E meV/atom | LOO F eV/Å | criterion | test E | test F | fit s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, row in sorted(rows.items(), key=lambda kv: kv[1]["criterion"]):
+            print(f"| {name}{' (chosen)' if name == best else ''} | "
+                  f"{1e3 * row['loo_mae']['energy']:.3f} | {row['loo_mae']['forces']:.4f} | "
+                  f"{row['criterion']:.3f} | {row['test']['mae_e_mev_atom']:.3f} | "
+                  f"{row['test']['mae_f_ev_a']:.4f} | {row['fit_s']:.0f} |")
+        if not args.screen_only:
+            summary[element]["final"] = final = measure(args.out, element, best, args)
+            goal_e, goal_f = GOAL[element]
+            print(f"\n{element}: {best} at {final['n_sparse']} sparse points "
+                  f"(goal {goal_e} / {goal_f})")
+            print("| fit | test MAE E meV/atom | test MAE F eV/Å | stress MAE GPa | fit s |")
+            print("|---|---:|---:|---:|---:|")
+            for variant in ("energy+forces", "+stress, defaults", "+stress, noise by LOO"):
+                v = final[variant]
+                s = "-" if v.get("mae_stress_gpa") is None else f"{v['mae_stress_gpa']:.3f}"
+                print(f"| {variant} | {v['mae_e_mev_atom']:.3f} | {v['mae_f_ev_a']:.4f} | {s} | "
+                      f"{v['fit_s']:.0f} |")
+        summary_path.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -60,6 +60,14 @@ Usage::
     ... --two-body                # add GAP's 2-body term (gpmlip.TwoBody defaults: r_cut = the
                                   # SOAP cutoff, sigma 0.5 eV, theta 1 Å, 20 sparse distances)
     ... --two-body sigma=1,n_sparse=30,r_cut=4,length_scale=0.8   # its settings
+    ... --n-max 10 --l-max 8 --atom-sigma 0.4 --zeta 6 --w0 0     # other SOAP / kernel settings
+    ... --e0 fit                  # gpmlip's default e0 for data without isolated atoms
+    ... --force-sigma 0.03        # eV/Å
+    ... --loo-screen              # leave-one-out MAE at the fitted levels (compares settings)
+    ... --noise-from earlier.json # the noise levels an earlier --loo run chose
+
+``benchmarks/zuo2020_select.py`` drives this script: settings chosen by leave-one-out on the
+training data, then measured at the paper's sparse counts.
 """
 
 from __future__ import annotations
@@ -375,7 +383,7 @@ def main() -> None:
     parser.add_argument("--n-max", type=int, default=8)
     parser.add_argument("--l-max", type=int, default=8)
     parser.add_argument("--atom-sigma", type=float, default=0.5, help="Å")
-    parser.add_argument("--zeta", type=float, default=4)
+    parser.add_argument("--zeta", type=int, default=4)
     parser.add_argument("--calibration-frames", type=int, default=8,
                         help="test frames for the force-std calibration (0: skip)")
     parser.add_argument("--n-jobs", type=int, default=2)

@@ -219,15 +219,19 @@ def test_otf_needs_a_labeller(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["bad_key", "bad_type", "missing_file", "future_model",
-                                  "unknown_table", "bad_optimise", "bad_weighting"])
+                                  "unknown_table", "bad_optimise", "bad_weighting",
+                                  "bad_two_body"])
 def test_errors_are_one_clear_line(trained, tmp_path, case):
     work, _ = trained
-    if case in ("bad_key", "bad_type", "unknown_table", "bad_optimise", "bad_weighting"):
+    if case in ("bad_key", "bad_type", "unknown_table", "bad_optimise", "bad_weighting",
+                "bad_two_body"):
         text = {"bad_key": "[descriptor]\nspecies = ['Cu']\nr_cutt = 4.0\n",
                 "bad_type": "[descriptor]\nspecies = ['Cu']\nr_cut = 'four'\n",
                 "unknown_table": "[modle]\nzeta = 4\n",
                 "bad_optimise": "[model]\noptimise = 'lo'\n",
-                "bad_weighting": "[descriptor]\nweighting = 'soft'\n"}[case]
+                "bad_weighting": "[descriptor]\nweighting = 'soft'\n",
+                "bad_two_body": "[descriptor]\nspecies = ['Cu']\nr_cut = 4.0\n"
+                                "[model]\ntwo_body = {sigmaa = 1}\n"}[case]
         (tmp_path / "c.toml").write_text(text)
         args = ["train", "-c", tmp_path / "c.toml", DATA / "cu_emt_train.extxyz"]
         expect = {"bad_key": "unknown key 'r_cutt' in [descriptor]; allowed: species, r_cut",
@@ -235,7 +239,8 @@ def test_errors_are_one_clear_line(trained, tmp_path, case):
                   "unknown_table": "unknown table [modle]",
                   "bad_optimise": "[model] optimise = 'lo'; allowed: true, false, "
                                   '"likelihood", "loo"',
-                  "bad_weighting": "[descriptor] weighting = 'soft'; allowed"}[case]
+                  "bad_weighting": "[descriptor] weighting = 'soft'; allowed",
+                  "bad_two_body": "the keys are those of gpmlip.TwoBody"}[case]
     elif case == "missing_file":
         args, expect = ["eval", work / "cu.npz", tmp_path / "none.xyz"], "no data file at"
     else:

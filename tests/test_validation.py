@@ -67,6 +67,14 @@ def test_leave_one_out_from_cached_rows_equals_one_structure_at_a_time(train):
     for a, b in zip(batched.force_residual + batched.force_variance,
                     one.force_residual + one.force_variance):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
+    from gpmlip.gp.validation import _whitened
+
+    cache = list(structure_rows(model, frames))
+    whole = _whitened(model.state.posterior, cache, model.noise)
+    chunked = _whitened(model.state.posterior, cache, model.noise, chunk_bytes=1)  # one a chunk
+    assert len(whole) == len(chunked) == len(frames)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
 def test_leave_one_out_variance_is_the_refit_weight_variance(train):

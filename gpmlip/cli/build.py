@@ -37,7 +37,13 @@ def model(desc: dict, settings: dict):
     kwargs = {k: settings[k] for k in MODEL_KEYS if k in settings}
     two_body = settings.get("two_body", False)
     if two_body:
-        kwargs["two_body"] = gpmlip.TwoBody(**(two_body if isinstance(two_body, dict) else {}))
+        try:
+            kwargs["two_body"] = gpmlip.TwoBody(**(two_body if isinstance(two_body, dict)
+                                                   else {}))
+        except TypeError as err:
+            raise SettingsError(f"[model] two_body = {two_body}: {err}; the keys are those of "
+                                "gpmlip.TwoBody (r_cut, sigma, length_scale, n_sparse, r_min, "
+                                "transition_width)") from None
     return gpmlip.SparseGP(soap(desc), **kwargs)
 
 

@@ -9,7 +9,6 @@ allowed::
     r_cut = 4.5
     n_max = 6
     l_max = 4
-
     weighting = "smooth"    # default; "hard", or a dscribe poly table {r0 = 5.5, m = 1}
 
     [model]

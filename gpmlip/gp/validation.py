@@ -148,14 +148,20 @@ def _kinds(frame, group: np.ndarray) -> np.ndarray:
     return kinds
 
 
-def _whitened(posterior, blocks: Sequence[StructureRows], noise: dict[str, float]) -> list:
-    """``Lambda_I^-1/2 K_I R^-1`` of each block, by one triangular solve for all of them."""
-    scaled = [b.rows / np.sqrt(b.noise_variance(noise))[:, None] for b in blocks]
-    if not scaled:
-        return []
-    out = solve_triangular(posterior.r, np.concatenate(scaled).T, trans="T",
-                           check_finite=False).T
-    return np.split(out, np.cumsum([len(x) for x in scaled])[:-1])
+def _whitened(posterior, blocks: Sequence[StructureRows], noise: dict[str, float],
+              chunk_bytes: float = 2.5e8) -> list:
+    """``Lambda_I^-1/2 K_I R^-1`` of each block: one triangular solve (BLAS 3) per chunk of
+    blocks of at most ``chunk_bytes`` rows, so the copies stay small next to the cached rows."""
+    out, chunk, size = [], [], 0
+    for i, b in enumerate(blocks):
+        chunk.append(b.rows / np.sqrt(b.noise_variance(noise))[:, None])
+        size += chunk[-1].nbytes
+        if size >= chunk_bytes or i == len(blocks) - 1:
+            solved = solve_triangular(posterior.r, np.concatenate(chunk).T, trans="T",
+                                      check_finite=False).T
+            out += np.split(solved, np.cumsum([len(x) for x in chunk])[:-1])
+            chunk, size = [], 0
+    return out
 
 
 def loo_block(posterior, block: StructureRows, noise: dict[str, float],

@@ -217,7 +217,9 @@ def run_element(element: str, args) -> dict:
                 "n_jobs": args.n_jobs}
     log.info("%s: %d train frames (%d atoms), %d test frames; settings %s", element, len(train),
              sum(f.n_atoms for f in train), len(test), settings)
-    if weighting not in (None, "smooth") and args.w0 is not None:
+    if args.w0 is not None:
+        if weighting in (None, "smooth"):
+            raise SystemExit("--w0 needs an explicit poly weighting: --weighting r0=X,m=Y")
         weighting = {**weighting, "w0": args.w0}
     desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=args.n_max,
                        l_max=args.l_max, sigma=args.atom_sigma, weighting=weighting,

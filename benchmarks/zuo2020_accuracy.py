@@ -176,6 +176,43 @@ def parse_two_body(text: str | None):
     return gpmlip.TwoBody(**values)
 
 
+def parse_second(text: str | None, args) -> dict | None:
+    """``--second`` as the settings of a second SOAP joined to the first (None when not given)."""
+    if text is None:
+        return None
+    values = {"n_max": args.n_max, "l_max": args.l_max, "sigma": args.atom_sigma, "weight": 1.0}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in ("r_cut", "n_max", "l_max", "sigma", "weight", "r0", "m"):
+            raise SystemExit(f"--second: unknown key {key!r} (r_cut, n_max, l_max, sigma, "
+                             "weight, r0, m)")
+        values[key] = int(value) if key in ("n_max", "l_max") else float(value)
+    if "r_cut" not in values:
+        raise SystemExit("--second needs r_cut=...")
+    return values
+
+
+def build_descriptor(element: str, spec: dict, weighting, args):
+    """The SOAP of the element, or with ``--second`` two SOAPs side by side (gpmlip.Stacked)."""
+    import gpmlip
+
+    desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=args.n_max,
+                       l_max=args.l_max, sigma=args.atom_sigma, weighting=weighting,
+                       n_jobs=args.n_jobs)
+    second = parse_second(args.second, args)
+    if second is None:
+        return desc
+    w2 = "smooth"
+    if "r0" in second or "m" in second:
+        w2 = {"function": "poly", "r0": second.get("r0", second["r_cut"]), "c": 1.0,
+              "m": second.get("m", 2.0)}
+    other = gpmlip.SOAP(species=[element], r_cut=second["r_cut"], n_max=second["n_max"],
+                        l_max=second["l_max"], sigma=second["sigma"], weighting=w2,
+                        n_jobs=args.n_jobs)
+    return gpmlip.Stacked([desc, other], [1.0, second["weight"]], n_jobs=args.n_jobs)
+
+
 def run_element(element: str, args) -> dict:
     """Fit and test one element (runs in the child process)."""
     import gpmlip
@@ -221,10 +258,9 @@ def run_element(element: str, args) -> dict:
         if weighting in (None, "smooth"):
             raise SystemExit("--w0 needs an explicit poly weighting: --weighting r0=X,m=Y")
         weighting = {**weighting, "w0": args.w0}
-    desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=args.n_max,
-                       l_max=args.l_max, sigma=args.atom_sigma, weighting=weighting,
-                       n_jobs=args.n_jobs)
+    desc = build_descriptor(element, spec, weighting, args)
     settings["soap"] = repr(desc)
+    settings["second"] = parse_second(args.second, args)
     model = gpmlip.SparseGP(desc, zeta=args.zeta, n_sparse=n_sparse, sparse_method="cur",
                             e0={element: spec["e0"]} if args.e0 == "paper" else args.e0,
                             energy_sigma=energy_sigma,
@@ -392,6 +428,10 @@ def main() -> None:
     parser.add_argument("--two-body", nargs="?", const="", default=None,
                         help="add the 2-body term; optional settings key=value,... "
                              "(r_cut, sigma, length_scale, n_sparse, r_min, transition_width)")
+    parser.add_argument("--second", help="join a second SOAP (gpmlip.Stacked): key=value,... "
+                        "with r_cut (required), n_max, l_max, sigma (default: the first's), "
+                        "weight (of its cosine, default 1), r0, m (poly weighting; default "
+                        "smooth)")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)

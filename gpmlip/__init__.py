@@ -9,7 +9,7 @@ from gpmlip.data import (
     train_test_split,
 )
 from gpmlip.calculator import GPCalculator
-from gpmlip.descriptors import SOAP, Environments
+from gpmlip.descriptors import SOAP, Environments, Stacked
 from gpmlip.errors import (
     DataError,
     GpmlipError,
@@ -25,6 +25,7 @@ from gpmlip.version import __version__
 
 __all__ = [
     "SOAP",
+    "Stacked",
     "SparseGP",
     "TwoBody",
     "Prediction",

@@ -18,7 +18,7 @@ from gpmlip.baselines import (Baseline, BaselineSpec, add_to_prediction, make_ba
 from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.protocol import Descriptor
-from gpmlip.descriptors.soap import SOAP
+from gpmlip.descriptors.registry import descriptor_from_dict
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
@@ -777,8 +777,7 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
     """
     meta, state = read_model_file(path)
     try:
-        descriptor = SOAP(**{k: v for k, v in meta["descriptor"].items() if k != "type"},
-                          n_jobs=n_jobs)
+        descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
         settings = meta["settings"]
         kernel = NormalizedDotProduct.from_dict(meta["kernel"])
         two = state.two_body

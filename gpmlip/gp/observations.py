@@ -101,11 +101,11 @@ _DESCRIPTORS: dict[str, object] = {}
 
 
 def _descriptor(settings: dict):
-    from gpmlip.descriptors.soap import SOAP
+    from gpmlip.descriptors.registry import descriptor_from_dict
 
     key = json.dumps(settings, sort_keys=True)
     if key not in _DESCRIPTORS:
-        _DESCRIPTORS[key] = SOAP.from_dict(settings)
+        _DESCRIPTORS[key] = descriptor_from_dict(settings)
     return _DESCRIPTORS[key]
 
 

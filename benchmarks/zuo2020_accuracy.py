@@ -297,9 +297,14 @@ def run_element(element: str, args) -> dict:
         t = time.perf_counter()
         frames = np.unique(np.linspace(0, len(train) - 1, min(args.loo_frames, len(train)))
                            .round().astype(int))
-        mae = leave_one_out(model, frames=frames).mae()
+        loo = leave_one_out(model, frames=frames)
+        mae = loo.mae()
+        kinds = np.array([model.training_frames[i].config_type or "-" for i in loo.frames])
+        per_type = {str(k): {"frames": int((kinds == k).sum()),
+                             "energy": float(np.nanmean(np.abs(loo.energy_residual[kinds == k])))}
+                    for k in np.unique(kinds)}
         result["loo_screen"] = {"frames": len(frames), "loo_mae": mae,
-                                "seconds": time.perf_counter() - t}
+                                "per_config_type": per_type, "seconds": time.perf_counter() - t}
         log.info("%s: leave-one-out MAE at the fitted levels %s", element, mae)
     if args.loo:
         from gpmlip.gp.validation import choose_noise

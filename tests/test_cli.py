@@ -64,18 +64,23 @@ def test_train_reports_errors_per_config_type(trained):
 
 
 def test_train_with_weighting_two_body_and_noise_by_leave_one_out(tmp_path):
-    """[descriptor] weighting, [model] two_body and optimise = "loo" reach the saved model."""
-    from gpmlip import SparseGP, load_model
+    """[descriptor] weighting and second, [model] two_body and optimise = "loo" reach the saved
+    model."""
+    from gpmlip import SparseGP, Stacked, load_model
 
     (tmp_path / "soft.toml").write_text(SMALL.replace(
-        "l_max = 3\n", "l_max = 3\nweighting = {r0 = 5.0, m = 1}\n")
+        "l_max = 3\n", "l_max = 3\nweighting = {r0 = 5.0, m = 1}\n"
+        "second = {r_cut = 3.0, n_max = 3, weighting = {r0 = 3.5, m = 1}, weight = 0.5}\n")
         + 'two_body = {n_sparse = 8}\noptimise = "loo"\n')
     proc = gpmlip("train", "-c", tmp_path / "soft.toml", DATA / "cu_emt_train.extxyz",
                   "-o", tmp_path / "soft.npz", "--n-sparse", "20", "--json")
     json.loads(proc.stdout)
     model = load_model(tmp_path / "soft.npz")
-    assert model.descriptor.settings.weighting_dict == {"function": "poly", "r0": 5.0,
-                                                        "m": 1.0, "c": 1.0}
+    assert isinstance(model.descriptor, Stacked) and model.descriptor.weights == [1.0, 0.5]
+    first, second = model.descriptor.parts
+    assert first.settings.weighting_dict == {"function": "poly", "r0": 5.0, "m": 1.0, "c": 1.0}
+    assert (second.settings.r_cut, second.settings.n_max, second.settings.l_max) == (3.0, 3, 3)
+    assert second.settings.weighting_dict["r0"] == 3.5
     assert model.two_body is not None and model.two_body.n_sparse == 8
     default = SparseGP(model.descriptor)
     assert model.noise["forces"] != pytest.approx(default.force_sigma)   # chosen, not default
@@ -220,18 +225,20 @@ def test_otf_needs_a_labeller(tmp_path):
 
 @pytest.mark.parametrize("case", ["bad_key", "bad_type", "missing_file", "future_model",
                                   "unknown_table", "bad_optimise", "bad_weighting",
-                                  "bad_two_body"])
+                                  "bad_two_body", "bad_second"])
 def test_errors_are_one_clear_line(trained, tmp_path, case):
     work, _ = trained
     if case in ("bad_key", "bad_type", "unknown_table", "bad_optimise", "bad_weighting",
-                "bad_two_body"):
+                "bad_two_body", "bad_second"):
         text = {"bad_key": "[descriptor]\nspecies = ['Cu']\nr_cutt = 4.0\n",
                 "bad_type": "[descriptor]\nspecies = ['Cu']\nr_cut = 'four'\n",
                 "unknown_table": "[modle]\nzeta = 4\n",
                 "bad_optimise": "[model]\noptimise = 'lo'\n",
                 "bad_weighting": "[descriptor]\nweighting = 'soft'\n",
                 "bad_two_body": "[descriptor]\nspecies = ['Cu']\nr_cut = 4.0\n"
-                                "[model]\ntwo_body = {sigmaa = 1}\n"}[case]
+                                "[model]\ntwo_body = {sigmaa = 1}\n",
+                "bad_second": "[descriptor]\nspecies = ['Cu']\nr_cut = 4.0\n"
+                              "second = {rcut = 3.0}\n"}[case]
         (tmp_path / "c.toml").write_text(text)
         args = ["train", "-c", tmp_path / "c.toml", DATA / "cu_emt_train.extxyz"]
         expect = {"bad_key": "unknown key 'r_cutt' in [descriptor]; allowed: species, r_cut",
@@ -240,7 +247,8 @@ def test_errors_are_one_clear_line(trained, tmp_path, case):
                   "bad_optimise": "[model] optimise = 'lo'; allowed: true, false, "
                                   '"likelihood", "loo"',
                   "bad_weighting": "[descriptor] weighting = 'soft'; allowed",
-                  "bad_two_body": "the keys are those of gpmlip.TwoBody"}[case]
+                  "bad_two_body": "the keys are those of gpmlip.TwoBody",
+                  "bad_second": "unknown keys ['rcut']; allowed: r_cut, n_max"}[case]
     elif case == "missing_file":
         args, expect = ["eval", work / "cu.npz", tmp_path / "none.xyz"], "no data file at"
     else:

@@ -12,22 +12,49 @@ MODEL_KEYS = ("zeta", "n_sparse", "sparse_method", "energy_sigma", "force_sigma"
               "stress_sigma", "stress_noise", "virial_sigma", "e0", "seed", "baseline")
 
 
+def _weighting(value):
+    """``weighting`` of a settings table as SOAP takes it."""
+    if value == "hard":
+        return None
+    if isinstance(value, dict):
+        return {"function": "poly", **value}
+    return value
+
+
+SECOND_KEYS = ("r_cut", "n_max", "l_max", "sigma", "weighting", "weight")
+
+
 def soap(desc: dict):
-    """The SOAP descriptor of a ``[descriptor]`` table (species and r_cut required)."""
+    """The SOAP descriptor of a ``[descriptor]`` table (species and r_cut required); with
+    ``second = {r_cut = ..., ...}`` a :class:`gpmlip.Stacked` of the two."""
     import gpmlip
 
     missing = [k for k in ("species", "r_cut") if k not in desc]
     if missing:
         raise SettingsError(f"[descriptor] needs {', '.join(missing)} (e.g. species = [\"Cu\"], "
                             "r_cut = 4.5), in the settings file or as --species/--r-cut")
-    weighting = desc.get("weighting", "smooth")
-    if weighting == "hard":
-        weighting = None
-    elif isinstance(weighting, dict):
-        weighting = {"function": "poly", **weighting}
-    return gpmlip.SOAP(desc["species"], desc["r_cut"], desc.get("n_max", 6),
-                       desc.get("l_max", 4), desc.get("sigma", 0.5), weighting=weighting,
-                       n_jobs=desc.get("n_jobs", 1))
+    first = gpmlip.SOAP(desc["species"], desc["r_cut"], desc.get("n_max", 6),
+                        desc.get("l_max", 4), desc.get("sigma", 0.5),
+                        weighting=_weighting(desc.get("weighting", "smooth")),
+                        n_jobs=desc.get("n_jobs", 1))
+    second = desc.get("second")
+    if second is None:
+        return first
+    unknown = sorted(set(second) - set(SECOND_KEYS))
+    if unknown or "r_cut" not in second:
+        raise SettingsError(f"[descriptor] second = {second}: "
+                            + (f"unknown keys {unknown}; " if unknown else "r_cut is missing; ")
+                            + f"allowed: {', '.join(SECOND_KEYS)} (r_cut required)")
+    weighting = second.get("weighting", "smooth")
+    if isinstance(weighting, str) and weighting not in ("smooth", "hard"):
+        raise SettingsError(f"[descriptor] second weighting = {weighting!r}; allowed: "
+                            '"smooth", "hard" or a table such as {r0 = 4.0, m = 1}')
+    base = first.settings
+    other = gpmlip.SOAP(desc["species"], second["r_cut"], second.get("n_max", base.n_max),
+                        second.get("l_max", base.l_max), second.get("sigma", base.sigma),
+                        weighting=_weighting(weighting),
+                        n_jobs=first.n_jobs)
+    return gpmlip.Stacked([first, other], [1.0, second.get("weight", 1.0)], n_jobs=first.n_jobs)
 
 
 def model(desc: dict, settings: dict):

@@ -26,7 +26,10 @@ FORMAT_VERSION = 1
 TWO_BODY_FORMAT_VERSION = 2
 """Written only by models with a two-body term (older gpmlip refuses them instead of silently
 dropping the term); files without one keep version 1."""
-READABLE_VERSIONS = (FORMAT_VERSION, TWO_BODY_FORMAT_VERSION)
+STACKED_FORMAT_VERSION = 3
+"""Written only by models on a :class:`gpmlip.Stacked` descriptor (older gpmlip would call such a
+file damaged instead of naming the version)."""
+READABLE_VERSIONS = (FORMAT_VERSION, TWO_BODY_FORMAT_VERSION, STACKED_FORMAT_VERSION)
 
 
 def _versions() -> dict:
@@ -54,6 +57,8 @@ def write_model_file(path, state: FittedState, settings: dict) -> None:
     path = Path(path)
     arrays, state_meta = state.to_arrays()
     version = FORMAT_VERSION if state.two_body is None else TWO_BODY_FORMAT_VERSION
+    if settings.get("descriptor", {}).get("type") == "Stacked":
+        version = STACKED_FORMAT_VERSION
     meta = {"format": FORMAT, "format_version": version, "versions": _versions(),
             **settings, **state_meta}
     arrays = {"metadata.json": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),

@@ -244,7 +244,7 @@ def run_element(element: str, args) -> dict:
     settings = {"r_cut": spec["r_cut"], "n_max": args.n_max, "l_max": args.l_max,
                 "sigma": args.atom_sigma, "zeta": args.zeta,
                 "weighting": weighting_label(weighting),
-                "n_sparse": n_sparse, "sparse_method": "cur",
+                "n_sparse": n_sparse, "sparse_method": args.sparse_method,
                 "e0": spec["e0"] if args.e0 == "paper" else args.e0,
                 "signal_std": 1.0, "energy_sigma_ev_atom": energy_sigma,
                 "force_sigma": force_sigma, "noise_from": noise_source,
@@ -261,7 +261,8 @@ def run_element(element: str, args) -> dict:
     desc = build_descriptor(element, spec, weighting, args)
     settings["soap"] = repr(desc)
     settings["second"] = parse_second(args.second, args)
-    model = gpmlip.SparseGP(desc, zeta=args.zeta, n_sparse=n_sparse, sparse_method="cur",
+    model = gpmlip.SparseGP(desc, zeta=args.zeta, n_sparse=n_sparse,
+                            sparse_method=args.sparse_method,
                             e0={element: spec["e0"]} if args.e0 == "paper" else args.e0,
                             energy_sigma=energy_sigma,
                             force_sigma=force_sigma, stress_sigma=args.stress_sigma,
@@ -396,6 +397,9 @@ def main() -> None:
     parser.add_argument("--n-sparse", type=int, help="sparse points for every element "
                         "(default: the paper's per element)")
     parser.add_argument("--with-stress", action="store_true", help="fit stresses too")
+    parser.add_argument("--sparse-method", default="cur",
+                        choices=["cur", "kmeans++", "random", "variance"],
+                        help="how the sparse points are chosen (the paper: CUR)")
     parser.add_argument("--optimise", action="store_true",
                         help="also optimise the hyper-parameters and re-test")
     parser.add_argument("--energy-sigma", type=float,

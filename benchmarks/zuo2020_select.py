@@ -16,6 +16,14 @@ training data, and the test set only measures the outcome.
    (O(m^3)), so above ``--loo-max-sparse`` (2000) the levels are chosen on a model with that many
    points and applied to the paper-count fit (``--noise-from``).
 
+With ``--stack``, between 1 and 2: the winner is screened again on *every* training structure
+(the 60-structure subset holds 3-4 surfaces, whose leave-one-out errors are 5x the others'),
+alone and with a second SOAP at a short cutoff joined to it (:data:`SHORT`, ``gpmlip.Stacked``:
+the first coordination shells resolved finely) at weights 1, 0.5 and 2 of its cosine; the
+smallest criterion relative to the winner alone wins.  With ``--sparse`` (after ``--stack``),
+the winner's sparse points chosen by greedy variance and by k-means++ instead of CUR are
+screened the same way.
+
 Each run is ``benchmarks/zuo2020_accuracy.py`` in its own process; its JSON lands in ``--out``
 (default ``benchmarks/results/zuo2020_select``) and a run whose JSON exists is not repeated, so an
 interrupted selection resumes.  Test errors of every screened candidate are written too (they are
@@ -26,6 +34,8 @@ Usage::
     .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si Li
     .venv/bin/python benchmarks/zuo2020_select.py --elements Li --screen-only
     .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --rounds 2   # + one more change
+    .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --stack      # + a second SOAP
+    .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --stack --sparse
 """
 
 from __future__ import annotations
@@ -54,6 +64,12 @@ CANDIDATES = {
     "r15m1z6": ["--weighting", "r0=rcut+1.5,m=1", "--zeta", "6"],
 }
 REFERENCE = "smooth"
+SHORT = {"Mo": 3.5, "Si": 3.2, "Li": 3.9}
+"""Cutoff (Å) of the second SOAP with ``--stack``: past the first shell of diamond Si (2.35 Å;
+the second is at 3.84), past the first two of bcc Mo (2.73, 3.16; third 4.47) and Li (2.98,
+3.44; third 4.87).  Smooth weighting (r0 = r_cut, m = 2), the first SOAP's n_max, l_max, sigma."""
+SPARSE_METHODS = ("variance", "kmeans++")
+"""``--sparse``: sparse-point choices screened against CUR (``name@method``)."""
 MODIFIERS = {
     # second round (--rounds 2): the first round's winner with one more change, for each change
     # of an option the winner does not set already
@@ -104,8 +120,48 @@ def screen(out: Path, element: str, args) -> tuple[str, dict]:
     return best, rows
 
 
+def stack_round(out: Path, element: str, winner: str) -> tuple[str, dict]:
+    """The winner alone and with a second SOAP, by leave-one-out on every training structure."""
+    stacks = [f"{winner}+s{SHORT[element]}{w}" for w in ("", "w0.5", "w2")]
+    return full_screen(out, element, winner, stacks)
+
+
+def sparse_round(out: Path, element: str, winner: str) -> tuple[str, dict]:
+    """The winner's sparse points by CUR (the paper's), greedy variance and k-means++."""
+    return full_screen(out, element, winner, [f"{winner}@{m}" for m in SPARSE_METHODS])
+
+
+def full_screen(out: Path, element: str, winner: str, others: list[str]) -> tuple[str, dict]:
+    """``winner`` and ``others`` at 500 sparse points by leave-one-out on every training
+    structure; criterion relative to ``winner``."""
+    rows = {}
+    for name in (winner, *others):
+        r = run(out, f"full_{element}_{name}",
+                ["--elements", element, "--n-sparse", "500", "--with-stress", "--loo-screen",
+                 "--loo-frames", "100000", *candidate_args(name)])
+        rows[name] = {"args": candidate_args(name), "loo_mae": r["loo_screen"]["loo_mae"],
+                      "loo_per_config_type": r["loo_screen"].get("per_config_type"),
+                      "loo_frames": r["loo_screen"]["frames"],
+                      "test": {k: r["test"][k] for k in ("mae_e_mev_atom", "mae_f_ev_a")},
+                      "fit_s": r["fit_s"]}
+    ref = rows[winner]["loo_mae"]
+    for row in rows.values():
+        row["criterion"] = 0.5 * (row["loo_mae"]["energy"] / ref["energy"]
+                                  + row["loo_mae"]["forces"] / ref["forces"])
+    return min(rows, key=lambda n: rows[n]["criterion"]), rows
+
+
 def candidate_args(name: str) -> list[str]:
-    """A screened candidate's arguments (second-round names are not in CANDIDATES)."""
+    """A screened candidate's arguments (second-round and stacked names are not in
+    CANDIDATES)."""
+    if "@" in name:
+        name, method = name.split("@")
+        return [*candidate_args(name), "--sparse-method", method]
+    if "+s" in name:
+        name, second = name.split("+s")
+        cut, _, weight = second.partition("w")
+        return [*candidate_args(name), "--second",
+                f"r_cut={cut}" + (f",weight={weight}" if weight else "")]
     if name in CANDIDATES:
         return CANDIDATES[name]
     suffix = next(s for s in MODIFIERS if name.endswith(s) and name[:-len(s)] in CANDIDATES)
@@ -152,6 +208,12 @@ def main() -> None:
                              "on a model with this many and applied to the paper-count fit")
     parser.add_argument("--rounds", type=int, choices=[1, 2], default=1,
                         help="2: also screen the winner with one more change of each kind")
+    parser.add_argument("--stack", action="store_true",
+                        help="re-screen the winner on every training structure, alone and with "
+                             "a second SOAP at a short cutoff, and keep the better")
+    parser.add_argument("--sparse", action="store_true",
+                        help="then screen the winner's sparse-point method (CUR, greedy "
+                             "variance, k-means++) on every training structure")
     parser.add_argument("--screen-only", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "zuo2020_select")
     args = parser.parse_args()
@@ -170,6 +232,27 @@ def main() -> None:
                   f"{1e3 * row['loo_mae']['energy']:.3f} | {row['loo_mae']['forces']:.4f} | "
                   f"{row['criterion']:.3f} | {row['test']['mae_e_mev_atom']:.3f} | "
                   f"{row['test']['mae_f_ev_a']:.4f} | {row['fit_s']:.0f} |")
+        rounds = []
+        if args.stack:
+            rounds.append(("stack_screen", stack_round, "alone and with a second SOAP"))
+        if args.sparse:
+            rounds.append(("sparse_screen", sparse_round, "with CUR, greedy-variance and "
+                                                          "k-means++ sparse points"))
+        for key, screen_round, what in rounds:
+            best, rows = screen_round(args.out, element, best)
+            summary[element].update({key: rows, "chosen": best})
+            print(f"\n{element}: the winner {what}, leave-one-out on every training structure "
+                  f"at 500 sparse points (criterion relative to the winner)")
+            print("| candidate | LOO E meV/atom | LOO F eV/Å | criterion | LOO E per config type "
+                  "| test E | test F | fit s |")
+            print("|---|---:|---:|---:|---|---:|---:|---:|")
+            for name, row in rows.items():
+                per = ", ".join(f"{k} {1e3 * v['energy']:.2f}"
+                                for k, v in (row["loo_per_config_type"] or {}).items())
+                print(f"| {name}{' (chosen)' if name == best else ''} | "
+                      f"{1e3 * row['loo_mae']['energy']:.3f} | {row['loo_mae']['forces']:.4f} | "
+                      f"{row['criterion']:.3f} | {per} | {row['test']['mae_e_mev_atom']:.3f} | "
+                      f"{row['test']['mae_f_ev_a']:.4f} | {row['fit_s']:.0f} |")
         if not args.screen_only:
             summary[element]["final"] = final = measure(args.out, element, best, args)
             goal_e, goal_f = GOAL[element]

@@ -328,11 +328,11 @@ def test_a_newer_format_version_is_refused(model, tmp_path):
     model.save(path)
     data = dict(np.load(path))
     meta = json.loads(bytes(data["metadata.json"]).decode())
-    meta["format_version"] = 3
+    meta["format_version"] = 4
     data["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(path, **data)
     assert zipfile.is_zipfile(path)
-    with pytest.raises(ModelFileError, match="version 3"):
+    with pytest.raises(ModelFileError, match="version 4"):
         gpmlip.load_model(path)
 
 

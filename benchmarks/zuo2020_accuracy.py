@@ -193,14 +193,14 @@ def parse_second(text: str | None, args) -> dict | None:
     return values
 
 
-def build_descriptor(element: str, spec: dict, weighting, args):
-    """The SOAP of the element, or with ``--second`` two SOAPs side by side (gpmlip.Stacked)."""
+def build_descriptor(element: str, spec: dict, weighting, second: dict | None, args):
+    """The SOAP of the element, or with ``second`` (:func:`parse_second`) two SOAPs side by side
+    (gpmlip.Stacked)."""
     import gpmlip
 
     desc = gpmlip.SOAP(species=[element], r_cut=spec["r_cut"], n_max=args.n_max,
                        l_max=args.l_max, sigma=args.atom_sigma, weighting=weighting,
                        n_jobs=args.n_jobs)
-    second = parse_second(args.second, args)
     if second is None:
         return desc
     w2 = "smooth"
@@ -258,9 +258,9 @@ def run_element(element: str, args) -> dict:
         if weighting in (None, "smooth"):
             raise SystemExit("--w0 needs an explicit poly weighting: --weighting r0=X,m=Y")
         weighting = {**weighting, "w0": args.w0}
-    desc = build_descriptor(element, spec, weighting, args)
-    settings["soap"] = repr(desc)
     settings["second"] = parse_second(args.second, args)
+    desc = build_descriptor(element, spec, weighting, settings["second"], args)
+    settings["soap"] = repr(desc)
     model = gpmlip.SparseGP(desc, zeta=args.zeta, n_sparse=n_sparse,
                             sparse_method=args.sparse_method,
                             e0={element: spec["e0"]} if args.e0 == "paper" else args.e0,

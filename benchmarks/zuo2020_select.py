@@ -78,6 +78,34 @@ MODIFIERS = {
 }
 
 
+def add_criterion(rows: dict, reference: str) -> None:
+    """``(E / E_ref + F / F_ref) / 2`` of every row's leave-one-out MAEs, into ``criterion``."""
+    ref = rows[reference]["loo_mae"]
+    for row in rows.values():
+        row["criterion"] = 0.5 * (row["loo_mae"]["energy"] / ref["energy"]
+                                  + row["loo_mae"]["forces"] / ref["forces"])
+
+
+def print_screen(rows: dict, best: str, ordered: bool) -> None:
+    """A screen's rows as a Markdown table (sorted by criterion if ``ordered``), with the
+    per-config-type leave-one-out energies where the rows have them."""
+    per_type = any(row.get("loo_per_config_type") for row in rows.values())
+    print("| candidate | LOO E meV/atom | LOO F eV/Å | criterion |"
+          + (" LOO E per config type |" if per_type else "") + " test E | test F | fit s |")
+    print("|---|---:|---:|---:|" + ("---|" if per_type else "") + "---:|---:|---:|")
+    items = sorted(rows.items(), key=lambda kv: kv[1]["criterion"]) if ordered else rows.items()
+    for name, row in items:
+        per = ""
+        if per_type:
+            per = " " + ", ".join(f"{k} {1e3 * v['energy']:.2f}"
+                                  for k, v in (row.get("loo_per_config_type") or {}).items())
+            per += " |"
+        print(f"| {name}{' (chosen)' if name == best else ''} | "
+              f"{1e3 * row['loo_mae']['energy']:.3f} | {row['loo_mae']['forces']:.4f} | "
+              f"{row['criterion']:.3f} |{per} {row['test']['mae_e_mev_atom']:.3f} | "
+              f"{row['test']['mae_f_ev_a']:.4f} | {row['fit_s']:.0f} |")
+
+
 def run(out: Path, name: str, args: list[str]) -> dict:
     """One zuo2020_accuracy.py run (skipped when its JSON exists); its single result."""
     path = out / f"{name}.json"
@@ -105,10 +133,7 @@ def screen(out: Path, element: str, args) -> tuple[str, dict]:
             rows[name] = {"args": extra, "loo_mae": r["loo_screen"]["loo_mae"],
                           "test": {k: r["test"][k] for k in ("mae_e_mev_atom", "mae_f_ev_a")},
                           "fit_s": r["fit_s"]}
-        ref = rows[REFERENCE]["loo_mae"]
-        for row in rows.values():
-            row["criterion"] = 0.5 * (row["loo_mae"]["energy"] / ref["energy"]
-                                      + row["loo_mae"]["forces"] / ref["forces"])
+        add_criterion(rows, REFERENCE)
 
     add(CANDIDATES)
     best = min(rows, key=lambda n: rows[n]["criterion"])
@@ -144,10 +169,7 @@ def full_screen(out: Path, element: str, winner: str, others: list[str]) -> tupl
                       "loo_frames": r["loo_screen"]["frames"],
                       "test": {k: r["test"][k] for k in ("mae_e_mev_atom", "mae_f_ev_a")},
                       "fit_s": r["fit_s"]}
-    ref = rows[winner]["loo_mae"]
-    for row in rows.values():
-        row["criterion"] = 0.5 * (row["loo_mae"]["energy"] / ref["energy"]
-                                  + row["loo_mae"]["forces"] / ref["forces"])
+    add_criterion(rows, winner)
     return min(rows, key=lambda n: rows[n]["criterion"]), rows
 
 
@@ -225,13 +247,7 @@ def main() -> None:
         summary[element] = {"screen": rows, "chosen": best}
         print(f"\n{element}: screen at {args.screen_sparse} sparse points (LOO MAE on "
               f"{args.loo_frames} training structures; test MAE not used)")
-        print("| candidate | LOO E meV/atom | LOO F eV/Å | criterion | test E | test F | fit s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for name, row in sorted(rows.items(), key=lambda kv: kv[1]["criterion"]):
-            print(f"| {name}{' (chosen)' if name == best else ''} | "
-                  f"{1e3 * row['loo_mae']['energy']:.3f} | {row['loo_mae']['forces']:.4f} | "
-                  f"{row['criterion']:.3f} | {row['test']['mae_e_mev_atom']:.3f} | "
-                  f"{row['test']['mae_f_ev_a']:.4f} | {row['fit_s']:.0f} |")
+        print_screen(rows, best, ordered=True)
         rounds = []
         if args.stack:
             rounds.append(("stack_screen", stack_round, "alone and with a second SOAP"))
@@ -243,16 +259,7 @@ def main() -> None:
             summary[element].update({key: rows, "chosen": best})
             print(f"\n{element}: the winner {what}, leave-one-out on every training structure "
                   f"at 500 sparse points (criterion relative to the winner)")
-            print("| candidate | LOO E meV/atom | LOO F eV/Å | criterion | LOO E per config type "
-                  "| test E | test F | fit s |")
-            print("|---|---:|---:|---:|---|---:|---:|---:|")
-            for name, row in rows.items():
-                per = ", ".join(f"{k} {1e3 * v['energy']:.2f}"
-                                for k, v in (row["loo_per_config_type"] or {}).items())
-                print(f"| {name}{' (chosen)' if name == best else ''} | "
-                      f"{1e3 * row['loo_mae']['energy']:.3f} | {row['loo_mae']['forces']:.4f} | "
-                      f"{row['criterion']:.3f} | {per} | {row['test']['mae_e_mev_atom']:.3f} | "
-                      f"{row['test']['mae_f_ev_a']:.4f} | {row['fit_s']:.0f} |")
+            print_screen(rows, best, ordered=False)
         if not args.screen_only:
             summary[element]["final"] = final = measure(args.out, element, best, args)
             goal_e, goal_f = GOAL[element]

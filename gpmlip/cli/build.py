@@ -21,12 +21,10 @@ def _weighting(value):
     return value
 
 
-SECOND_KEYS = ("r_cut", "n_max", "l_max", "sigma", "weighting", "weight")
-
-
 def soap(desc: dict):
     """The SOAP descriptor of a ``[descriptor]`` table (species and r_cut required); with
-    ``second = {r_cut = ..., ...}`` a :class:`gpmlip.Stacked` of the two."""
+    ``second = {r_cut = ..., ...}`` a :class:`gpmlip.Stacked` of the two (the table is checked
+    by :func:`gpmlip.cli.config.check`)."""
     import gpmlip
 
     missing = [k for k in ("species", "r_cut") if k not in desc]
@@ -40,19 +38,10 @@ def soap(desc: dict):
     second = desc.get("second")
     if second is None:
         return first
-    unknown = sorted(set(second) - set(SECOND_KEYS))
-    if unknown or "r_cut" not in second:
-        raise SettingsError(f"[descriptor] second = {second}: "
-                            + (f"unknown keys {unknown}; " if unknown else "r_cut is missing; ")
-                            + f"allowed: {', '.join(SECOND_KEYS)} (r_cut required)")
-    weighting = second.get("weighting", "smooth")
-    if isinstance(weighting, str) and weighting not in ("smooth", "hard"):
-        raise SettingsError(f"[descriptor] second weighting = {weighting!r}; allowed: "
-                            '"smooth", "hard" or a table such as {r0 = 4.0, m = 1}')
     base = first.settings
     other = gpmlip.SOAP(desc["species"], second["r_cut"], second.get("n_max", base.n_max),
                         second.get("l_max", base.l_max), second.get("sigma", base.sigma),
-                        weighting=_weighting(weighting),
+                        weighting=_weighting(second.get("weighting", "smooth")),
                         n_jobs=first.n_jobs)
     return gpmlip.Stacked([first, other], [1.0, second.get("weight", 1.0)], n_jobs=first.n_jobs)
 

@@ -68,6 +68,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "directory": (str,), "batch": (int,), "method": (str,), "max_labels": (int,),
               "target_std": NUMBER, "workers": (int,), "lease_seconds": NUMBER},
 }
+SECOND_KEYS = ("r_cut", "n_max", "l_max", "sigma", "weighting", "weight")
+"""Keys of ``[descriptor] second`` (a second SOAP; the rest default to the first's)."""
 ENSEMBLES = ("langevin", "verlet", "berendsen")
 OPTIMISE = ("likelihood", "loo")
 """``[model] optimise``: maximise the marginal likelihood (``true`` means this) or choose the noise
@@ -105,10 +107,19 @@ def check(config: dict, source: str = "settings") -> dict:
     if isinstance(optimise, str) and optimise not in OPTIMISE:
         raise SettingsError(f"{source}: [model] optimise = {optimise!r}; allowed: true, false, "
                             + ", ".join(f'"{o}"' for o in OPTIMISE))
-    weighting = config.get("descriptor", {}).get("weighting")
-    if isinstance(weighting, str) and weighting not in ("smooth", "hard"):
-        raise SettingsError(f"{source}: [descriptor] weighting = {weighting!r}; allowed: "
-                            '"smooth", "hard" or a table such as {r0 = 6.2, m = 1}')
+    descriptor = config.get("descriptor", {})
+    second = descriptor.get("second")
+    if second is not None:
+        unknown = sorted(set(second) - set(SECOND_KEYS))
+        if unknown or "r_cut" not in second:
+            raise SettingsError(f"{source}: [descriptor] second = {second}: "
+                                + (f"unknown keys {unknown}; " if unknown else "r_cut is missing; ")
+                                + f"allowed: {', '.join(SECOND_KEYS)} (r_cut required)")
+    for where, table in (("weighting", descriptor), ("second weighting", second or {})):
+        weighting = table.get("weighting")
+        if isinstance(weighting, str) and weighting not in ("smooth", "hard"):
+            raise SettingsError(f"{source}: [descriptor] {where} = {weighting!r}; allowed: "
+                                '"smooth", "hard" or a table such as {r0 = 6.2, m = 1}')
     ensemble = config.get("md", {}).get("ensemble")
     if ensemble is not None and ensemble not in ENSEMBLES:
         raise SettingsError(f"{source}: [md] ensemble = {ensemble!r}; allowed: "

@@ -19,9 +19,7 @@ def descriptor_from_dict(data: dict, *, n_jobs: int = 1) -> Descriptor:
     """
     kind = data.get("type", "SOAP")
     if kind == "SOAP":
-        settings = {k: v for k, v in data.items() if k != "type"}
-        settings.setdefault("weighting", None)        # files from before the weighting setting
-        return SOAP(**settings, n_jobs=n_jobs)
+        return SOAP.from_dict(data, n_jobs=n_jobs)
     if kind == "Stacked":
         return Stacked.from_dict(data, n_jobs=n_jobs)
     raise SettingsError(f"descriptor type {kind!r} is unknown to this gpmlip version (it knows "

@@ -305,13 +305,13 @@ class SOAP:
         return {"type": "SOAP", **self.settings.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> SOAP:
+    def from_dict(cls, data: dict, *, n_jobs: int = 1) -> SOAP:
         """Rebuild from :meth:`to_dict` output (files without ``weighting`` have none)."""
         data = dict(data)
         if data.pop("type", "SOAP") != "SOAP":
             raise SettingsError("descriptor settings are not for SOAP")
         data.setdefault("weighting", None)
-        return cls(**data)
+        return cls(**data, n_jobs=n_jobs)
 
     def __repr__(self) -> str:
         s = self.settings

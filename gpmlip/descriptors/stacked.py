@@ -95,12 +95,8 @@ class Stacked:
         """Rebuild from :meth:`to_dict` output (the parts are SOAP settings)."""
         if data.get("type") != "Stacked":
             raise SettingsError("descriptor settings are not for Stacked")
-        parts = []
-        for part in data["parts"]:
-            soap = SOAP.from_dict(part)
-            soap.n_jobs = int(n_jobs)
-            parts.append(soap)
-        return cls(parts, data.get("weights"), n_jobs=n_jobs)
+        return cls([SOAP.from_dict(part, n_jobs=n_jobs) for part in data["parts"]],
+                   data.get("weights"), n_jobs=n_jobs)
 
     def __repr__(self) -> str:
         return f"Stacked({self.parts!r}, weights={self.weights})"

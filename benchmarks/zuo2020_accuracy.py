@@ -398,7 +398,7 @@ def main() -> None:
                         "(default: the paper's per element)")
     parser.add_argument("--with-stress", action="store_true", help="fit stresses too")
     parser.add_argument("--sparse-method", default="cur",
-                        choices=["cur", "kmeans++", "random", "variance"],
+                        choices=["cur", "kmeans", "kmeans++", "random", "variance"],
                         help="how the sparse points are chosen (the paper: CUR)")
     parser.add_argument("--optimise", action="store_true",
                         help="also optimise the hyper-parameters and re-test")

@@ -21,8 +21,8 @@ With ``--stack``, between 1 and 2: the winner is screened again on *every* train
 alone and with a second SOAP at a short cutoff joined to it (:data:`SHORT`, ``gpmlip.Stacked``:
 the first coordination shells resolved finely) at weights 1, 0.5 and 2 of its cosine; the
 smallest criterion relative to the winner alone wins.  With ``--sparse`` (after ``--stack``),
-the winner's sparse points chosen by greedy variance and by k-means++ instead of CUR are
-screened the same way.
+the winner's sparse points chosen by greedy variance, by k-means++ seeding and by k-means
+cluster centres instead of CUR are screened the same way.
 
 Each run is ``benchmarks/zuo2020_accuracy.py`` in its own process; its JSON lands in ``--out``
 (default ``benchmarks/results/zuo2020_select``) and a run whose JSON exists is not repeated, so an
@@ -68,7 +68,7 @@ SHORT = {"Mo": 3.5, "Si": 3.2, "Li": 3.9}
 """Cutoff (Å) of the second SOAP with ``--stack``: past the first shell of diamond Si (2.35 Å;
 the second is at 3.84), past the first two of bcc Mo (2.73, 3.16; third 4.47) and Li (2.98,
 3.44; third 4.87).  Smooth weighting (r0 = r_cut, m = 2), the first SOAP's n_max, l_max, sigma."""
-SPARSE_METHODS = ("variance", "kmeans++")
+SPARSE_METHODS = ("variance", "kmeans++", "kmeans")
 """``--sparse``: sparse-point choices screened against CUR (``name@method``)."""
 MODIFIERS = {
     # second round (--rounds 2): the first round's winner with one more change, for each change
@@ -152,7 +152,8 @@ def stack_round(out: Path, element: str, winner: str) -> tuple[str, dict]:
 
 
 def sparse_round(out: Path, element: str, winner: str) -> tuple[str, dict]:
-    """The winner's sparse points by CUR (the paper's), greedy variance and k-means++."""
+    """The winner's sparse points by CUR (the paper's), greedy variance, k-means++ seeding and
+    k-means centres."""
     return full_screen(out, element, winner, [f"{winner}@{m}" for m in SPARSE_METHODS])
 
 
@@ -235,7 +236,7 @@ def main() -> None:
                              "a second SOAP at a short cutoff, and keep the better")
     parser.add_argument("--sparse", action="store_true",
                         help="then screen the winner's sparse-point method (CUR, greedy "
-                             "variance, k-means++) on every training structure")
+                             "variance, k-means++, k-means) on every training structure")
     parser.add_argument("--screen-only", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "zuo2020_select")
     args = parser.parse_args()
@@ -252,8 +253,8 @@ def main() -> None:
         if args.stack:
             rounds.append(("stack_screen", stack_round, "alone and with a second SOAP"))
         if args.sparse:
-            rounds.append(("sparse_screen", sparse_round, "with CUR, greedy-variance and "
-                                                          "k-means++ sparse points"))
+            rounds.append(("sparse_screen", sparse_round, "with CUR, greedy-variance, "
+                                                          "k-means++ and k-means sparse points"))
         for key, screen_round, what in rounds:
             best, rows = screen_round(args.out, element, best)
             summary[element].update({key: rows, "chosen": best})

@@ -195,7 +195,7 @@ def test_update_by_variance_adds_sparse_points(model, train):
     assert m.n_sparse_points == before + 3
 
 
-@pytest.mark.parametrize("method", ["cur", "kmeans++", "random", "variance"])
+@pytest.mark.parametrize("method", ["cur", "kmeans", "kmeans++", "random", "variance"])
 def test_sparse_methods(train, method):
     m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=10, sparse_method=method,
                         e0={"Cu": 0.0}).fit(train[:3])

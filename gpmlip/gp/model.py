@@ -95,7 +95,7 @@ class SparseGP:
         Exponent of the normalised dot-product kernel.
     n_sparse : int or dict, default 200
         Sparse points per species (a dict maps symbol or Z to a count).
-    sparse_method : {"cur", "kmeans++", "random", "variance"}
+    sparse_method : {"cur", "kmeans", "kmeans++", "random", "variance"}
         How :meth:`fit` chooses them (see :func:`gpmlip.gp.selection.select`).
     signal_std : float or dict, default 1.0
         ``sigma_z`` in eV per species: prior spread of a local energy (GAP's ``delta``).

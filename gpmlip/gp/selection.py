@@ -12,7 +12,7 @@ from gpmlip.errors import DataError, SettingsError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("cur", "kmeans++", "random", "variance")
+METHODS = ("cur", "kmeans", "kmeans++", "random", "variance")
 
 
 def distinct_rows(features: np.ndarray, decimals: int = 10) -> np.ndarray:
@@ -38,8 +38,11 @@ def select(features: np.ndarray, n_select: int, method: str = "cur", *, zeta: in
     n_select : int
         How many to pick.  More than ``n`` is an error; more than the number of *distinct*
         environments picks every distinct one, with a warning.
-    method : {"cur", "kmeans++", "random", "variance"}
+    method : {"cur", "kmeans", "kmeans++", "random", "variance"}
         ``"cur"``: sampling by statistical leverage of the descriptor matrix (as GAP's CUR);
+        ``"kmeans"``: k-means clustering (scikit-learn, Lloyd from a k-means++ start) of the
+        normalised descriptors, each cluster represented by its member nearest the centre
+        (typical environments rather than spread-out ones);
         ``"kmeans++"``: k-means++ seeding (scikit-learn) on the normalised descriptors;
         ``"random"``: uniform; ``"variance"``: greedy, each pick the candidate with the highest
         prior variance left once the sparse points chosen so far (and ``existing``) are known
@@ -85,9 +88,31 @@ def select(features: np.ndarray, n_select: int, method: str = "cur", *, zeta: in
     elif method == "kmeans++":
         from sklearn.cluster import kmeans_plusplus
         _, picked = kmeans_plusplus(x, n_select, random_state=seed)
+    elif method == "kmeans":
+        picked = _kmeans_medoids(x, n_select, seed)
     else:
         picked = greedy_variance(x, n_select, zeta, existing=existing)
     return distinct[np.asarray(picked, dtype=np.int64)]
+
+
+def _kmeans_medoids(x: np.ndarray, n_select: int, seed: int | None) -> np.ndarray:
+    """Per k-means cluster, the member nearest its centre (clusters are disjoint, so the picks
+    are distinct)."""
+    from sklearn.cluster import KMeans
+    km = KMeans(n_clusters=n_select, init="k-means++", n_init=1, max_iter=100,
+                random_state=seed).fit(x)
+    picked = []
+    for k, centre in enumerate(km.cluster_centers_):
+        members = np.flatnonzero(km.labels_ == k)
+        if len(members):
+            picked.append(members[np.argmin(((x[members] - centre) ** 2).sum(axis=1))])
+    if len(picked) < n_select:   # an empty cluster (rare): fill with the worst-represented rows
+        taken = np.zeros(len(x), dtype=bool)
+        taken[picked] = True
+        spare = np.flatnonzero(~taken)
+        far = np.argsort(-km.transform(x[spare]).min(axis=1))
+        picked.extend(spare[far[:n_select - len(picked)]])
+    return np.array(picked, dtype=np.int64)
 
 
 def _cur(x: np.ndarray, n_select: int, rng: np.random.Generator) -> np.ndarray:

@@ -116,6 +116,19 @@ def _errors(pred_e, ref_e, n_atoms, pred_f, ref_f) -> dict:
             "rmse_f_ev_a": float(np.sqrt(np.mean(df ** 2)))}
 
 
+def bootstrap_se(per_frame: dict, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Standard errors of the test MAEs from resampling the test frames with replacement: how
+    much the means would move on another test set of this size (frames, not atoms, are the
+    independent units; force MAE is over components, so frames weigh by their atoms)."""
+    rng = np.random.default_rng(seed)
+    n = np.asarray(per_frame["n_atoms"], float)
+    e = np.asarray(per_frame["abs_e_mev_atom"])
+    f = np.asarray(per_frame["sum_abs_f_ev_a"])
+    idx = rng.integers(0, len(n), size=(n_resamples, len(n)))
+    return {"mae_e_mev_atom": float(np.std(e[idx].mean(axis=1))),
+            "mae_f_ev_a": float(np.std(f[idx].sum(axis=1) / (3 * n[idx].sum(axis=1))))}
+
+
 def evaluate(model, test, calibration_frames: int, force_sigma: float) -> dict:
     """Test-set errors, per config_type too, prediction time and force calibration."""
     pred_e, pred_f, ref_e, ref_f, n_at, ctype, stress_err = [], [], [], [], [], [], []
@@ -142,6 +155,11 @@ def evaluate(model, test, calibration_frames: int, force_sigma: float) -> dict:
             [pred_e[i] for i in idx], [ref_e[i] for i in idx], [n_at[i] for i in idx],
             [pred_f[i] for i in idx], [ref_f[i] for i in idx])}
     out["predict_ms_per_atom"] = 1e3 * seconds / sum(n_at)
+    out["per_frame"] = {   # for bootstrap errors of the means (test frames resampled)
+        "n_atoms": [int(n) for n in n_at],
+        "abs_e_mev_atom": [1e3 * abs(p - r) / n for p, r, n in zip(pred_e, ref_e, n_at)],
+        "sum_abs_f_ev_a": [float(np.abs(p - r).sum()) for p, r in zip(pred_f, ref_f)]}
+    out["bootstrap_se"] = bootstrap_se(out["per_frame"])
     if calibration_frames:
         pick = np.unique(np.linspace(0, len(test) - 1, min(calibration_frames, len(test)))
                          .round().astype(int))

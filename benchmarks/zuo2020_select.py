@@ -22,7 +22,8 @@ alone and with a second SOAP at a short cutoff joined to it (:data:`SHORT`, ``gp
 the first coordination shells resolved finely) at weights 1, 0.5 and 2 of its cosine; the
 smallest criterion relative to the winner alone wins.  With ``--sparse`` (after ``--stack``),
 the winner's sparse points chosen by greedy variance, by k-means++ seeding and by k-means
-cluster centres instead of CUR are screened the same way.
+cluster centres instead of CUR are screened the same way; with ``--sigma`` (after those), its
+atom sigma 0.1 Å either way.
 
 Each run is ``benchmarks/zuo2020_accuracy.py`` in its own process; its JSON lands in ``--out``
 (default ``benchmarks/results/zuo2020_select``) and a run whose JSON exists is not repeated, so an
@@ -36,6 +37,7 @@ Usage::
     .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --rounds 2   # + one more change
     .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --stack      # + a second SOAP
     .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --stack --sparse
+    .venv/bin/python benchmarks/zuo2020_select.py --elements Mo Si --stack --sparse --sigma
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ the second is at 3.84), past the first two of bcc Mo (2.73, 3.16; third 4.47) an
 3.44; third 4.87).  Smooth weighting (r0 = r_cut, m = 2), the first SOAP's n_max, l_max, sigma."""
 SPARSE_METHODS = ("variance", "kmeans++", "kmeans")
 """``--sparse``: sparse-point choices screened against CUR (``name@method``)."""
+SIGMAS = {"s03": ["--atom-sigma", "0.3"], "s05": ["--atom-sigma", "0.5"],
+          "s06": ["--atom-sigma", "0.6"]}
+"""``--sigma``: the winner's atom sigma moved by 0.1 Å either way (``s04`` is a first-round
+change already), both SOAPs of a stack together."""
 MODIFIERS = {
     # second round (--rounds 2): the first round's winner with one more change, for each change
     # of an option the winner does not set already
@@ -157,6 +163,15 @@ def sparse_round(out: Path, element: str, winner: str) -> tuple[str, dict]:
     return full_screen(out, element, winner, [f"{winner}@{m}" for m in SPARSE_METHODS])
 
 
+def sigma_round(out: Path, element: str, winner: str) -> tuple[str, dict]:
+    """The winner with its atom sigma 0.1 Å smaller and larger (both parts of a stack)."""
+    head, sep, tail = winner.partition("+s") if "+s" in winner else winner.partition("@")
+    sigma = 0.4 if head.endswith("s04") else 0.5
+    base = head[:-3] if head.endswith("s04") else head
+    others = [f"{base}s{round(10 * x):02d}{sep}{tail}" for x in (sigma - 0.1, sigma + 0.1)]
+    return full_screen(out, element, winner, others)
+
+
 def full_screen(out: Path, element: str, winner: str, others: list[str]) -> tuple[str, dict]:
     """``winner`` and ``others`` at 500 sparse points by leave-one-out on every training
     structure; criterion relative to ``winner``."""
@@ -187,8 +202,9 @@ def candidate_args(name: str) -> list[str]:
                 f"r_cut={cut}" + (f",weight={weight}" if weight else "")]
     if name in CANDIDATES:
         return CANDIDATES[name]
-    suffix = next(s for s in MODIFIERS if name.endswith(s) and name[:-len(s)] in CANDIDATES)
-    return [*CANDIDATES[name[:-len(suffix)]], *MODIFIERS[suffix]]
+    changes = MODIFIERS | SIGMAS
+    suffix = next(s for s in changes if name.endswith(s) and name[:-len(s)] in CANDIDATES)
+    return [*CANDIDATES[name[:-len(suffix)]], *changes[suffix]]
 
 
 def measure(out: Path, element: str, name: str, args) -> dict:
@@ -237,6 +253,9 @@ def main() -> None:
     parser.add_argument("--sparse", action="store_true",
                         help="then screen the winner's sparse-point method (CUR, greedy "
                              "variance, k-means++, k-means) on every training structure")
+    parser.add_argument("--sigma", action="store_true",
+                        help="then screen the winner's atom sigma 0.1 Å either way on every "
+                             "training structure")
     parser.add_argument("--screen-only", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "zuo2020_select")
     args = parser.parse_args()
@@ -255,6 +274,8 @@ def main() -> None:
         if args.sparse:
             rounds.append(("sparse_screen", sparse_round, "with CUR, greedy-variance, "
                                                           "k-means++ and k-means sparse points"))
+        if args.sigma:
+            rounds.append(("sigma_screen", sigma_round, "with its atom sigma 0.1 Å either way"))
         for key, screen_round, what in rounds:
             best, rows = screen_round(args.out, element, best)
             summary[element].update({key: rows, "chosen": best})

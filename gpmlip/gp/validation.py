@@ -311,14 +311,18 @@ def _subset(model, max_frames: int | None, max_bytes: float) -> np.ndarray:
                        + (0 if f.stress is None else 6) for f in state.frames])
     per_frame = n_rows * len(state.sparse) * 8
     k = len(state.frames) if max_frames is None else min(max_frames, len(state.frames))
+    wanted = k
     while k > 1 and np.sort(per_frame)[-k:].sum() > max_bytes:
         k -= 1
+    if k < wanted:
+        log.warning("leave-one-out on %d of %d structures: the rows of more would exceed "
+                    "max_bytes = %.3g; raise it to use more", k, wanted, max_bytes)
     return np.unique(np.linspace(0, len(state.frames) - 1, k).round().astype(int))
 
 
 def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"),
                  factors: Sequence[float] = (0.25, 0.5, 0.71, 1.41, 2.0, 4.0), sweeps: int = 2,
-                 max_frames: int | None = 60, max_bytes: float = 1e9,
+                 max_frames: int | None = None, max_bytes: float = 1e9,
                  calibrate: bool = True) -> NoiseChoice:
     """Choose noise levels by leave-one-structure-out error on energies and forces together.
 
@@ -339,8 +343,11 @@ def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"
     factors : sequence of float
     sweeps : int
     max_frames : int, optional
-        Leave out at most this many structures (evenly spread over the training set); their rows
-        are cached, within ``max_bytes`` of memory.
+        Leave out at most this many structures (evenly spread over the training set; default:
+        every one); their rows are cached, within ``max_bytes`` of memory (fewer structures are
+        left out, and a warning logged, when they would not fit).  A subset can mislead: on
+        Zuo 2020 Mo with one SOAP, levels chosen on 30 of 194 structures raised the test
+        errors from 2.32 meV/atom / 0.090 eV/Å to 2.85 / 0.094 (README, issue 15).
     max_bytes : float
     calibrate : bool
 

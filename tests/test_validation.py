@@ -143,6 +143,20 @@ def test_choose_noise_does_not_worsen_loo_and_calibrates(train):
     assert np.nanmean([zms["energy"], zms["forces"]]) == pytest.approx(1.0, rel=1e-6)
 
 
+def test_choose_noise_leaves_out_every_structure_unless_memory_caps_it(train, caplog):
+    from gpmlip.gp.validation import _subset
+
+    model = fitted(train)
+    assert list(_subset(model, None, 1e9)) == list(range(len(train)))
+    assert len(_subset(model, 2, 1e9)) == 2
+    one = (1 + 3 * 108 + 6) * len(model.state.sparse) * 8    # the 108-atom cell's rows
+    with caplog.at_level("WARNING", logger="gpmlip.gp.validation"):
+        capped = _subset(model, None, 1.2 * one)   # the two largest do not fit
+    assert len(capped) == 1 and "1 of 5 structures" in caplog.text
+    choice = choose_noise(model, sweeps=1, factors=(0.5, 2.0), calibrate=False)
+    assert list(choice.frames) == list(range(len(train)))
+
+
 def test_set_hyperparameters_drop_stress(train):
     model = fitted(train)
     e_with = model.predict(train[1]).energy

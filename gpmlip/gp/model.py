@@ -271,8 +271,18 @@ class SparseGP:
             return list(frames)
         return list(load_frames(frames, species=self.species))
 
-    def _labels(self, frames: list[Frame]) -> list[Frame]:
-        """The frames with the baseline subtracted from their labels (what the GP learns)."""
+    def learnt_labels(self, frames: list[Frame]) -> list[Frame]:
+        """The frames with the baseline subtracted from their labels: what the GP learns.
+
+        Parameters
+        ----------
+        frames : list of Frame
+
+        Returns
+        -------
+        list of Frame
+            ``frames`` itself without a baseline, else new frames with the residual labels.
+        """
         return frames if self.baseline is None else [self.baseline.residual(f) for f in frames]
 
     @property
@@ -314,7 +324,7 @@ class SparseGP:
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
         self.calibration = None   # fitted for other data: calibrate again
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
-            reference_energies(Dataset(self._labels(frames)), self.e0)
+            reference_energies(Dataset(self.learnt_labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
                   _per_species(self.signal_std, self.species, "signal_std").items()}
         noise = {"energy": float(self.energy_sigma), "forces": float(self.force_sigma),
@@ -399,7 +409,7 @@ class SparseGP:
             for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
                 bar.update(1)
                 e0 = state.e0.of(frame.atoms.numbers)
-                for group, kr, y, scale in observations(self._labels([frame])[0], frame_rows,
+                for group, kr, y, scale in observations(self.learnt_labels([frame])[0], frame_rows,
                                                         e0, noise):
                     stats[group].add(kr, y, scale)
                 if report and frame.stress is not None and frame_rows.stress is not None:
@@ -433,6 +443,14 @@ class SparseGP:
                  len(state.sparse), sum(st.n for st in stats.values()),
                  posterior.log_likelihood)
         return state.replace(posterior=posterior, version=self.version + 1)
+
+    def resolve(self, state: FittedState) -> None:
+        """Install ``state`` with its posterior solved again (O(m^3), no kernel rows recomputed).
+
+        For a state derived from :attr:`state` with other noise levels, signal variances or Gram
+        statistics (``state.replace(...)``); see ``gpmlip.gp.validation.set_hyperparameters``.
+        """
+        self.state_ = self._solved(state)
 
     def update(self, frames: TrainingData, *, n_sparse: int | dict | None = None,
                sparse_atoms: Sequence[tuple[int, int]] | None = None,
@@ -501,7 +519,7 @@ class SparseGP:
 
         if rank(old + new_frames) == rank(old):
             return None
-        e0 = reference_energies(Dataset(self._labels(old + new_frames)), self.e0)
+        e0 = reference_energies(Dataset(self.learnt_labels(old + new_frames)), self.e0)
         if e0.energies == state.e0.energies:
             return None
         log.info("the compositions span more species than before: e0 refitted from %s to %s "
@@ -802,6 +820,6 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise model_file_damaged(path, exc) from None
-    model.state_ = model._solved(state)
+    model.resolve(state)
     model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
     return model

@@ -120,7 +120,7 @@ def structure_rows(model, frames: Sequence[int] | None = None):
     """
     state = model.state
     idx = range(len(state.frames)) if frames is None else [int(i) for i in frames]
-    chosen = model._labels([state.frames[i] for i in idx])   # what the GP learnt: minus a baseline
+    chosen = model.learnt_labels([state.frames[i] for i in idx])   # minus a baseline, if any
     noise = NoiseModel(model.config_sigmas, model.stress_noise == "per_atom")
     rows = compute_rows(chosen, model.descriptor.to_dict(), model.zeta, state.sparse,
                         n_jobs=model.n_jobs)
@@ -264,7 +264,7 @@ def set_hyperparameters(model, *, noise: dict[str, float] | None = None,
         raise SettingsError(f"drop={sorted(bad)}: groups are {GROUPS}")
     stats = {g: (GramStats.empty(len(state.sparse)) if g in drop else st)
              for g, st in state.stats.items()}
-    model.state_ = model._solved(state.replace(
+    model.resolve(state.replace(
         noise={**state.noise, **(noise or {})}, stats=stats,
         signal_variance={**state.signal_variance, **(signal_variance or {})}))
 

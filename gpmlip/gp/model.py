@@ -214,7 +214,7 @@ class SparseGP:
 
     @property
     def noise(self) -> dict[str, float]:
-        """Fitted noise standard deviations: ``energy`` (eV/atom), ``forces``, ``stress`` (a copy)."""
+        """Fitted noise standard deviations (a copy): ``energy`` eV/atom, ``forces``, ``stress``."""
         return dict(self.state.noise)
 
     # Fitted attributes in scikit-learn's style, read-only views of ``state``.
@@ -551,7 +551,8 @@ class SparseGP:
         return float(self.descriptor.neighbour_cutoff)
 
     def _check_species(self, numbers) -> None:
-        missing = sorted(set(np.asarray(numbers).tolist()) - set(self.state_.sparse.species.tolist()))
+        known = set(self.state_.sparse.species.tolist())
+        missing = sorted(set(np.asarray(numbers).tolist()) - known)
         if missing and set(missing) <= set(self.species):
             raise UnknownSpeciesError(
                 f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "

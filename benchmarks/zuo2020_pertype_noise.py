@@ -6,9 +6,9 @@ far such levels can move the leave-one-out error at all: the Si winner of
 ``zuo2020_select.py`` (r15m1z6 + SOAP 3.2 Å w 0.5, k-means++; the stresses at the per-atom
 default) at 500 sparse points, refitted with one config type's force (or energy) noise scaled
 by a factor through ``SparseGP(config_sigmas=...)`` (and, for comparison, every type's
-force noise by the same factor: what a search over the one uniform level can reach), each scored by the closed-form
-leave-one-structure-out MAE on every training structure (the criterion of
-``zuo2020_select.py``, relative to the uniform levels).  The test set is not used.
+force noise by the same factor: what a search over the one uniform level can reach), each
+scored by the closed-form leave-one-structure-out MAE on every training structure (the
+criterion of ``zuo2020_select.py``, relative to the uniform levels).  The test set is not used.
 
 Usage::
 
@@ -29,7 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cutoff_option import parse_weighting  # noqa: E402
-from zuo2020_accuracy import DATA, FORCE_SIGMA, GAP_ENERGY_SIGMA, PAPER  # noqa: E402
+from zuo2020_accuracy import (DATA, FORCE_SIGMA, GAP_ENERGY_SIGMA, PAPER,  # noqa: E402
+                              build_descriptor, parse_second)
+from zuo2020_select import add_criterion  # noqa: E402
 
 log = logging.getLogger("zuo2020_pertype_noise")
 
@@ -48,16 +50,14 @@ VARIANTS = {
 
 
 def model_for(config_sigmas: dict, energy_sigma: float, n_sparse: int, n_jobs: int):
-    """The Si winner of zuo2020_select.py with fixed per-config-type noise."""
+    """The Si winner of zuo2020_select.py (built as zuo2020_accuracy.py builds it) with fixed
+    per-config-type noise."""
     import gpmlip
 
     spec = PAPER["Si"]
-    first = gpmlip.SOAP(species=["Si"], r_cut=spec["r_cut"], n_max=8, l_max=8, sigma=0.5,
-                        weighting=parse_weighting("r0=rcut+1.5,m=1", spec["r_cut"]),
-                        n_jobs=n_jobs)
-    short = gpmlip.SOAP(species=["Si"], r_cut=3.2, n_max=8, l_max=8, sigma=0.5,
-                        weighting="smooth", n_jobs=n_jobs)
-    desc = gpmlip.Stacked([first, short], [1.0, 0.5], n_jobs=n_jobs)
+    soap = argparse.Namespace(n_max=8, l_max=8, atom_sigma=0.5, n_jobs=n_jobs)
+    desc = build_descriptor("Si", spec, parse_weighting("r0=rcut+1.5,m=1", spec["r_cut"]),
+                            parse_second("r_cut=3.2,weight=0.5", soap), soap)
     return gpmlip.SparseGP(desc, zeta=6, n_sparse=n_sparse, sparse_method="kmeans++",
                            e0={"Si": spec["e0"]}, energy_sigma=energy_sigma,
                            force_sigma=FORCE_SIGMA, signal_std=1.0, jitter=1e-8,
@@ -89,11 +89,9 @@ def main() -> None:
         mae = leave_one_out(model).mae()
         model.descriptor.close()
         out["variants"][name] = {"config_sigmas": config_sigmas, "loo_mae": mae, "fit_s": fit_s}
-        ref = out["variants"]["uniform"]["loo_mae"]
-        criterion = 0.5 * (mae["energy"] / ref["energy"] + mae["forces"] / ref["forces"])
-        out["variants"][name]["criterion"] = criterion
+        add_criterion(out["variants"], "uniform")
         log.info("%s: LOO %.3f meV/atom / %.4f eV/Å, criterion %.4f", name,
-                 1e3 * mae["energy"], mae["forces"], criterion)
+                 1e3 * mae["energy"], mae["forces"], out["variants"][name]["criterion"])
         args.json.write_text(json.dumps(out, indent=1))
     print("| variant | LOO E meV/atom | LOO F eV/Å | criterion |\n|---|---:|---:|---:|")
     for name, v in out["variants"].items():

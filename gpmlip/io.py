@@ -5,7 +5,7 @@ uses ``numpy.load(..., allow_pickle=False)``, so an untrusted file can hold only
 
 This module knows the container (format name and version, package versions, atomic writes,
 checked reads) and converts a :class:`~gpmlip.gp.state.FittedState` to and from it; building a
-model from a file is :func:`gpmlip.gp.model.load_model` (re-exported as ``gpmlip.load_model``).
+model from a file is :func:`gpmlip.gp.files.load_model` (re-exported as ``gpmlip.load_model``).
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def run_loop(model: SparseGP, directory: str | Path, queue: LabelQueue, *, pool:
     seed : int
         For the first, random batch of an unfitted model.
     """
-    from gpmlip.gp.model import load_model
+    from gpmlip.gp.files import load_model
     from gpmlip.labelling import label_queue
 
     if (pool is None) == (explore is None):

@@ -36,7 +36,8 @@ from gpmlip.active.sparse import choose_sparse_atoms
 from gpmlip.active.trigger import Trigger
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError, SettingsError
-from gpmlip.gp.model import SparseGP, load_model
+from gpmlip.gp.files import load_model
+from gpmlip.gp.model import SparseGP
 from gpmlip.labelling.labellers import get_labeller, run_labeller
 from gpmlip.progress import progress_bar
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -13,12 +12,10 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from threadpoolctl import threadpool_limits
 
-from gpmlip.baselines import (Baseline, BaselineSpec, add_to_prediction, make_baseline,
-                              stored_baseline)
+from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_baseline
 from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.protocol import Descriptor
-from gpmlip.descriptors.registry import descriptor_from_dict
 from gpmlip.data import Dataset, Frame, load_frames, reference_energies
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
@@ -32,7 +29,7 @@ from gpmlip.gp.solver import GramStats, Hyper, solve
 from gpmlip.gp.state import FittedState
 from gpmlip.gp import twobody
 from gpmlip.gp.twobody import TwoBody, TwoBodySparse
-from gpmlip.io import model_file_damaged, read_model_file, write_model_file
+from gpmlip.io import write_model_file
 from gpmlip.kernels import NormalizedDotProduct
 from gpmlip.progress import progress_bar
 from gpmlip.species import atomic_number, by_atomic_number
@@ -753,7 +750,8 @@ class SparseGP:
         write_model_file(path, self.state, self._file_settings())
 
     def _file_settings(self) -> dict:
-        """The settings a model file stores beside the state (what :func:`load_model` reads)."""
+        """The settings a model file stores beside the state (what
+        :func:`gpmlip.gp.files.load_model` reads)."""
         state = self.state
         return {
             "descriptor": self.descriptor.to_dict(),
@@ -775,52 +773,3 @@ def _e0_setting(e0):
     if isinstance(e0, dict):
         return {chemical_symbols[atomic_number(k, "e0")]: float(v) for k, v in e0.items()}
     return e0
-
-
-def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
-               baseline: BaselineSpec = None) -> SparseGP:
-    """Read a model written by :meth:`SparseGP.save`.
-
-    Parameters
-    ----------
-    path : str or Path
-    n_jobs : int
-        Worker processes for the descriptor of the loaded model.
-    baseline : optional
-        Only for a model trained with a user-supplied calculator factory (which a file cannot
-        store): the same factory again.  A stored named baseline is rebuilt from the file.
-
-    Returns
-    -------
-    SparseGP
-    """
-    meta, state = read_model_file(path)
-    try:
-        descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
-        settings = meta["settings"]
-        kernel = NormalizedDotProduct.from_dict(meta["kernel"])
-        two = state.two_body
-        model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
-                         sparse_method=settings["sparse_method"], jitter=settings["jitter"],
-                         seed=settings["seed"], config_sigmas=meta["config_sigmas"],
-                         energy_sigma=state.noise["energy"], force_sigma=state.noise["forces"],
-                         # files without the setting weighted stresses in eV/Å³
-                         stress_noise=settings.get("stress_noise", "absolute"),
-                         **{"virial_sigma" if settings.get("stress_noise") == "per_atom"
-                            else "stress_sigma": state.noise["stress"]},
-                         # the fitted signal levels and the e0 rule, so that a refit of the
-                         # loaded model is the model that was saved
-                         signal_std={z: float(np.sqrt(v))
-                                     for z, v in state.signal_variance.items()
-                                     if z != twobody.KEY},
-                         two_body=None if two is None else dataclasses.replace(
-                             two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY]))),
-                         e0=meta.get("e0_setting") or dict(state.e0.energies),
-                         baseline=stored_baseline(meta.get("baseline"), baseline, path))
-    except SettingsError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise model_file_damaged(path, exc) from None
-    model.resolve(state)
-    model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
-    return model

@@ -21,12 +21,14 @@ from gpmlip.errors import (
     UnknownSpeciesError,
 )
 from gpmlip.gp import Prediction, SparseGP, TwoBody, load_model
+from gpmlip.builder import build_model
 from gpmlip.version import __version__
 
 __all__ = [
     "SOAP",
     "Stacked",
     "SparseGP",
+    "build_model",
     "TwoBody",
     "Prediction",
     "GPCalculator",

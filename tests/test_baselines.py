@@ -274,7 +274,7 @@ def test_cli_trains_a_model_with_a_baseline(tmp_path):
 
     data = Path(__file__).resolve().parent.parent / "data" / "cu_emt_train.extxyz"
     (tmp_path / "s.toml").write_text('[descriptor]\nspecies = ["Cu"]\nr_cut = 4.0\nn_max = 3\n'
-                                     'l_max = 2\n[model]\nn_sparse = 10\n'
+                                     'l_max = 2\n[model]\nn_sparse = 10\ntune = false\n'
                                      'baseline = {name = "zbl", inner = 1.1, outer = 2.1}\n')
     proc = subprocess.run([sys.executable, "-m", "gpmlip.cli", "train", "-c", tmp_path / "s.toml",
                            data, "-o", tmp_path / "m.npz", "-q"], capture_output=True, text=True,

@@ -24,6 +24,7 @@ l_max = 3
 
 [model]
 n_sparse = 40
+tune = false
 """
 
 

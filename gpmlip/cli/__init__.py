@@ -36,25 +36,47 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"gpmlip {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="fit a model to labelled structures",
-                       description="Fit a sparse GP to labelled files (extxyz, ase.db); write "
-                                   "the model and print training (and test) errors.")
+    p = sub.add_parser(
+        "train", help="build a model from labelled structures",
+        description="Build a sparse GP from labelled files (extxyz, ase.db) the way a GAP "
+                    "expert would: species and cutoff read from the data, SOAP and kernel "
+                    "settings screened one change at a time by leave-one-structure-out error "
+                    "on a subset of the structures and confirmed on all, the winner fitted, "
+                    "its noise levels chosen by leave-one-out and its force std calibrated, "
+                    "within --budget seconds (gpmlip.build_model). Settings given as flags or "
+                    "in the TOML file are used as given and not screened. Writes the model "
+                    "(with the screening table: gpmlip info) and prints training (and test) "
+                    "errors.")
     p.add_argument("data", nargs="*", help="labelled files (default: [data] train)")
     p.add_argument("-o", "--output", default="model.npz", help="model file (default model.npz)")
     p.add_argument("-c", "--config", help="TOML settings file")
     p.add_argument("--test", nargs="+", help="held-out labelled files to report errors on")
-    p.add_argument("--species", nargs="+", help="element symbols, e.g. Cu Au")
-    p.add_argument("--r-cut", type=float, help="SOAP cutoff, Å")
-    p.add_argument("--n-max", type=int)
-    p.add_argument("--l-max", type=int)
-    p.add_argument("--n-sparse", type=int, help="sparse points per species")
-    p.add_argument("--zeta", type=int, help="kernel exponent (default 4)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="the plain defaults, nothing screened and the starting noise levels "
+                        "(eV/atom 0.002, eV/Å 0.05, virial eV/atom 0.5)")
+    p.add_argument("--budget", type=float,
+                   help="wall-time budget of the model builder in seconds (default 480; "
+                        "screening takes at most half, the final fit and noise search the "
+                        "rest)")
+    p.add_argument("--species", nargs="+", help="element symbols (default: those in the data)")
+    p.add_argument("--r-cut", type=float,
+                   help="SOAP cutoff, Å (default: the radius holding 30 neighbours on average "
+                        "in the data, within 3-6.5 Å)")
+    p.add_argument("--n-max", type=int, help="radial basis size (default 8; 10 screened)")
+    p.add_argument("--l-max", type=int, help="angular basis size (default 6; 8 screened)")
+    p.add_argument("--sigma", type=float, help="atom Gaussian width, Å (default 0.5; 0.4 "
+                                               "screened)")
+    p.add_argument("--n-sparse", type=int,
+                   help="sparse points per species (default 1000, at most a quarter of that "
+                        "species' atoms)")
+    p.add_argument("--zeta", type=int, help="kernel exponent (default 4; 6 screened)")
     p.add_argument("--optimise", nargs="?", const="likelihood", default=None,
                    choices=["likelihood", "loo", "none"],
-                   help="choose noise and signal levels: by the marginal likelihood (the "
-                        "default when the flag is given alone) or by leave-one-structure-out "
-                        "error on energies and forces together (loo)")
-    p.add_argument("-j", "--jobs", type=int, help="worker processes for descriptors")
+                   help="after the build, choose noise and signal levels again: by the marginal "
+                        "likelihood (the default when the flag is given alone) or by "
+                        "leave-one-structure-out error (loo)")
+    p.add_argument("-j", "--jobs", type=int, help="worker processes for descriptors "
+                                                  "(default: cores, at most 2)")
     p.set_defaults(func=models.train)
 
     p = sub.add_parser("eval", help="error table of a model on labelled data",

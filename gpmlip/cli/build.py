@@ -53,14 +53,61 @@ def model(desc: dict, settings: dict):
     kwargs = {k: settings[k] for k in MODEL_KEYS if k in settings}
     two_body = settings.get("two_body", False)
     if two_body:
-        try:
-            kwargs["two_body"] = gpmlip.TwoBody(**(two_body if isinstance(two_body, dict)
-                                                   else {}))
-        except TypeError as err:
-            raise SettingsError(f"[model] two_body = {two_body}: {err}; the keys are those of "
-                                "gpmlip.TwoBody (r_cut, sigma, length_scale, n_sparse, r_min, "
-                                "transition_width)") from None
+        kwargs["two_body"] = _two_body(two_body)
     return gpmlip.SparseGP(soap(desc), **kwargs)
+
+
+BUILDER_KEYS = ("r_cut", "n_max", "l_max", "sigma")
+"""``[descriptor]`` keys the model builder takes as fixed settings (with weighting, second)."""
+
+
+def builder_settings(desc: dict, settings: dict) -> dict:
+    """Fixed :class:`gpmlip.builder.Settings` fields from ``[descriptor]`` and ``[model]``:
+    what the user set is used as given and not screened."""
+    fixed = {k: desc[k] for k in BUILDER_KEYS if k in desc}
+    fixed.update({k: settings[k] for k in ("zeta", "sparse_method") if k in settings})
+    weighting = desc.get("weighting")
+    if weighting == "hard":
+        fixed["r0"] = None
+    elif weighting == "smooth":
+        fixed.update(r0=0.0, m=2.0)
+    elif isinstance(weighting, dict):
+        if "r_cut" not in desc or "r0" not in weighting:
+            raise SettingsError(f"[descriptor] weighting = {weighting}: give r0 in the table and "
+                                "r_cut beside it (or leave both out: they are screened)")
+        fixed.update(r0=float(weighting["r0"]) - float(desc["r_cut"]),
+                     m=float(weighting.get("m", 2.0)))
+    second = desc.get("second")
+    if second is not None and not by_hand(desc):
+        fixed["second"] = (float(second["r_cut"]), float(second.get("weight", 1.0)))
+    return fixed
+
+
+def by_hand(desc: dict) -> bool:
+    """Whether ``[descriptor]`` is more than the model builder's settings express (a second SOAP
+    with its own basis or weighting): then it is built as written and not screened."""
+    return bool(set(desc.get("second") or {}) - {"r_cut", "weight"})
+
+
+def builder_model_kwargs(settings: dict) -> dict:
+    """:class:`gpmlip.SparseGP` arguments of ``[model]`` that the builder passes through."""
+    kwargs = {k: settings[k] for k in MODEL_KEYS
+              if k in settings and k not in ("zeta", "n_sparse", "sparse_method", "seed")}
+    two_body = settings.get("two_body", False)
+    if two_body:
+        kwargs["two_body"] = _two_body(two_body)
+    return kwargs
+
+
+def _two_body(two_body):
+    import gpmlip
+
+    try:
+        return gpmlip.TwoBody(**(two_body if isinstance(two_body, dict) else {}))
+    except TypeError as err:
+        raise SettingsError(f"[model] two_body = {two_body}: {err}; the keys are those of "
+                            "gpmlip.TwoBody (r_cut, sigma, length_scale, n_sparse, r_min, "
+                            "transition_width)") from None
 
 
 def optimise(model, how) -> dict | None:

@@ -14,6 +14,8 @@ allowed::
                             # keys r_cut, n_max, l_max, sigma, weighting, weight
 
     [model]
+    tune = true             # gpmlip train: settings chosen by leave-one-out (gpmlip.build_model)
+    budget = 480            # its wall-time budget, seconds
     zeta = 4
     n_sparse = 200
     optimise = true         # marginal likelihood; "loo": noise by leave-one-out error
@@ -53,7 +55,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
               "stress_noise": (str,), "virial_sigma": NUMBER, "e0": (str, dict),
               "optimise": (bool, str), "file": (str,), "seed": (int,), "baseline": (str, dict),
-              "two_body": (bool, dict)},
+              "two_body": (bool, dict), "tune": (bool,), "budget": NUMBER},
     "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
              "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
              "config_type_key": (str,)},

@@ -10,21 +10,34 @@ from gpmlip.cli import build, config
 
 log = logging.getLogger("gpmlip.cli")
 
+BUDGET = 480.0
+"""Default wall-time budget of ``gpmlip train``'s model builder, seconds."""
+
 
 def train(args) -> int:
-    """Fit a model to labelled files; write it and print the training (and test) errors."""
+    """Build a model from labelled files (settings chosen by leave-one-out unless --no-tune);
+    write it and print the training (and test) errors."""
+    from gpmlip.builder import build_model
     from gpmlip.evaluate import error_table, format_table, predictions
 
     cfg = config.load(args.config) if args.config else {}
     desc = config.merge(cfg, "descriptor", species=args.species, r_cut=args.r_cut,
-                        n_max=args.n_max, l_max=args.l_max, n_jobs=args.jobs)
+                        n_max=args.n_max, l_max=args.l_max, sigma=args.sigma, n_jobs=args.jobs)
     settings = config.merge(cfg, "model", n_sparse=args.n_sparse, zeta=args.zeta,
-                            optimise={"none": False}.get(args.optimise, args.optimise))
+                            optimise={"none": False}.get(args.optimise, args.optimise),
+                            budget=args.budget, tune=False if args.no_tune else None)
     data_cfg = cfg.get("data", {})
-    model = build.model(desc, settings)
-    train_data = build.data(args.data or data_cfg.get("train", []), data_cfg, model.species)
-    log.info("fitting %d frames", len(train_data))
-    model.fit(train_data)
+    train_data = build.data(args.data or data_cfg.get("train", []), data_cfg,
+                            desc.get("species"))
+    tune = settings.get("tune", True)
+    log.info("building a model on %d frames (%s)", len(train_data),
+             f"tuning in {settings.get('budget', BUDGET):g} s" if tune else "plain defaults")
+    model = build_model(train_data, budget=float(settings.get("budget", BUDGET)), tune=tune,
+                        species=desc.get("species"), n_sparse=settings.get("n_sparse"),
+                        settings=build.builder_settings(desc, settings),
+                        seed=settings.get("seed", 0), n_jobs=desc.get("n_jobs"),
+                        model_kwargs=build.builder_model_kwargs(settings),
+                        descriptor=build.soap(desc) if build.by_hand(desc) else None)
     chosen = build.optimise(model, settings.get("optimise", False))
     if chosen:
         log.info("hyper-parameters (%s): %s", settings["optimise"],
@@ -41,7 +54,8 @@ def train(args) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"model written to {out} ({model.n_sparse_points} sparse points)\n")
+        print(f"model written to {out} ({model.n_sparse_points} sparse points)")
+        print(describe_build(model.build_report_) + "\n")
         print("training errors (MAE / RMSE)\n" + format_table(report["train"]))
         if "test" in report:
             print("\ntest errors (MAE / RMSE)\n" + format_table(report["test"]))
@@ -104,4 +118,29 @@ def info(args) -> int:
     print(f"  training set  {len(meta['config_types'])} frames: {json.dumps(types)}")
     print(f"  settings      {json.dumps(meta['settings'])}")
     print(f"  log likelihood {meta['log_likelihood']:.6g}")
+    if meta.get("build"):
+        print(describe_build(meta["build"], indent="  "))
     return 0
+
+
+def describe_build(build: dict | None, indent: str = "") -> str:
+    """How the model builder chose a model's settings, as text (its screening table too)."""
+    if not build:
+        return f"{indent}settings: given by hand (not built by gpmlip.build_model)"
+    lines = [f"{indent}settings      {'tuned' if build['tuned'] else 'plain defaults'}: "
+             f"{build['chosen_changes']} (of {json.dumps(build['defaults'])}), "
+             f"{build['seconds']:.0f} s of a {build['budget_s']:.0f} s budget"]
+    for stage, what in build["stages"].items():
+        lines.append(f"{indent}  {stage}: {what}")
+    if build["screen"]:
+        lines.append(f"{indent}  screened (leave-one-out MAE E meV/atom, F eV/Å; criterion "
+                     "relative to the defaults, smaller is better):")
+        for row in build["screen"]:
+            mae = row["loo_mae"]
+            score = ("-" if row["criterion"] is None else f"{row['criterion']:.3f}")
+            nums = ("" if mae is None else
+                    f"{1e3 * mae['energy']:.3f} / {mae['forces']:.4f}  ")
+            lines.append(f"{indent}    {row['stage']:>13}  {row['candidate']:<32} {nums}"
+                         f"{score}  ({row['frames']} structures, {row['seconds']:.0f} s)"
+                         + ("" if row["status"] == "ok" else f"  {row['status']}"))
+    return "\n".join(lines)

@@ -67,4 +67,5 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
         raise model_file_damaged(path, exc) from None
     model.resolve(state)
     model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
+    model.build_report_ = meta.get("build")   # None: not built by gpmlip.build_model
     return model

@@ -159,6 +159,7 @@ class SparseGP:
         self.state_: FittedState | None = None
         self.calibration: Calibration | None = None   # of the force std; None: raw
         self.fit_report_ = None   # a gpmlip.gp.report.FitReport after fit
+        self.build_report_: dict | None = None   # how gpmlip.build_model chose the settings
         self._version = 0   # of the last state, so that a refit keeps counting up
 
     # -- state -----------------------------------------------------------------------------
@@ -763,6 +764,7 @@ class SparseGP:
                          "jitter": self.jitter, "seed": self.seed,
                          "stress_noise": self.stress_noise},
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "build": self.build_report_,
         }
 
 

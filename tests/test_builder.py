@@ -1,0 +1,161 @@
+"""The model builder (gpmlip.build_model): data scales, the screen, budget, failures, files, CLI."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.neighborlist import neighbor_list
+
+import gpmlip
+from gpmlip import builder
+from gpmlip.builder import Settings, build_model, data_scales, screening_subset
+from gpmlip.data import Dataset
+from gpmlip.errors import NumericalError, SettingsError
+from gpmlip.gp.validation import leave_one_out
+
+from conftest import emt_frames
+
+SMALL = {"n_max": 4, "l_max": 3}
+"""Fixed basis for speed: the basis stage is not screened."""
+
+
+@pytest.fixture(scope="module")
+def frames():
+    data = emt_frames(8, seed=11)
+    for i, atoms in enumerate(data):
+        atoms.info["config_type"] = "hot" if i % 2 else "cold"
+    return list(gpmlip.load_frames(data))
+
+
+def build(frames, **kw):
+    args = dict(budget=300, screen_frames=4, screen_sparse=8, n_sparse=12, settings=SMALL,
+                n_jobs=1, model_kwargs={"e0": {"Cu": 0.0}}, calibrate=False)
+    args.update(kw)
+    return build_model(frames, **args)
+
+
+def test_data_scales_on_fcc_copper():
+    """The cutoff holds ~30 neighbours and the short cutoff falls in the gap between the first
+    two shells of fcc Cu (2.55 and 3.61 Å)."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+    scales = data_scales([gpmlip.Frame(atoms)])
+    count = len(neighbor_list("d", atoms, scales.r_cut)) / len(atoms)
+    assert count >= builder.NEIGHBOURS_IN_CUTOFF
+    assert len(neighbor_list("d", atoms, scales.r_cut - 0.15)) / len(atoms) \
+        < builder.NEIGHBOURS_IN_CUTOFF
+    assert 2.55 + 0.2 < scales.r_short < 3.61 - 0.2
+
+
+def test_screening_subset_spreads_over_config_types():
+    frames = [gpmlip.Frame(bulk("Cu"), config_type=t) for t in ["a"] * 30 + ["b"] * 10]
+    idx = screening_subset(frames, 8)
+    kinds = [frames[i].config_type for i in idx]
+    assert len(idx) == 8 and kinds.count("b") == 2 and list(idx) == sorted(idx)
+    assert list(screening_subset(frames, 100)) == list(range(40))
+
+
+def test_screen_scores_what_leave_one_out_says(frames):
+    """The screen's numbers are the closed-form leave-one-out of the model it describes (which
+    tests/test_validation.py checks against refits), and the criterion is relative to the
+    defaults."""
+    model = build(frames, budget=1e-6, noise=False)
+    row = model.build_report_["screen"][0]
+    assert row["candidate"] == "defaults" and row["criterion"] == 1.0
+    subset = [frames[i] for i in screening_subset(frames, 4)]
+    again = gpmlip.SparseGP(Settings(**{**model.build_report_["defaults"], "second": None})
+                            .descriptor(["Cu"], 1), n_sparse=8, e0={"Cu": 0.0},
+                            **builder.START_NOISE).fit(subset)
+    mae = leave_one_out(again).mae()
+    assert row["loo_mae"]["energy"] == pytest.approx(mae["energy"], rel=1e-8)
+    assert row["loo_mae"]["forces"] == pytest.approx(mae["forces"], rel=1e-8)
+    assert builder.criterion({"energy": 2.0, "forces": 1.0}, {"energy": 1.0, "forces": 1.0}) \
+        == pytest.approx(1.5)
+
+
+def test_a_tiny_budget_returns_the_defaults_and_says_so(frames, caplog):
+    with caplog.at_level(logging.INFO, logger="gpmlip.builder"):
+        model = build(frames, budget=1e-6)
+    report = model.build_report_
+    assert report["chosen"] == report["defaults"] and report["chosen_changes"] == "defaults"
+    assert all(v == "skipped: budget" for k, v in report["stages"].items()
+               if k in ("weighting", "zeta", "sigma", "second SOAP", "sparse method"))
+    assert report["stages"]["noise"] == "starting levels kept: no budget left"
+    assert "no budget left" in caplog.text
+    assert model.is_fitted and model.n_sparse_points == 12
+
+
+def test_search_is_deterministic_chooses_by_the_criterion_and_round_trips(frames, tmp_path):
+    a = build(frames)
+    b = build(frames)
+    strip = lambda r: [{k: v for k, v in row.items() if k != "seconds"} for row in r["screen"]]
+    assert strip(a.build_report_) == strip(b.build_report_)
+    assert a.build_report_["chosen"] == b.build_report_["chosen"]
+    atoms = emt_frames(1, seed=99)[0]
+    assert a.predict(atoms).energy == pytest.approx(b.predict(atoms).energy, abs=1e-10)
+    rows = a.build_report_["screen"]
+    assert {r["stage"] for r in rows} >= {"defaults", "weighting", "zeta", "sigma",
+                                          "second SOAP", "sparse method"}
+    # the winner's criterion is the smallest of the screen (ties within 0.005 keep the earlier)
+    screened = [r for r in rows if r["stage"] != "confirm" and r["criterion"] is not None]
+    best = min(r["criterion"] for r in screened)
+    chosen = a.build_report_["chosen_changes"]
+    winner = [r for r in screened if r["candidate"] == chosen]
+    assert winner and winner[0]["criterion"] <= best + 0.005 * len(screened)
+    # the chosen settings are the model's
+    s = a.build_report_["chosen"]
+    desc = a.descriptor.parts[0] if isinstance(a.descriptor, gpmlip.Stacked) else a.descriptor
+    assert (desc.settings.r_cut, desc.settings.n_max, a.zeta) == (s["r_cut"], 4, s["zeta"])
+    a.save(tmp_path / "m.npz")
+    assert gpmlip.load_model(tmp_path / "m.npz").build_report_ == json.loads(
+        json.dumps(a.build_report_))
+
+
+def test_a_failing_candidate_is_skipped_and_logged(frames, monkeypatch, caplog):
+    real = builder._Screen.model
+
+    def broken(self, settings, n_sparse):
+        if settings.zeta == 6:
+            raise NumericalError("singular test system")
+        return real(self, settings, n_sparse)
+
+    monkeypatch.setattr(builder._Screen, "model", broken)
+    with caplog.at_level(logging.WARNING, logger="gpmlip.builder"):
+        model = build(frames, noise=False)
+    rows = [r for r in model.build_report_["screen"] if r["stage"] == "zeta"]
+    assert rows and rows[0]["status"].startswith("failed: NumericalError: singular test system")
+    assert rows[0]["criterion"] is None and model.build_report_["chosen"]["zeta"] == 4
+    assert "skipped" in caplog.text and "singular test system" in caplog.text
+
+
+def test_bad_settings_are_clear_errors(frames):
+    with pytest.raises(SettingsError, match="settings \\['zetta'\\] unknown"):
+        build(frames, settings={"zetta": 2})
+    with pytest.raises(SettingsError, match="not in species"):
+        build(frames, species=["Au"])
+    with pytest.raises(SettingsError, match="budget"):
+        build(frames, budget=0)
+
+
+def test_gpmlip_train_tunes_by_default_and_info_shows_how(frames, tmp_path):
+    path = tmp_path / "train.extxyz"
+    Dataset(frames[:6]).write(path)
+    toml = tmp_path / "s.toml"
+    toml.write_text('[descriptor]\nn_max = 4\nl_max = 3\n[model]\nn_sparse = 10\n'
+                    'e0 = {Cu = 0.0}\n')
+    run = lambda *a: subprocess.run([sys.executable, "-m", "gpmlip.cli", *map(str, a)],
+                                    capture_output=True, text=True, timeout=600)
+    proc = run("train", path, "-c", toml, "-o", tmp_path / "m.npz", "--budget", "120")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "settings      tuned" in proc.stdout and "screened" in proc.stdout
+    info = run("info", tmp_path / "m.npz")
+    assert info.returncode == 0 and "weighting" in info.stdout and "criterion" in info.stdout
+    report = gpmlip.load_model(tmp_path / "m.npz").build_report_
+    assert report["tuned"] and report["defaults"]["r_cut"] == data_scales(
+        list(gpmlip.load_frames(path))).r_cut
+    plain = run("train", path, "-c", toml, "-o", tmp_path / "p.npz", "--no-tune", "--json")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert gpmlip.load_model(tmp_path / "p.npz").build_report_["screen"] == []

@@ -72,8 +72,14 @@ def reference(tmp_path_factory) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("kill_at", ["labeller:3", "labelled:2", "labelled:3", "event:2",
-                                     "updated:2", "checkpoint:5"])
+SLOW = pytest.mark.slow   # each kill point costs 10-13 s on 2 cores; one stays in the default suite
+
+
+@pytest.mark.parametrize("kill_at", [
+    "labelled:3",   # the default suite's case: a label on disk, not yet applied
+    pytest.param("labeller:3", marks=SLOW), pytest.param("labelled:2", marks=SLOW),
+    pytest.param("event:2", marks=SLOW), pytest.param("updated:2", marks=SLOW),
+    pytest.param("checkpoint:5", marks=SLOW)])
 def test_kill_then_resume(tmp_path, reference, kill_at):
     killed = run_job(tmp_path / "run", "--kill-at", kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -114,6 +120,7 @@ def test_a_new_run_refuses_a_used_directory(tmp_path, reference):
 ZBL = json.dumps({"name": "zbl", "inner": 1.8, "outer": 2.5})
 
 
+@SLOW
 def test_kill_then_resume_with_a_baseline(tmp_path):
     """With a zbl baseline in the model, a kill and resume gives the uninterrupted run."""
     import gpmlip

@@ -1,4 +1,4 @@
-"""The import structure of gpmlip: arrows only point down (DESIGN.md section 1).
+"""The import structure of gpmlip: arrows only point down (docs/theory.md §1).
 
 Parses every module with :mod:`ast` (imports at the top and inside functions alike) and fails on
 an import cycle between gpmlip modules, and on code outside ``gpmlip/gp/`` that reaches into a

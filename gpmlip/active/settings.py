@@ -18,7 +18,7 @@ recent Bayesian errors): ``max(force_tolerance, adaptive_factor * mean of the fr
 the last adaptive_window steps with the current model)``, and the force std is computed at
 every step.  A trigger on forces lets go on multi-species systems of one composition, where
 the local-energy std cannot fall along the undetermined split of energy between species
-(DESIGN.md section 8); ``force_tolerance = None`` restores the trigger on ``std_tolerance``.
+(docs/theory.md §6); ``force_tolerance = None`` restores the trigger on ``std_tolerance``.
 
 Choosing the thresholds
 -----------------------

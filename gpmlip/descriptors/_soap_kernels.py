@@ -3,7 +3,7 @@
 Everything here works on a pair list sorted by centre and knows nothing about ASE, dscribe or
 models.  One centre at a time (``prange`` over centres): its coefficients, a few hundred numbers,
 stay in cache, and every output row belongs to exactly one centre, so results do not depend on the
-number of threads.  The maths is in ``../shared/DESIGN.md`` section 2 and in :mod:`.engine`.
+number of threads.  The maths is in ``docs/theory.md`` §2-3 and in :mod:`.engine`.
 
 Index conventions
 -----------------

@@ -13,7 +13,7 @@ Three operations, all linear in the number of pairs:
   Jacobian is never formed, memory stays O(pairs);
 - :meth:`SOAPEngine.jacobian`: ``dq_i/dr_ij`` per pair, for training rows.
 
-The closed form (DESIGN.md section 2): with ``b_lk = alpha_lk eta / (alpha_lk + eta)``,
+The closed form (docs/theory.md §2-3): with ``b_lk = alpha_lk eta / (alpha_lk + eta)``,
 ``B_lnk = beta_lnk (pi / (alpha_lk + eta))^(3/2) (eta / (alpha_lk + eta))^l`` and real solid
 harmonics ``S_lm``, ``c_nlm = sum_j w_j sum_k B_lnk exp(-b_lk r_j^2) S_lm(r_j)`` and
 ``p_nn'l = pi sqrt(8 / (2l + 1)) sum_m c_nlm c_n'lm``.  The weight ``w_j`` is 1, or dscribe's

@@ -1,6 +1,6 @@
 """Streamed, QR-compressed observation blocks, the DTC solve, variances and the likelihood.
 
-Notation (DESIGN.md section 3).  ``K~`` is the kernel at unit signal variance; the sparse points of
+Notation (docs/theory.md §4).  ``K~`` is the kernel at unit signal variance; the sparse points of
 species z carry ``sigma_z^2``, collected in the diagonal ``D``.  Observations come in noise groups
 ``g`` (energies, forces, stresses at the global noise levels ``sigma_g``, plus one group of rows
 whose noise is fixed per structure).  Each group's whitened rows ``W^1/2 K~_gm`` are compressed,

@@ -5,7 +5,7 @@ with unit-variance kernel rows ``K`` (n x m), noise ``Lambda`` (diagonal) and po
 ``A = R'R`` of the weights (:class:`~gpmlip.gp.solver.Posterior`).  For the block ``I`` of rows of
 one training structure (its energy, force and stress labels together), with residual
 ``r_I = y_I - K_I beta``, ``S = K_I A^-1 K_I'`` and ``G = Lambda_I - S``, the model refitted
-without that structure predicts (Woodbury identity; DESIGN.md section 8)
+without that structure predicts (Woodbury identity; docs/theory.md §5)
 
     r_-I = Lambda_I G^-1 r_I                 (= (I - H_II)^-1 r_I, H the hat matrix)
     C_-I = S + S G^-1 S                      (covariance of the prediction from the weights)

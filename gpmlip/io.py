@@ -74,21 +74,64 @@ def read_metadata(path) -> dict:
     return _open(path)[0]
 
 
-def read_model_file(path) -> tuple[dict, FittedState]:
-    """The metadata and the fitted state (posterior not yet solved) of a model file.
+def read_model_file(path) -> tuple[dict, FittedState, np.ndarray | None]:
+    """The metadata, the fitted state (posterior not yet solved) and the stored weights of a
+    model file (None in files without them); every array and setting checked.
 
     Raises
     ------
     ModelFileError
-        When the file is missing, unreadable, of another format or version, or damaged.
+        When the file is missing, unreadable, of another format or version, or damaged: an
+        array with NaN or infinite values where numbers are needed, a setting out of range.
     """
     meta, arrays = _open(path)
     # files written before the state object kept the signal variances only in the kernel
     meta.setdefault("signal_variance", meta.get("kernel", {}).get("signal_variance"))
     try:
-        return meta, FittedState.from_arrays(arrays, meta)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        _check_values(arrays, meta)
+        return meta, FittedState.from_arrays(arrays, meta), arrays.get("beta")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise model_file_damaged(path, exc) from None
+
+
+def _positive(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name} = {value!r} must be a positive number")
+
+
+def _check_values(arrays: dict, meta: dict) -> None:
+    """Numbers in a model file that no model could have written are damage (ValueError)."""
+    for name, a in arrays.items():
+        if a.dtype.kind not in "fiub":
+            raise ValueError(f"array {name!r} has dtype {a.dtype}")
+        if a.dtype.kind == "f":
+            # frame labels use NaN for 'not labelled'; nothing may be infinite
+            bad = np.isinf(a).any() if name.startswith(("frame_energy", "frame_forces",
+                                                        "frame_stress", "frame_sigmas")) \
+                else not np.isfinite(a).all()
+            if bad:
+                raise ValueError(f"array {name!r} has non-finite values")
+    for z, v in (meta.get("signal_variance") or {}).items():
+        _positive(v, f"signal variance of {z}")
+    for z, v in (meta.get("e0") or {}).items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+            raise ValueError(f"e0 of {z} = {v!r} must be a finite number")
+    for group, v in meta["noise"].items():
+        _positive(v, f"{group} noise")
+    kernel = meta.get("kernel", {})
+    zeta = kernel.get("zeta")
+    if zeta is not None and (isinstance(zeta, bool) or not isinstance(zeta, int)
+                             or not 1 <= zeta <= 64):
+        raise ValueError(f"kernel zeta = {zeta!r} must be an integer from 1 to 64")
+    desc = meta.get("descriptor", {})
+    for part in desc.get("parts", [desc]):
+        for key in ("r_cut", "sigma"):
+            if key in part:
+                _positive(part[key], f"descriptor {key}")
+    for v in ((meta.get("calibration") or {}).get("weights") or {}).values():
+        if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+            raise ValueError(f"calibration weight {v!r} must be a finite number >= 0")
 
 
 def model_file_damaged(path, exc: BaseException) -> ModelFileError:
@@ -97,18 +140,54 @@ def model_file_damaged(path, exc: BaseException) -> ModelFileError:
                           "be damaged: save the model again")
 
 
+def _what_it_is(head: bytes) -> str:
+    """A guess at what a file that is not a zip archive holds, from its first bytes."""
+    text = head.lstrip()
+    if text.startswith(b"<"):
+        return "an XML file (a GAP/QUIP potential .xml?)"
+    if text.startswith((b"{", b"[")):
+        return "a JSON file (a FLARE model .json?)"
+    first = text.split(b"\n", 1)[0].strip()
+    if first.isdigit():
+        return "an XYZ structure file (training data, not a model?)"
+    if head.startswith(b"\x80"):
+        return "a Python pickle, which gpmlip never writes or loads"
+    return "not a zip archive"
+
+
 def _open(path):
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"no model file at {path}")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a directory, not a model file")
+    with open(path, "rb") as fh:
+        head = fh.read(256)
+    if not head.startswith(b"PK"):
+        raise ModelFileError(f"{path} is not a gpmlip model file: it is {_what_it_is(head)}; "
+                             "a model file is the .npz that SparseGP.save or gpmlip train "
+                             "writes (check the order of the arguments)")
     try:
         data = np.load(path, allow_pickle=False)
+        if "metadata.json" not in data.files:
+            raise ModelFileError(f"{path} is an .npz archive but not a gpmlip model file (it has "
+                                 f"no metadata.json; its arrays: {sorted(data.files)[:10]})")
         arrays = {k: data[k] for k in data.files}
         meta = json.loads(bytes(arrays.pop("metadata.json")).decode())
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError,
-            UnicodeDecodeError) as exc:
+    except ModelFileError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise ModelFileError(f"{path} holds Python objects (pickled data), which gpmlip "
+                                 "never writes and never loads: it is not a gpmlip model "
+                                 "file") from None
         raise ModelFileError(f"{path} is not a readable gpmlip model file ({exc}); it may be "
                              "damaged or truncated: save the model again") from None
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not a readable gpmlip model file ({exc}); it may be "
+                             "damaged or truncated: save the model again") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: its metadata is not a JSON object; the file is damaged")
     if meta.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a gpmlip sparse GP model (format "
                              f"{meta.get('format')!r})")

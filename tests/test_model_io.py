@@ -160,3 +160,65 @@ def test_ase_md_runs_with_the_calculator(model):
     atoms.calc = gpmlip.GPCalculator(model)
     VelocityVerlet(atoms, 1.0 * units.fs).run(5)
     assert np.isfinite(atoms.get_potential_energy())
+
+
+@pytest.mark.parametrize("kind, text", [
+    ("gap.xml", "an XML file (a GAP/QUIP potential .xml?)"),
+    ("flare.json", "a JSON file (a FLARE model .json?)"),
+    ("data.xyz", "an XYZ structure file"),
+    ("other.npz", "an .npz archive but not a gpmlip model file"),
+    ("objects.npz", "holds Python objects (pickled data)"),
+    ("truncated.npz", "damaged or truncated"),
+    ("folder", "is a directory"),
+])
+def test_foreign_and_damaged_files_say_what_they_are(model, tmp_path, kind, text):
+    path = tmp_path / kind
+    if kind == "gap.xml":
+        path.write_text('<?xml version="1.0"?>\n<GAP_params label="GAP_2020"/>\n')
+    elif kind == "flare.json":
+        path.write_text('{"class": "SGP_Wrapper", "hyps": [1.0]}')
+    elif kind == "data.xyz":
+        from ase.io import write
+        write(path, emt_frames(1, seed=1)[0], format="extxyz")
+    elif kind == "other.npz":
+        np.savez(path, weights=np.ones(3))
+    elif kind == "objects.npz":
+        np.savez(path, **{"metadata.json": np.array([{"a": 1}], dtype=object)})
+    elif kind == "truncated.npz":
+        model.save(tmp_path / "full.npz")
+        path.write_bytes((tmp_path / "full.npz").read_bytes()[:3000])
+    else:
+        path.mkdir()
+    with pytest.raises(gpmlip.ModelFileError) as err:
+        gpmlip.load_model(path)
+    assert text in str(err.value) and "allow_pickle" not in str(err.value)
+
+
+def _poke(meta, arrays, what):
+    if what == "nan stats":
+        arrays["stats_forces_r"] = arrays["stats_forces_r"].copy()
+        arrays["stats_forces_r"][0, 0] = np.nan
+    elif what == "kmm":
+        arrays["kmm"] = arrays["kmm"] * 1.01
+    elif what == "zeta":
+        meta["kernel"]["zeta"] = 1.5
+    elif what == "noise":
+        meta["noise"]["forces"] = -0.05
+    elif what == "r_cut":
+        meta["descriptor"]["r_cut"] = 3.9
+    elif what == "weights":
+        arrays["beta"] = arrays["beta"] * 1.5
+    elif what == "inf e0":
+        meta["e0"] = {k: float("inf") for k in meta["e0"]}
+
+
+@pytest.mark.parametrize("what", ["nan stats", "kmm", "zeta", "noise", "r_cut", "weights",
+                                  "inf e0"])
+def test_a_file_with_wrong_values_is_refused_not_loaded(model, tmp_path, what):
+    """A file loads exactly or not at all: values no model could have written are damage."""
+    path = tmp_path / "model.npz"
+    model.save(path)
+    _rewrite(path, tmp_path / "bad.npz", lambda m, a: _poke(m, a, what))
+    with pytest.raises(gpmlip.ModelFileError, match="damaged"):
+        gpmlip.load_model(tmp_path / "bad.npz")
+    gpmlip.load_model(path)   # the untouched file still loads

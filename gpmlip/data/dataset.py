@@ -38,6 +38,45 @@ class LabelKeys:
     config_type: str = "config_type"
 
 
+CONVENTIONS = ("", "dft_", "DFT_", "REF_", "ref_", "QM_")
+"""Prefixes of label keys tried, in order, when no :class:`LabelKeys` is given: ASE's own names
+(``energy``, ``forces``, ...), GAP's ``dft_energy`` / ``DFT_energy``, ``REF_energy`` (MACE and
+nequip data sets), ``QM_energy``."""
+
+
+def detect_keys(images: Sequence[Atoms], name: str) -> LabelKeys:
+    """The :class:`LabelKeys` of the first convention of :data:`CONVENTIONS` whose keys some
+    structure in ``images`` carries (ASE's names when none does)."""
+    def present(key: str, per_atom: bool) -> bool:
+        return any(_lookup(a, key, per_atom) is not None for a in images)
+
+    found = {}
+    for kind, per_atom in (("energy", False), ("forces", True), ("stress", False),
+                           ("virial", False)):
+        for prefix in CONVENTIONS:
+            if present(prefix + kind, per_atom):
+                found[kind] = prefix + kind
+                break
+    keys = LabelKeys(**found)
+    other = {k: v for k, v in found.items() if v != k}
+    if other:
+        log.info("%s: labels read from %s (set LabelKeys or [data] *_key to choose others)",
+                 name, ", ".join(f"{k} = {v!r}" for k, v in other.items()))
+    return keys
+
+
+def _keys_in(images: Sequence[Atoms]) -> str:
+    """The per-structure and per-atom keys of a file, for an error that says where labels are."""
+    info, arrays = set(), set()
+    for a in images[:50]:
+        info |= set(a.info)
+        arrays |= set(a.arrays) - {"numbers", "positions"}
+        if a.calc is not None:
+            info |= set(getattr(a.calc, "results", {}))
+    return (f"per-structure keys {sorted(info) or 'none'}, per-atom keys "
+            f"{sorted(arrays) or 'none'}")
+
+
 @dataclass
 class Dataset(Sequence):
     """A validated list of :class:`Frame`.
@@ -211,6 +250,50 @@ def _problems(frame: Frame, species: set[int] | None, require: Sequence[str]) ->
     return out
 
 
+def check_frames(frames: Sequence[Frame], species: Iterable[int] | None = None) -> None:
+    """Raise :class:`~gpmlip.errors.DataError` naming every frame whose labels or structure are
+    unusable (non-finite labels or positions, wrong shapes, unknown species, no labels): the
+    checks :func:`load_frames` makes, for frames built by hand."""
+    allowed = None if species is None else set(int(z) for z in species)
+    problems = {}
+    for k, frame in enumerate(frames):
+        if not isinstance(frame, Frame):
+            raise DataError(f"frame {k} is a {type(frame).__name__}, not a gpmlip Frame")
+        issues = _problems(frame, allowed, ())
+        if frame.forces is not None and np.shape(frame.forces) != (frame.n_atoms, 3):
+            issues.append(f"forces have shape {np.shape(frame.forces)}; expected "
+                          f"({frame.n_atoms}, 3)")
+        if frame.stress is not None and np.shape(frame.stress) != (3, 3):
+            issues.append(f"stress has shape {np.shape(frame.stress)}; expected (3, 3)")
+        if issues:
+            problems[k] = "; ".join(issues)
+    if problems:
+        listed = "\n".join(f"  frame {i}: {why}" for i, why in list(problems.items())[:MAX_LISTED])
+        raise DataError(f"{len(problems)} of {len(frames)} frames are invalid:\n{listed}\n"
+                        "Fix their labels or leave them out.")
+
+
+def label_summary(frames: Sequence[Frame]) -> dict[str, int]:
+    """How many frames carry each label kind."""
+    return {kind: sum(getattr(f, kind) is not None for f in frames)
+            for kind in ("energy", "forces", "stress")}
+
+
+def warn_missing_labels(frames: Sequence[Frame], what: str = "training data") -> None:
+    """Log a warning for a label kind the data lacks: forces absent everywhere (a model then
+    learns its forces from energies alone), or any kind present on some frames only."""
+    counts = label_summary(frames)
+    n = len(frames)
+    if n and counts["forces"] == 0:
+        log.warning("%s: none of the %d frames has forces; the model will learn forces from "
+                    "energies alone and predict them poorly (check the forces key: "
+                    "[data] forces_key or LabelKeys)", what, n)
+    for kind, c in counts.items():
+        if 0 < c < n:
+            log.warning("%s: %d of %d frames have %s labels, %d have none", what, c, n,
+                        "stress" if kind == "stress" else kind, n - c)
+
+
 def load_frames(
     source,
     *,
@@ -248,13 +331,13 @@ def load_frames(
     bad_require = set(require) - {"energy", "forces", "stress"}
     if bad_require:
         raise DataError(f"require={sorted(bad_require)}: use 'energy', 'forces' or 'stress'")
-    keys = keys or LabelKeys()
     allowed = None
     if species is not None:
         allowed = atomic_number_set(species, "species")
     images, name = _read_source(source)
     if not images:
         raise DataError(f"{name} holds no structures")
+    keys = keys or detect_keys(images, name)
 
     frames, problems, seen = [], {}, {}
     for index, atoms in enumerate(images):
@@ -278,6 +361,10 @@ def load_frames(
         text = f"{len(problems)} of {len(images)} frames in {name} are invalid:\n{listed}"
         if more > 0:
             text += f"\n  ... and {more} more"
+        if all("has no energy, forces or stress" in why for why in problems.values()):
+            text += (f"\nNo frame has labels under the keys {keys}; the file has "
+                     f"{_keys_in(images)}. Name the label keys: [data] energy_key, forces_key, "
+                     "stress_key, virial_key in the settings file, or LabelKeys(...) in Python.")
         if on_error == "raise":
             raise DataError(text + "\nFix them, or load with on_error='skip' to drop them.")
         log.warning("%s\nSkipping them.", text)

@@ -38,7 +38,7 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
     -------
     SparseGP
     """
-    meta, state = read_model_file(path)
+    meta, state, stored_beta = read_model_file(path)
     try:
         descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
         settings = meta["settings"]
@@ -65,7 +65,20 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise model_file_damaged(path, exc) from None
+    first = state.frames[0].atoms if state.frames else None
+    if first is not None:
+        again = descriptor.describe(first).features
+        if again.shape != state.features[0].shape or not np.allclose(
+                again, state.features[0], rtol=1e-6, atol=1e-9):
+            raise model_file_damaged(path, ValueError(
+                "its descriptor settings do not reproduce the stored features of its first "
+                "training structure"))
     model.resolve(state)
+    beta = model.state.posterior.beta
+    if stored_beta is not None and (stored_beta.shape != beta.shape or not np.allclose(
+            stored_beta, beta, rtol=1e-6, atol=1e-8 * max(1.0, float(np.abs(beta).max())))):
+        raise model_file_damaged(path, ValueError(
+            "the stored weights differ from those its stored statistics give"))
     model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
     model.build_report_ = meta.get("build")   # None: not built by gpmlip.build_model
     return model

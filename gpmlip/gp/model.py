@@ -16,7 +16,8 @@ from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_bas
 from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.protocol import Descriptor
-from gpmlip.data import Dataset, Frame, load_frames, reference_energies
+from gpmlip.data import (Dataset, Frame, check_frames, load_frames, reference_energies,
+                         warn_missing_labels)
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import hyper, selection
@@ -254,19 +255,20 @@ class SparseGP:
             raise SettingsError(f"two_body={self.two_body!r}: give a gpmlip.TwoBody(...)")
 
     def _frames(self, frames: TrainingData) -> list[Frame]:
-        if isinstance(frames, Dataset):
+        """Labelled frames from any :data:`TrainingData`, every label checked (frames built by
+        hand too: a NaN label would give a NaN model)."""
+        if isinstance(frames, Frame):
+            frames = [frames]
+        if isinstance(frames, Dataset) or (isinstance(frames, (list, tuple)) and frames and all(
+                isinstance(f, Frame) for f in frames)):
             data = list(frames)
             bad = {z for f in data for z in f.atoms.numbers} - set(self.species)
             if bad:
                 raise UnknownSpeciesError(
                     f"the data contain {[chemical_symbols[z] for z in sorted(bad)]}, which the "
                     f"descriptor does not know; build the SOAP with those species")
+            check_frames(data)
             return data
-        if isinstance(frames, Frame):
-            return [frames]
-        if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, Frame)
-                                                                for f in frames):
-            return list(frames)
         return list(load_frames(frames, species=self.species))
 
     def learnt_labels(self, frames: list[Frame]) -> list[Frame]:
@@ -318,6 +320,7 @@ class SparseGP:
         frames = self._frames(frames)
         if not frames:
             raise DataError("no training frames: give at least one labelled structure")
+        warn_missing_labels(frames)
         self._version = self.version
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
         self.calibration = None   # fitted for other data: calibrate again

@@ -266,3 +266,23 @@ def test_errors_are_one_clear_line(trained, tmp_path, case):
     if case == "bad_key":
         verbose = gpmlip(*args, "--verbose", check=False)
         assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_settings_paths_are_relative_to_the_settings_file(tmp_path):
+    """[data] train in a settings file elsewhere is read relative to that file, from any
+    working directory."""
+    import shutil
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    shutil.copy(DATA / "cu_emt_train.extxyz", tmp_path / "conf" / "data" / "train.extxyz")
+    (tmp_path / "conf" / "s.toml").write_text(SMALL + '\n[data]\ntrain = ["data/train.extxyz"]\n')
+    (tmp_path / "elsewhere").mkdir()
+    proc = gpmlip("train", "-c", tmp_path / "conf" / "s.toml", "-o", tmp_path / "m.npz", "-q",
+                  cwd=tmp_path / "elsewhere")
+    assert (tmp_path / "m.npz").exists(), proc.stderr
+
+
+def test_resume_of_a_directory_without_a_run_is_an_error(tmp_path):
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=5))
+    proc = gpmlip("otf", tmp_path / "otf.toml", "--resume", tmp_path / "nothing", check=False)
+    assert proc.returncode == 1 and "no on-the-fly run there" in proc.stderr
+    assert not (tmp_path / "nothing").exists()

@@ -38,12 +38,16 @@ allowed::
 
 from __future__ import annotations
 
+import logging
+import os
 import tomllib
 from dataclasses import fields
 from pathlib import Path
 
 from gpmlip.active.settings import OTFSettings
 from gpmlip.errors import SettingsError
+
+log = logging.getLogger("gpmlip.cli")
 
 NUMBER = (int, float)
 
@@ -129,8 +133,30 @@ def check(config: dict, source: str = "settings") -> dict:
     return config
 
 
+INPUT_PATHS = (("data", "train"), ("data", "test"), ("md", "structure"), ("model", "file"),
+               ("learn", "pool"))
+"""Settings naming files to read: relative paths are relative to the settings file."""
+
+
+def _relative_to(base: Path, value, source: str):
+    """``value`` (a path or list of paths) resolved against ``base`` where the file is there;
+    a path found only from the working directory is kept, with a warning."""
+    if isinstance(value, list):
+        return [_relative_to(base, v, source) for v in value]
+    if not isinstance(value, str) or Path(value).is_absolute():
+        return value
+    there = base / value
+    if there.exists():
+        return str(there)
+    if Path(value).exists():
+        log.warning("%s: %s is read from the working directory; paths in a settings file are "
+                    "relative to the file (write %s)", source, value,
+                    os.path.relpath(Path(value).resolve(), base.resolve()))
+    return value
+
+
 def load(path) -> dict:
-    """Read and validate a TOML settings file."""
+    """Read and validate a TOML settings file; input paths in it are relative to it."""
     path = Path(path)
     if not path.exists():
         raise SettingsError(f"no settings file at {path}")
@@ -139,7 +165,11 @@ def load(path) -> dict:
             config = tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise SettingsError(f"{path} is not valid TOML: {err}") from None
-    return check(config, str(path))
+    config = check(config, str(path))
+    for table, key in INPUT_PATHS:
+        if key in config.get(table, {}):
+            config[table][key] = _relative_to(path.parent, config[table][key], str(path))
+    return config
 
 
 def merge(config: dict, table: str, **overrides) -> dict:

@@ -109,6 +109,11 @@ def otf(args) -> int:
     from gpmlip.active import OnTheFlyLearner
 
     cfg = config.load(args.config)
+    if args.resume is not None and not Path(args.resume, "events.jsonl").exists():
+        raise gpmlip.errors.SettingsError(
+            f"--resume {args.resume}: no on-the-fly run there (a run directory holds "
+            "events.jsonl and labels/); give the directory of the killed run, or leave "
+            "--resume out to start a new one")
     md_cfg = config.merge(cfg, "md", steps=args.steps)
     otf_cfg = config.merge(cfg, "otf", directory=args.directory)
     labeller = otf_cfg.pop("labeller", None)

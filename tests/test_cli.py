@@ -286,3 +286,16 @@ def test_resume_of_a_directory_without_a_run_is_an_error(tmp_path):
     proc = gpmlip("otf", tmp_path / "otf.toml", "--resume", tmp_path / "nothing", check=False)
     assert proc.returncode == 1 and "no on-the-fly run there" in proc.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--timestep", "-1"], "timestep_fs = -1.0 must be a finite number > 0"),
+    (["--timestep", "0"], "timestep_fs = 0.0 must be a finite number > 0"),
+    (["-T", "-300"], "temperature = -300.0 must be a finite number >= 0"),
+    (["-n", "-5"], "steps = -5 must be a finite number >= 0"),
+    (["--interval", "0"], "interval = 0 must be a finite number >= 1"),
+])
+def test_md_flags_out_of_range_are_one_clear_line(trained, flags, text):
+    work, _ = trained
+    proc = gpmlip("md", work / "cu.npz", "-s", "Cu fcc 3.61 2", *flags, check=False)
+    assert proc.returncode == 1 and text in proc.stderr and "Traceback" not in proc.stderr

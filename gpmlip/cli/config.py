@@ -83,6 +83,36 @@ levels by leave-one-structure-out error on energies and forces together
 (:func:`gpmlip.gp.validation.choose_noise`)."""
 
 
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = "> 0", ">= 0", ">= 1"
+RANGES: dict[tuple[str, str], str] = {
+    ("descriptor", "r_cut"): POSITIVE, ("descriptor", "n_max"): AT_LEAST_ONE,
+    ("descriptor", "l_max"): NON_NEGATIVE, ("descriptor", "sigma"): POSITIVE,
+    ("descriptor", "n_jobs"): AT_LEAST_ONE,
+    ("model", "zeta"): AT_LEAST_ONE, ("model", "n_sparse"): AT_LEAST_ONE,
+    ("model", "energy_sigma"): POSITIVE, ("model", "force_sigma"): POSITIVE,
+    ("model", "stress_sigma"): POSITIVE, ("model", "virial_sigma"): POSITIVE,
+    ("model", "budget"): POSITIVE,
+    ("md", "temperature"): NON_NEGATIVE, ("md", "timestep_fs"): POSITIVE,
+    ("md", "friction_per_fs"): NON_NEGATIVE, ("md", "steps"): NON_NEGATIVE,
+    ("md", "interval"): AT_LEAST_ONE,
+    ("gate", "threshold"): POSITIVE, ("gate", "force_threshold"): POSITIVE,
+    ("learn", "batch"): AT_LEAST_ONE, ("learn", "max_labels"): AT_LEAST_ONE,
+    ("learn", "target_std"): POSITIVE, ("learn", "workers"): AT_LEAST_ONE,
+    ("learn", "lease_seconds"): POSITIVE,
+}
+"""Allowed ranges of numeric settings (command-line flags are checked through the same tables)."""
+
+
+def _in_range(value, rule: str) -> bool:
+    if isinstance(value, dict):   # per-species values
+        return all(_in_range(v, rule) for v in value.values())
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return True   # the type check speaks for it
+    if value != value or value in (float("inf"), float("-inf")):
+        return False
+    return {POSITIVE: value > 0, NON_NEGATIVE: value >= 0, AT_LEAST_ONE: value >= 1}[rule]
+
+
 def _type_name(types: tuple) -> str:
     names = {int: "an integer", float: "a number", str: "a string", list: "a list",
              dict: "a table", bool: "true or false", object: "a value"}
@@ -109,6 +139,10 @@ def check(config: dict, source: str = "settings") -> dict:
             if not ok:
                 raise SettingsError(f"{source}: [{table}] {key} = {value!r} must be "
                                     f"{_type_name(types)}")
+            rule = RANGES.get((table, key))
+            if rule is not None and not _in_range(value, rule):
+                raise SettingsError(f"{source}: [{table}] {key} = {value!r} must be a finite "
+                                    f"number {rule}")
     optimise = config.get("model", {}).get("optimise")
     if isinstance(optimise, str) and optimise not in OPTIMISE:
         raise SettingsError(f"{source}: [model] optimise = {optimise!r}; allowed: true, false, "

@@ -43,8 +43,14 @@ SCREEN_SPARSE = 300
 """Sparse points per species while screening."""
 SCREEN_FRAMES = 60
 """Structures in the screening subset (spread over every config_type)."""
-SCREEN_SHARE = 0.5
-"""Share of the budget that screening and confirmation may use; the rest is the final fit."""
+SCREEN_SHARE = 0.35
+"""Share of the budget the screen may use (it stops starting candidates after it)."""
+CONFIRM_SHARE = 0.5
+"""Share of the budget by which the confirmation must be done (else it is skipped)."""
+NOISE_SHARE = 0.6
+"""Share of the budget by which the noise search must be done, where it needs a fit of its own."""
+NOISE_FACTORS = (0.5, 0.71, 1.41, 2.0)
+"""Factors of the noise search's coordinate sweeps (:func:`gpmlip.gp.validation.choose_noise`)."""
 DESCRIPTOR_FIELDS = ("r_cut", "r0", "m", "n_max", "l_max", "sigma", "second")
 """The :class:`Settings` fields of the descriptor (fixed when a descriptor is given)."""
 START_NOISE = {"energy_sigma": 0.002, "force_sigma": 0.05, "virial_sigma": 0.5}
@@ -165,6 +171,8 @@ class Row:
     criterion: float | None = None
     seconds: float = 0.0
     status: str = "ok"
+    model: object = None
+    """The fitted model (kept only where asked: the noise stage reuses it)."""
 
     def to_dict(self, reference: Settings) -> dict:
         return {"stage": self.stage, "candidate": self.settings.changes(reference),
@@ -244,7 +252,8 @@ class _Screen:
                         n_sparse=n_sparse, sparse_method=settings.sparse_method,
                         seed=self.seed, **self.model_kwargs)
 
-    def run(self, stage: str, settings: Settings) -> Row:
+    def run(self, stage: str, settings: Settings, keep: bool = False) -> Row:
+        """Fit ``settings`` and score them; with ``keep`` the fitted model is ``row.model``."""
         from gpmlip.gp.validation import leave_one_out
 
         t = time.perf_counter()
@@ -255,6 +264,7 @@ class _Screen:
         try:
             model = self.model(settings, self.n_sparse).fit(self.frames)
             row.loo_mae = {k: float(v) for k, v in leave_one_out(model).mae().items()}
+            row.model = model if keep else None
         except (GpmlipError, np.linalg.LinAlgError, MemoryError, ValueError) as err:
             row.status = f"failed: {type(err).__name__}: {err}"
             log.warning("model builder: candidate %s skipped (%s)", settings.changes(
@@ -288,13 +298,14 @@ def criterion(mae: dict, reference: dict) -> float:
 
 def _stages(defaults: Settings, scales: Scales, fixed: set[str]) -> list[tuple[str, list[dict]]]:
     """Screening stages in order: each a list of changes to try on the current winner."""
-    stages = [
+    stages = [   # most gain first (Zuo 2020 Mo, Si, Li screens), so a short budget gets it
         ("weighting", ["r0", "m"], [{"r0": 1.5, "m": 1.0}, {"r0": 0.0, "m": 2.0}]),
-        ("zeta", ["zeta"], [{"zeta": 6}]),
-        ("sigma", ["sigma"], [{"sigma": 0.4}]),
-        ("basis", ["n_max", "l_max"], [{"n_max": 10}, {"l_max": 8}]),
+        ("radial basis", ["n_max"], [{"n_max": 10}]),
         ("second SOAP", ["second"], [{"second": (scales.r_short, 1.0)},
                                       {"second": (scales.r_short, 0.5)}]),
+        ("zeta", ["zeta"], [{"zeta": 6}]),
+        ("sigma", ["sigma"], [{"sigma": 0.4}]),
+        ("angular basis", ["l_max"], [{"l_max": 8}]),
         ("sparse method", ["sparse_method"], [{"sparse_method": "kmeans++"}]),
     ]
     return [(name, changes) for name, keys, changes in stages if not set(keys) & fixed]
@@ -313,8 +324,9 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     frames : Dataset, list of Frame, or a path
         Labelled training structures (energies and/or forces; stresses are fitted when present).
     budget : float, default 480
-        Wall-time budget in seconds.  Screening and confirmation use at most half of it; a stage
-        that would not fit is skipped and logged; the final fit always runs.
+        Wall-time budget in seconds.  The screen starts no candidate after 35 % of it, the
+        confirmation must end by half of it and the noise search by 60 %; a stage that would not
+        fit is skipped and logged; the final fit always runs.
     tune : bool, default True
         False: the plain defaults (:class:`Settings` with the data's cutoff), no screening.
     species : sequence of str, optional
@@ -327,7 +339,8 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     screen_frames, screen_sparse : int
         Size of the screening subset and its sparse points per species.
     noise : bool, default True
-        Choose the noise levels by leave-one-out on every structure after the final fit
+        Choose the noise levels and signal variances by leave-one-out on every structure, on
+        the chosen settings at the screening sparse count, for the final fit
         (:func:`gpmlip.gp.validation.choose_noise`, which also scales the variances so that the
         leave-one-out z-scores have mean square 1).
     calibrate : bool, default True
@@ -348,8 +361,6 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
         Fitted, with :attr:`~gpmlip.SparseGP.build_report_` (:meth:`BuildReport.to_dict`: the
         defaults, what was chosen, every screened candidate) kept in its model file.
     """
-    from gpmlip.gp.validation import choose_noise
-
     start = time.perf_counter()
     data = _as_frames(frames)
     if not data:
@@ -389,11 +400,18 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
              sum(f.n_atoms for f in data), symbols, scales.r_cut, scales.neighbours,
              scales.r_short, budget)
 
-    chosen = defaults
+    chosen, screened = defaults, None
     if tune:
-        chosen = _tune(data, symbols, defaults, scales, set(fixed), report, start, budget,
-                       screen_frames, screen_sparse, seed, n_jobs, kwargs, descriptor)
+        chosen, screened = _tune(data, symbols, defaults, scales, set(fixed), report, start,
+                                 budget, screen_frames, screen_sparse, seed, n_jobs, kwargs,
+                                 descriptor)
     report.chosen = chosen
+    if tune and noise:
+        kwargs.update(_noise_stage(screened, data, chosen, symbols, report, start, budget,
+                                   screen_sparse, seed, n_jobs, kwargs, descriptor))
+    elif noise:
+        report.stages["noise"] = "starting levels kept: tuning off"
+    del screened
 
     from gpmlip.gp import SparseGP
 
@@ -405,23 +423,6 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     report.stages["final fit"] = f"{model.n_sparse_points} sparse points in {fit_s:.0f} s"
     log.info("model builder: final fit (%s), %d sparse points, %.0f s",
              chosen.changes(defaults), model.n_sparse_points, fit_s)
-    if noise:
-        left = budget - (time.perf_counter() - start)
-        # one leave-one-out pass costs about as much as the fit; the search needs ~20
-        if tune and left > 0:
-            choice = choose_noise(model)
-            report.noise = {"levels": {k: float(v) for k, v in choice.noise.items()},
-                            "criterion": choice.criterion, "loo_mae": choice.loo_mae,
-                            "initial_loo_mae": choice.initial_loo_mae,
-                            "variance_scale": choice.calibration_scale}
-            report.stages["noise"] = (f"chosen by leave-one-out on {len(choice.frames)} "
-                                      f"structures, criterion 1 -> {choice.criterion:.3f}")
-        elif tune:
-            report.stages["noise"] = "starting levels kept: no budget left"
-            log.warning("model builder: noise levels not chosen (no budget left); the "
-                        "starting levels %s are kept", START_NOISE)
-        else:
-            report.stages["noise"] = "starting levels kept: tuning off"
     if calibrate and any(f.forces is not None for f in data):
         try:
             cal = model.calibrate()
@@ -438,18 +439,21 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
 
 
 def _tune(data, symbols, defaults, scales, fixed, report, start, budget, screen_frames,
-          screen_sparse, seed, n_jobs, kwargs, descriptor=None) -> Settings:
-    """Screen on a subset, confirm on all; the chosen settings (``report`` filled in)."""
+          screen_sparse, seed, n_jobs, kwargs, descriptor=None):
+    """Screen on a subset, confirm on all: the chosen settings and, when the confirmation ran,
+    the chosen model fitted on every structure at the screening sparse count (else None);
+    ``report`` filled in."""
     from gpmlip.progress import progress_bar
 
     subset = [data[i] for i in screening_subset(data, screen_frames)]
     screen = _Screen(subset, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
     deadline = start + SCREEN_SHARE * budget
-    base = screen.run("defaults", defaults)
+    everything = len(subset) == len(data)
+    base = screen.run("defaults", defaults, keep=everything)
     report.rows.append(base)
     if base.criterion is None:
         report.stages["screen"] = "the defaults failed to fit; nothing screened"
-        return defaults
+        return defaults, None
     best, best_row = defaults, base
     stages = _stages(defaults, scales, fixed)
     bar = progress_bar(total=sum(len(c) for _, c in stages), desc="model builder", unit="fit")
@@ -460,38 +464,96 @@ def _tune(data, symbols, defaults, scales, fixed, report, start, budget, screen_
                 # the last fit's time predicts the next one's
                 if time.perf_counter() + report.rows[-1].seconds > deadline:
                     break
-                row = screen.run(name, dataclasses.replace(best, **change))
+                row = screen.run(name, dataclasses.replace(best, **change), keep=everything)
                 report.rows.append(row)
                 bar.update(1)
                 tried += 1
                 if row.criterion is not None and row.criterion < best_row.criterion - 0.005:
+                    best_row.model = None
                     best, best_row = row.settings, row
+                else:
+                    row.model = None
             report.stages[name] = (f"{tried} of {len(changes)} tried; kept "
                                    f"{best.changes(defaults)} ({best_row.criterion:.3f})"
                                    if tried else "skipped: budget")
             log.info("model builder: %s: %s", name, report.stages[name])
+    if everything:
+        report.stages["confirm"] = "the screen used every structure"
+        return best, best_row.model
     if best == defaults:
         report.stages["confirm"] = "nothing to confirm: the defaults won the screen"
-        return defaults
-    if len(subset) == len(data):
-        report.stages["confirm"] = "the screen used every structure"
-        return best
+        return defaults, None
     # confirm on every structure: the winner against the defaults
     full = _Screen(data, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
-    cost = base.seconds * len(data) / len(subset)
-    if time.perf_counter() + 2 * cost > start + budget * (SCREEN_SHARE + 0.1):
-        report.stages["confirm"] = (f"skipped: budget (about {2 * cost:.0f} s needed); the "
+    cost = (base.seconds + best_row.seconds) * len(data) / len(subset)
+    if time.perf_counter() + cost > start + budget * CONFIRM_SHARE:
+        report.stages["confirm"] = (f"skipped: budget (about {cost:.0f} s needed); the "
                                     "screen's winner is kept unconfirmed")
         log.warning("model builder: %s", report.stages["confirm"])
-        return best
-    ref = full.run("confirm", defaults)
-    win = full.run("confirm", best)
+        return best, None
+    ref = full.run("confirm", defaults, keep=True)
+    win = full.run("confirm", best, keep=True)
     report.rows += [ref, win]
     if win.criterion is not None and ref.criterion is not None and win.criterion < 1.0:
         report.stages["confirm"] = (f"on all {len(data)} structures the winner scores "
                                     f"{win.criterion:.3f} against the defaults' 1")
-        return best
+        ref.model = None
+        return best, win.model
     report.stages["confirm"] = (f"on all {len(data)} structures the winner scored "
                                 f"{win.criterion} against the defaults' 1: defaults kept")
     log.warning("model builder: %s", report.stages["confirm"])
-    return defaults
+    win.model = None
+    return defaults, ref.model
+
+
+def _noise_stage(model, data, chosen, symbols, report, start, budget, screen_sparse, seed,
+                 n_jobs, kwargs, descriptor) -> dict:
+    """Noise levels and signal variances chosen by leave-one-out on every structure, on the
+    chosen settings at the screening sparse count (the rows cost ~(m_screen / m)^2 of the
+    final model's, and the levels carry over); the :class:`~gpmlip.SparseGP` arguments that
+    set them (empty when the budget allows no search)."""
+    from gpmlip.gp.validation import choose_noise
+
+    if model is None:
+        full = _Screen(data, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
+        first = report.rows[0]
+        cost = first.seconds * len(data) / max(first.frames, 1)
+        if time.perf_counter() + 2 * cost > start + budget * NOISE_SHARE:
+            report.stages["noise"] = (f"starting levels kept: no budget left (about "
+                                      f"{2 * cost:.0f} s needed)")
+            log.warning("model builder: noise levels not chosen (%s)", report.stages["noise"])
+            return {}
+        quiet = logging.getLogger("gpmlip.gp")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            model = full.model(chosen, full.n_sparse).fit(data)
+        finally:
+            quiet.setLevel(level)
+    t = time.perf_counter()
+    try:
+        choice = choose_noise(model, factors=NOISE_FACTORS)
+    except (GpmlipError, np.linalg.LinAlgError, MemoryError) as err:
+        report.stages["noise"] = f"starting levels kept: the search failed ({err})"
+        log.warning("model builder: %s", report.stages["noise"])
+        return {}
+    report.noise = {"levels": {k: float(v) for k, v in choice.noise.items()},
+                    "signal_variance": {chemical_symbols[z] if z else "two-body": float(v)
+                                        for z, v in choice.signal_variance.items()},
+                    "criterion": choice.criterion, "loo_mae": choice.loo_mae,
+                    "initial_loo_mae": choice.initial_loo_mae,
+                    "variance_scale": choice.calibration_scale,
+                    "sparse_per_species": int(max(np.bincount(model.state.sparse.species)))}
+    report.stages["noise"] = (f"chosen by leave-one-out on {len(choice.frames)} structures at "
+                              f"{model.n_sparse_points} sparse points, criterion 1 -> "
+                              f"{choice.criterion:.3f} ({time.perf_counter() - t:.0f} s)")
+    log.info("model builder: noise %s", report.stages["noise"])
+    stress = "virial_sigma" if model.stress_noise == "per_atom" else "stress_sigma"
+    out = {"energy_sigma": choice.noise["energy"], "force_sigma": choice.noise["forces"],
+           stress: choice.noise["stress"],
+           "signal_std": {chemical_symbols[z]: float(np.sqrt(v))
+                          for z, v in choice.signal_variance.items() if z}}
+    if model.two_body is not None and 0 in choice.signal_variance:
+        out["two_body"] = dataclasses.replace(model.two_body,
+                                              sigma=float(np.sqrt(choice.signal_variance[0])))
+    return out

@@ -82,8 +82,9 @@ def test_a_tiny_budget_returns_the_defaults_and_says_so(frames, caplog):
     report = model.build_report_
     assert report["chosen"] == report["defaults"] and report["chosen_changes"] == "defaults"
     assert all(v == "skipped: budget" for k, v in report["stages"].items()
-               if k in ("weighting", "zeta", "sigma", "second SOAP", "sparse method"))
-    assert report["stages"]["noise"] == "starting levels kept: no budget left"
+               if k in ("weighting", "radial basis", "zeta", "sigma", "second SOAP",
+                        "angular basis", "sparse method"))
+    assert report["stages"]["noise"].startswith("starting levels kept: no budget left")
     assert "no budget left" in caplog.text
     assert model.is_fitted and model.n_sparse_points == 12
 
@@ -109,6 +110,10 @@ def test_search_is_deterministic_chooses_by_the_criterion_and_round_trips(frames
     s = a.build_report_["chosen"]
     desc = a.descriptor.parts[0] if isinstance(a.descriptor, gpmlip.Stacked) else a.descriptor
     assert (desc.settings.r_cut, desc.settings.n_max, a.zeta) == (s["r_cut"], 4, s["zeta"])
+    # the noise levels chosen on every structure at the screening sparse count are the model's
+    levels = a.build_report_["noise"]["levels"]
+    assert a.noise["forces"] == pytest.approx(levels["forces"])
+    assert a.noise["energy"] == pytest.approx(levels["energy"])
     a.save(tmp_path / "m.npz")
     assert gpmlip.load_model(tmp_path / "m.npz").build_report_ == json.loads(
         json.dumps(a.build_report_))

@@ -393,7 +393,7 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
         fixed["second"] = tuple(fixed["second"])
     defaults = Settings(**{"r_cut": scales.r_cut, **fixed})
     kwargs = {**START_NOISE, **(model_kwargs or {})}
-    final_sparse = n_sparse if n_sparse is not None else default_sparse(data, in_data)
+    final_sparse = n_sparse if n_sparse is not None else default_sparse(data, _numbers(symbols))
     report = BuildReport(defaults, defaults, scales, float(budget), tuned=tune)
     log.info("model builder: %d structures, %d atoms, species %s; cutoff %.1f Å from the data "
              "(%.0f neighbours), short cutoff %.1f Å; budget %.0f s", len(data),

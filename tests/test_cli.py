@@ -299,3 +299,16 @@ def test_md_flags_out_of_range_are_one_clear_line(trained, flags, text):
     work, _ = trained
     proc = gpmlip("md", work / "cu.npz", "-s", "Cu fcc 3.61 2", *flags, check=False)
     assert proc.returncode == 1 and text in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_label_timeout_flag(tmp_path):
+    import ase.io
+
+    from gpmlip.labelling import LabelQueue
+
+    ase.io.write(tmp_path / "pool.extxyz", ase.io.read(DATA / "cu_emt_test.extxyz", ":2"))
+    LabelQueue(tmp_path / "q.db", "emt").add(ase.io.read(tmp_path / "pool.extxyz", ":"))
+    bad = gpmlip("label", tmp_path / "q.db", "--timeout", "0", check=False)
+    assert bad.returncode == 1 and "timeout=0.0: use a positive number" in bad.stderr
+    done = gpmlip("label", tmp_path / "q.db", "--timeout", "120", "--json")
+    assert json.loads(done.stdout)["done"] == 2

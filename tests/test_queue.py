@@ -330,3 +330,42 @@ def test_parsl_local_executor_labels_end_to_end(tmp_path):
     assert os.getpid() not in pids                  # ran in Parsl's worker processes
     for atoms, frame in zip(structures, queue.frames()):
         assert frame.get_potential_energy() == pytest.approx(emt_energy(atoms), abs=1e-10)
+
+
+@pytest.mark.parametrize("part", ["forces", "positions"])
+def test_a_row_changed_outside_gpmlip_is_never_used(tmp_path, part):
+    """A bit of a done row's forces or a queued row's positions changed in the database file:
+    export refuses to read the queue, and a damaged queued row is failed, not labelled."""
+    import ase.db
+
+    queue = LabelQueue(tmp_path / "q.db", "emt", species=["Cu"])
+    queue.add(cu_structures(3))
+    if part == "forces":
+        label_queue(queue, max_workers=1)
+        assert queue.export(tmp_path / "ok.extxyz") == 3
+    target = queue.rows()[1].id
+    db = ase.db.connect(str(tmp_path / "q.db"))
+    row = db.get(id=target)
+    atoms = row.toatoms()
+    if part == "forces":   # rewrite the stored forces array, as a flipped bit would
+        forces = atoms.get_forces().copy()
+        forces[0, 0] += 0.75
+        with sqlite3.connect(tmp_path / "q.db") as con:
+            con.execute("UPDATE systems SET forces=? WHERE id=?",
+                        (np.ascontiguousarray(forces, dtype=np.float64).tobytes(), target))
+    else:
+        positions = atoms.positions.copy()
+        positions[0, 0] += 0.01
+        with sqlite3.connect(tmp_path / "q.db") as con:
+            con.execute("UPDATE systems SET positions=? WHERE id=?",
+                        (np.ascontiguousarray(positions, dtype=np.float64).tobytes(), target))
+    queue = LabelQueue(tmp_path / "q.db")
+    if part == "forces":
+        with pytest.raises(QueueError, match=f"row {target}: its labels no longer match"):
+            queue.export(tmp_path / "bad.extxyz")
+        assert not (tmp_path / "bad.extxyz").exists()
+    else:
+        summary = label_queue(queue, max_workers=1)
+        failed = queue.rows("failed")
+        assert [r.id for r in failed] == [target] and summary["counts"]["done"] == 2
+        assert "no longer matches its content key" in failed[0].error

@@ -143,6 +143,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-w", "--workers", type=int, default=1)
     p.add_argument("--parsl", choices=["local"], help="run through Parsl's local executor")
     p.add_argument("--lease", type=float, default=600.0, help="lease seconds (default 600)")
+    p.add_argument("--timeout", type=float,
+                   help="seconds one structure may take; the labeller then runs in a child "
+                        "process that is killed at the limit and the attempt counts as failed "
+                        "(default: no limit)")
     p.add_argument("--export", help="write the done rows to this extxyz file")
     p.set_defaults(func=active.label)
 

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from gpmlip.errors import SettingsError
 from gpmlip.cli import build, config
 
 log = logging.getLogger("gpmlip.cli")
@@ -66,17 +67,24 @@ def label(args) -> int:
     """Label what a queue holds, on a local process pool or a Parsl configuration."""
     from gpmlip.labelling import LabelQueue, label_queue
 
+    from gpmlip.labelling.labellers import get_labeller
+
     queue = LabelQueue(args.queue, args.labeller)
+    labeller = None
+    if args.timeout is not None:
+        if queue.labeller is None:
+            raise SettingsError(f"{args.queue} records no built-in labeller to time: give "
+                                "--labeller")
+        labeller = get_labeller(queue.labeller, timeout=args.timeout)
     executor = None
     if args.parsl:
         from gpmlip.labelling.parsl import local_config, parsl_executor
         if args.parsl != "local":
-            from gpmlip.errors import SettingsError
             raise SettingsError(f"--parsl {args.parsl!r}: only 'local' from the command line; "
                                 "for Slurm use a Python script (workflows/parsl_slurm.py)")
         executor = parsl_executor(local_config(args.workers))
     try:
-        summary = label_queue(queue, executor=executor, max_workers=args.workers,
+        summary = label_queue(queue, labeller, executor=executor, max_workers=args.workers,
                               lease_seconds=args.lease, progress=True)
     finally:
         if executor is not None:
@@ -102,7 +110,13 @@ def learn(args) -> int:
         raise gpmlip.errors.SettingsError("[learn] pool is needed: extxyz file(s) of candidates")
     directory = Path(loop.get("directory", "runs/learn"))
     directory.mkdir(parents=True, exist_ok=True)
-    queue = LabelQueue(loop.get("queue", str(directory / "queue.db")), loop.get("labeller"))
+    labeller = loop.get("labeller")
+    if loop.get("timeout") is not None:
+        if labeller is None:
+            raise gpmlip.errors.SettingsError("[learn] timeout needs [learn] labeller")
+        from gpmlip.labelling.labellers import get_labeller
+        labeller = get_labeller(labeller, timeout=loop["timeout"])
+    queue = LabelQueue(loop.get("queue", str(directory / "queue.db")), labeller)
     model_file = cfg.get("model", {}).get("file")
     model = gpmlip.load_model(model_file) if model_file else \
         build.model(cfg.get("descriptor", {}), cfg.get("model", {}))

@@ -72,7 +72,8 @@ SCHEMA: dict[str, dict[str, tuple]] = {
              "directory": (str,)},
     "learn": {"pool": (str, list), "queue": (str,), "labeller": (str, dict),
               "directory": (str,), "batch": (int,), "method": (str,), "max_labels": (int,),
-              "target_std": NUMBER, "workers": (int,), "lease_seconds": NUMBER},
+              "target_std": NUMBER, "workers": (int,), "lease_seconds": NUMBER,
+              "timeout": NUMBER},
 }
 SECOND_KEYS = ("r_cut", "n_max", "l_max", "sigma", "weighting", "weight")
 """Keys of ``[descriptor] second`` (a second SOAP; the rest default to the first's)."""
@@ -98,7 +99,7 @@ RANGES: dict[tuple[str, str], str] = {
     ("gate", "threshold"): POSITIVE, ("gate", "force_threshold"): POSITIVE,
     ("learn", "batch"): AT_LEAST_ONE, ("learn", "max_labels"): AT_LEAST_ONE,
     ("learn", "target_std"): POSITIVE, ("learn", "workers"): AT_LEAST_ONE,
-    ("learn", "lease_seconds"): POSITIVE,
+    ("learn", "lease_seconds"): POSITIVE, ("learn", "timeout"): POSITIVE,
 }
 """Allowed ranges of numeric settings (command-line flags are checked through the same tables)."""
 

@@ -36,6 +36,37 @@ def content_key(atoms: Atoms, labeller: Labeller) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def label_key(energy, forces, stress) -> str:
+    """``sha256:`` hash of a label's numbers (float64 bytes; a missing part hashes as empty)."""
+    if stress is not None and np.shape(stress) == (3, 3):
+        from ase.stress import full_3x3_to_voigt_6_stress
+        stress = full_3x3_to_voigt_6_stress(np.asarray(stress, dtype=np.float64))
+    h = hashlib.sha256()
+    for part in (energy, forces, stress):
+        h.update(b"|")
+        if part is not None:
+            h.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def row_problem(row, labeller: Labeller | None) -> str | None:
+    """Why an ase.db queue row no longer holds what was written to it (None: intact).
+
+    The structure is checked against the row's ``content_key`` (when the queue's labeller is
+    known, since the key includes it) and a done row's labels against its ``label_key``.
+    """
+    atoms = row.toatoms()
+    if labeller is not None and row.get("content_key") != content_key(atoms, labeller):
+        return "its structure no longer matches its content key"
+    if row.get("state") == "done" and row.get("label_key") is not None:
+        calc = atoms.calc
+        results = {} if calc is None else calc.results
+        if row.label_key != label_key(results.get("energy"), results.get("forces"),
+                                      results.get("stress")):
+            return "its labels no longer match the checksum written with them"
+    return None
+
+
 def text_ok(value: str) -> bool:
     """Whether ase.db accepts ``value`` as a text key-value (it refuses number-like text)."""
     for kind in (int, float):

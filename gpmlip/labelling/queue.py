@@ -33,7 +33,7 @@ from ase.data import chemical_symbols
 from gpmlip.errors import QueueError, SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.labelling import store
 from gpmlip.labelling.export import row_frames, write_extxyz
-from gpmlip.labelling.keys import content_key, labeller_key, text_ok
+from gpmlip.labelling.keys import content_key, label_key, labeller_key, row_problem, text_ok
 from gpmlip.labelling.labellers import BUILTIN, Labeller, LabelResult, get_labeller
 from gpmlip.species import atomic_number_set
 
@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed")
 """Every state a row can be in."""
+
+
+def _stored_labels(atoms: Atoms):
+    """Energy, forces, stress of a row's atoms as ase.db gives them back (float64 arrays)."""
+    db_like = atoms.calc.results
+    return (db_like.get("energy"), db_like.get("forces"), db_like.get("stress"))
 
 
 class LabelQueue:
@@ -219,6 +225,12 @@ class LabelQueue:
             for row in rows:
                 if len(out) >= n:
                     break
+                problem = row_problem(row, self.labeller)
+                if problem is not None:
+                    self._fail(db, row, f"damaged row: {problem}; it was not labelled "
+                               "(the database was changed outside gpmlip)", {})
+                    log.error("row %d: %s; marked failed instead of labelled", row.id, problem)
+                    continue
                 if row.state == "running":
                     log.warning("row %d: lease of %s expired, taking it over", row.id,
                                 row.get("lease_owner"))
@@ -290,6 +302,7 @@ class LabelQueue:
                 atoms = row.toatoms()
                 atoms.calc = SinglePointCalculator(atoms, energy=result.energy,
                                                    forces=result.forces, stress=result.stress)
+                kvp["label_key"] = label_key(*_stored_labels(atoms))
                 db.update(row_id, atoms=atoms, state="done", data=data, **kvp,
                           delete_keys=["lease_owner", "lease_expires", "last_error", "error"])
                 return "done"
@@ -329,7 +342,15 @@ class LabelQueue:
         ``info`` holds ``queue_id`` (the row id), ``config_type="queue"`` and ``source`` (if
         the row has one).
         """
-        return row_frames(self.rows(state))
+        rows = self.rows(state)
+        damaged = {row.id: why for row in rows
+                   if (why := row_problem(row, self.labeller)) is not None}
+        if damaged:
+            listed = "; ".join(f"row {i}: {why}" for i, (why) in list(damaged.items())[:10])
+            raise QueueError(f"{self.path}: {len(damaged)} of {len(rows)} {state} rows are "
+                             f"damaged ({listed}); nothing was read. Restore the queue from a "
+                             "backup, or delete those rows and add their structures again.")
+        return row_frames(rows)
 
     def export(self, path, state: str = "done") -> int:
         """Write :meth:`frames` to an extended XYZ file (via a temporary name, then renamed).

@@ -42,7 +42,7 @@ FORMAT = 1
 """Version of the queue layout, recorded in the ase.db metadata under ``gpmlip_queue``."""
 
 OWN_KEYS = {"state", "content_key", "attempts", "lease_owner", "lease_expires", "source",
-            "queued_at", "claimed_at", "error", "last_error"}
+            "queued_at", "claimed_at", "error", "last_error", "label_key"}
 """Key-value pairs the queue's state machine owns (provenance never overwrites them)."""
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

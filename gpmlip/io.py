@@ -85,9 +85,9 @@ def read_model_file(path) -> tuple[dict, FittedState, np.ndarray | None]:
         array with NaN or infinite values where numbers are needed, a setting out of range.
     """
     meta, arrays = _open(path)
-    # files written before the state object kept the signal variances only in the kernel
-    meta.setdefault("signal_variance", meta.get("kernel", {}).get("signal_variance"))
     try:
+        # files written before the state object kept the signal variances only in the kernel
+        meta.setdefault("signal_variance", meta.get("kernel", {}).get("signal_variance"))
         _check_values(arrays, meta)
         return meta, FittedState.from_arrays(arrays, meta), arrays.get("beta")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

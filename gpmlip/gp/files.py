@@ -13,7 +13,9 @@ import numpy as np
 
 from gpmlip.baselines import BaselineSpec, stored_baseline
 from gpmlip.descriptors.registry import descriptor_from_dict
-from gpmlip.errors import SettingsError
+from scipy.linalg import LinAlgError
+
+from gpmlip.errors import GpmlipError, ModelFileError, SettingsError
 from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration
 from gpmlip.gp.model import SparseGP
@@ -40,45 +42,56 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
     """
     meta, state, stored_beta = read_model_file(path)
     try:
-        descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
-        settings = meta["settings"]
-        kernel = NormalizedDotProduct.from_dict(meta["kernel"])
-        two = state.two_body
-        model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
-                         sparse_method=settings["sparse_method"], jitter=settings["jitter"],
-                         seed=settings["seed"], config_sigmas=meta["config_sigmas"],
-                         energy_sigma=state.noise["energy"], force_sigma=state.noise["forces"],
-                         # files without the setting weighted stresses in eV/Å³
-                         stress_noise=settings.get("stress_noise", "absolute"),
-                         **{"virial_sigma" if settings.get("stress_noise") == "per_atom"
-                            else "stress_sigma": state.noise["stress"]},
-                         # the fitted signal levels and the e0 rule, so that a refit of the
-                         # loaded model is the model that was saved
-                         signal_std={z: float(np.sqrt(v))
-                                     for z, v in state.signal_variance.items()
-                                     if z != twobody.KEY},
-                         two_body=None if two is None else dataclasses.replace(
-                             two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY]))),
-                         e0=meta.get("e0_setting") or dict(state.e0.energies),
-                         baseline=stored_baseline(meta.get("baseline"), baseline, path))
-    except SettingsError:
+        return _rebuilt(meta, state, stored_beta, path, n_jobs, baseline)
+    except (ModelFileError, SettingsError):
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError,
+            OverflowError, RecursionError, LinAlgError, GpmlipError) as exc:
+        # values that passed the container's checks but make no model with the rest
         raise model_file_damaged(path, exc) from None
+
+
+def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> SparseGP:
+    """The model of a file's metadata and state, every part checked against the others."""
+    descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
+    settings = meta["settings"]
+    kernel = NormalizedDotProduct.from_dict(meta["kernel"])
+    two = state.two_body
+    model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
+                     sparse_method=settings["sparse_method"], jitter=settings["jitter"],
+                     seed=settings["seed"], config_sigmas=meta["config_sigmas"],
+                     energy_sigma=state.noise["energy"], force_sigma=state.noise["forces"],
+                     # files without the setting weighted stresses in eV/Å³
+                     stress_noise=settings.get("stress_noise", "absolute"),
+                     **{"virial_sigma" if settings.get("stress_noise") == "per_atom"
+                        else "stress_sigma": state.noise["stress"]},
+                     # the fitted signal levels and the e0 rule, so that a refit of the
+                     # loaded model is the model that was saved
+                     signal_std={z: float(np.sqrt(v))
+                                 for z, v in state.signal_variance.items()
+                                 if z != twobody.KEY},
+                     two_body=None if two is None else dataclasses.replace(
+                         two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY]))),
+                     e0=meta.get("e0_setting") or dict(state.e0.energies),
+                     baseline=stored_baseline(meta.get("baseline"), baseline, path))
+    lacking = set(model.species) - set(state.e0.energies)
+    if lacking or set(model.species) - set(state.signal_variance):
+        raise ValueError(f"species {sorted(lacking)} have no e0 or signal variance")
     first = state.frames[0].atoms if state.frames else None
     if first is not None:
         again = descriptor.describe(first).features
         if again.shape != state.features[0].shape or not np.allclose(
                 again, state.features[0], rtol=1e-6, atol=1e-9):
-            raise model_file_damaged(path, ValueError(
-                "its descriptor settings do not reproduce the stored features of its first "
-                "training structure"))
+            raise ValueError("its descriptor settings do not reproduce the stored features of "
+                             "its first training structure")
     model.resolve(state)
     beta = model.state.posterior.beta
     if stored_beta is not None and (stored_beta.shape != beta.shape or not np.allclose(
             stored_beta, beta, rtol=1e-6, atol=1e-8 * max(1.0, float(np.abs(beta).max())))):
-        raise model_file_damaged(path, ValueError(
-            "the stored weights differ from those its stored statistics give"))
+        raise ValueError("the stored weights differ from those its stored statistics give")
     model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
-    model.build_report_ = meta.get("build")   # None: not built by gpmlip.build_model
+    build = meta.get("build")   # None: not built by gpmlip.build_model
+    if build is not None and not isinstance(build, dict):
+        raise ValueError(f"its build report is a {type(build).__name__}, not a table")
+    model.build_report_ = build
     return model

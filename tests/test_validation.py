@@ -201,3 +201,26 @@ def test_leave_one_out_with_two_body_or_baseline_equals_refits(train, extra):
     p = refit.predict(frames[2])
     np.testing.assert_allclose(loo.force_residual[0], frames[2].get_forces() - p.forces,
                                rtol=1e-6, atol=1e-9)
+
+
+def test_fit_report_raises_no_pressure_alarm_when_the_data_cannot_fix_the_pressure():
+    """Rattled cells at one volume with exact (EMT) stresses: the energies cannot determine
+    dE/dV, so a pressure offset between labels and the energy+forces model is not evidence of
+    a Pulay stress and is not flagged (it was, at -5 GPa)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for i in range(5):
+        atoms = bulk("Cu", cubic=True).repeat(2)
+        atoms.rattle(0.05, seed=i)
+        atoms.calc = EMT()
+        labels = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(),
+                      stress=atoms.get_stress())
+        atoms.calc = SinglePointCalculator(atoms, **labels)
+        frames.append(atoms)
+    model = gpmlip.SparseGP(gpmlip.SOAP(["Cu"], 4.5, 6, 4), n_sparse=50).fit(frames)
+    report = model.fit_report_
+    assert report.model_pressure_std > abs(report.mean_pressure_residual) / 3
+    assert not [f for f in report.flags if "Pulay" in f]

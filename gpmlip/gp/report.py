@@ -23,7 +23,8 @@ GPA = 160.21766208
 """eV/Å³ in GPa."""
 
 OFFSET_GPA = 0.1
-"""A mean pressure residual above this (and above 3 standard errors) is flagged."""
+"""A mean pressure residual above this, and above 3 times its uncertainty (the standard error
+of the mean and the energy+forces model's own uncertainty of the mean pressure), is flagged."""
 
 OUTLIER_GPA = 1.0
 """A cell whose residual is this far from the median (and 5 robust std) is flagged."""
@@ -37,6 +38,7 @@ class FitReport:
     ----------
     n_stress_frames : int
     mean_pressure_residual, std_pressure_residual : float
+    model_pressure_std : float
     slope, correlation : float
         Least-squares slope and correlation of the model's pressure against the labels.
     per_config_type : dict
@@ -54,6 +56,9 @@ class FitReport:
     correlation: float = float("nan")
     per_config_type: dict = field(default_factory=dict)
     outlier_frames: list = field(default_factory=list)
+    model_pressure_std: float = float("nan")
+    """Posterior std (GPa) of the energy+forces model's mean pressure over the stress cells: an
+    offset is judged only against it (the data may not determine the pressure at all)."""
     flags: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -85,8 +90,13 @@ def fit_report(state, pressure_rows: list[np.ndarray], pressure_labels: list[flo
         return FitReport()
     stats = {g: st for g, st in state.stats.items() if g != "stress" and st.n}
     stats.setdefault("energy", GramStats.empty(len(state.column_keys)))
-    beta = solve(state.system_kmm, stats, Hyper(state.column_variance, dict(state.noise))).beta
-    pred = np.array(pressure_rows) @ beta * GPA
+    posterior = solve(state.system_kmm, stats, Hyper(state.column_variance, dict(state.noise)))
+    pred = np.array(pressure_rows) @ posterior.beta * GPA
+    # how well the energies and forces determine the mean pressure: the posterior std of the
+    # energy+forces model's mean pressure over these cells (large when, say, every cell has
+    # the same volume, so that no energy difference fixes dE/dV)
+    mean_row = np.mean(pressure_rows, axis=0)[None, :]
+    model_std = float(np.sqrt(posterior.weight_variance(mean_row)[0])) * GPA
     label = np.array(pressure_labels) * GPA
     res = label - pred
     report = FitReport(len(res), float(res.mean()), float(res.std()))
@@ -99,7 +109,8 @@ def fit_report(state, pressure_rows: list[np.ndarray], pressure_labels: list[flo
         report.per_config_type[c] = {"frames": int(sel.sum()),
                                      "mean_pressure_residual": float(res[sel].mean())}
     sem = res.std() / np.sqrt(len(res)) if len(res) > 1 else np.inf
-    if abs(report.mean_pressure_residual) > max(OFFSET_GPA, 3 * sem):
+    report.model_pressure_std = model_std
+    if abs(report.mean_pressure_residual) > max(OFFSET_GPA, 3 * np.hypot(sem, model_std)):
         report.flags.append(
             f"the stress labels are offset from the energies by {report.mean_pressure_residual:+.2f}"
             f" GPa of pressure on average (label minus the energy+forces model, {len(res)} cells): "

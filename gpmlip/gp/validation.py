@@ -323,7 +323,8 @@ def _subset(model, max_frames: int | None, max_bytes: float) -> np.ndarray:
 def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"),
                  factors: Sequence[float] = (0.25, 0.5, 0.71, 1.41, 2.0, 4.0), sweeps: int = 2,
                  max_frames: int | None = None, max_bytes: float = 1e9,
-                 calibrate: bool = True) -> NoiseChoice:
+                 calibrate: bool = True,
+                 cache: list[StructureRows] | None = None) -> NoiseChoice:
     """Choose noise levels by leave-one-structure-out error on energies and forces together.
 
     Criterion: ``(MAE_E / MAE_E0 + MAE_F / MAE_F0) / 2``, the leave-one-out MAEs relative to
@@ -350,14 +351,21 @@ def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"
         errors from 2.32 meV/atom / 0.090 eV/Å to 2.85 / 0.094 (README, issue 15).
     max_bytes : float
     calibrate : bool
+    cache : list of StructureRows, optional
+        Rows computed before by :func:`structure_rows` for this model (every structure, or
+        those to leave out): not computed again (``max_frames`` and ``max_bytes`` then do not
+        apply).
 
     Returns
     -------
     NoiseChoice
     """
     state = model.state
-    frames = _subset(model, max_frames, max_bytes)
-    cache = list(structure_rows(model, frames))
+    if cache is None:
+        frames = _subset(model, max_frames, max_bytes)
+        cache = list(structure_rows(model, frames))
+    else:
+        frames = np.array([block.frame for block in cache], dtype=int)
     present = [g for g in groups if g in GROUPS and state.stats[g].n]
     start = dict(state.noise)
     initial_ll = model.log_likelihood

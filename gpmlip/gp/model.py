@@ -720,7 +720,7 @@ class SparseGP:
         return result
 
     def calibrate(self, frames: TrainingData | None = None, *,
-                  method: str = "auto") -> Calibration:
+                  method: str = "auto", max_frames: int | None = 50) -> Calibration:
         """Fit the force-std calibration on honest residuals and keep it.
 
         Parameters
@@ -731,6 +731,9 @@ class SparseGP:
             (:func:`gpmlip.gp.calibration.leave_one_out_residuals`; at most 50 structures).
         method : {"auto", "scale", "parts"}
             See :func:`gpmlip.gp.calibration.fit_calibration`.
+        max_frames : int, optional
+            Without ``frames``: leave out at most this many training structures (each costs a
+            force-variance evaluation); None: all.
 
         Returns
         -------
@@ -739,7 +742,7 @@ class SparseGP:
         """
         self.check_fitted()
         if frames is None:
-            residuals, parts = leave_one_out_residuals(self)
+            residuals, parts = leave_one_out_residuals(self, max_frames=max_frames)
             source = "leave-one-out"
         else:
             residuals, parts = held_out_residuals(self, frames)

@@ -52,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", help="TOML settings file")
     p.add_argument("--test", nargs="+", help="held-out labelled files to report errors on")
     p.add_argument("--no-tune", action="store_true",
-                   help="the plain defaults, nothing screened and the starting noise levels "
-                        "(eV/atom 0.002, eV/Å 0.05, virial eV/atom 0.5)")
+                   help="the plain defaults (smooth weighting to r_cut + 1.5 Å with m = 1, n_max "
+                        "10, l_max 6, sigma 0.5, zeta 4, CUR), nothing screened, and the "
+                        "starting noise levels (eV/atom 0.002, eV/Å 0.05, virial eV/atom 0.5)")
     p.add_argument("--budget", type=float,
                    help="wall-time budget of the model builder in seconds (default 480; "
                         "screening takes at most half, the final fit and noise search the "
@@ -62,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--r-cut", type=float,
                    help="SOAP cutoff, Å (default: the radius holding 30 neighbours on average "
                         "in the data, within 3-6.5 Å)")
-    p.add_argument("--n-max", type=int, help="radial basis size (default 8; 10 screened)")
+    p.add_argument("--n-max", type=int, help="radial basis size (default 10; 8 screened)")
     p.add_argument("--l-max", type=int, help="angular basis size (default 6; 8 screened)")
     p.add_argument("--sigma", type=float, help="atom Gaussian width, Å (default 0.5; 0.4 "
                                                "screened)")

@@ -5,13 +5,13 @@ import logging
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from ase.build import bulk
 from ase.neighborlist import neighbor_list
 
 import gpmlip
 from gpmlip import builder
+from gpmlip.builder import screen
 from gpmlip.builder import Settings, build_model, data_scales, screening_subset
 from gpmlip.data import Dataset
 from gpmlip.errors import NumericalError, SettingsError
@@ -120,14 +120,14 @@ def test_search_is_deterministic_chooses_by_the_criterion_and_round_trips(frames
 
 
 def test_a_failing_candidate_is_skipped_and_logged(frames, monkeypatch, caplog):
-    real = builder._Screen.model
+    real = screen.Screen.model
 
     def broken(self, settings, n_sparse):
         if settings.zeta == 6:
             raise NumericalError("singular test system")
         return real(self, settings, n_sparse)
 
-    monkeypatch.setattr(builder._Screen, "model", broken)
+    monkeypatch.setattr(screen.Screen, "model", broken)
     with caplog.at_level(logging.WARNING, logger="gpmlip.builder"):
         model = build(frames, noise=False)
     rows = [r for r in model.build_report_["screen"] if r["stage"] == "zeta"]

@@ -1,0 +1,188 @@
+"""The screen: candidates fitted on a subset of the structures and scored by leave-one-out, one
+change at a time, then the winner confirmed on structures the screen did not see."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from gpmlip.builder.report import Row
+from gpmlip.builder.settings import Scales, Settings, default_sparse, numbers, screening_subset
+from gpmlip.errors import DataError, GpmlipError
+
+log = logging.getLogger("gpmlip.builder")
+
+SCREEN_SPARSE = 300
+"""Sparse points per species while screening."""
+SCREEN_FRAMES = 60
+"""Structures in the screening subset (spread over every config_type)."""
+SCREEN_SHARE = 0.35
+"""Share of the budget the screen may use (it stops starting candidates after it)."""
+CONFIRM_SHARE = 0.5
+"""Share of the budget by which the confirmation must be done (else it is skipped)."""
+
+
+@contextlib.contextmanager
+def quiet_fits():
+    """Fit reports and solver logs of the many candidate fits silenced (warnings included)."""
+    quiet = logging.getLogger("gpmlip.gp")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
+class Screen:
+    """Fits candidates on a set of structures and scores them by leave-one-out."""
+
+    def __init__(self, frames, symbols, n_sparse, seed, n_jobs, model_kwargs, descriptor=None):
+        self.frames, self.symbols, self.seed, self.n_jobs = frames, symbols, seed, n_jobs
+        self.descriptor = descriptor
+        self.n_sparse = {s: min(n, n_sparse) for s, n in
+                         default_sparse(frames, [int(z) for z in numbers(symbols)]).items()}
+        self.model_kwargs = model_kwargs
+        self.reference: dict | None = None
+
+    def model(self, settings: Settings, n_sparse):
+        from gpmlip.gp import SparseGP
+
+        desc = self.descriptor or settings.descriptor(self.symbols, self.n_jobs)
+        return SparseGP(desc, zeta=settings.zeta,
+                        n_sparse=n_sparse, sparse_method=settings.sparse_method,
+                        seed=self.seed, **self.model_kwargs)
+
+    def run(self, stage: str, settings: Settings, keep: bool = False) -> Row:
+        """Fit ``settings`` and score them; with ``keep`` the fitted model is ``row.model``."""
+        from gpmlip.gp.validation import leave_one_out, structure_rows
+
+        t = time.perf_counter()
+        row = Row(stage, settings, len(self.frames), max(self.n_sparse.values()))
+        try:
+            with quiet_fits():
+                model = self.model(settings, self.n_sparse).fit(self.frames)
+                # rows kept for the noise search where the model is (they cost the Jacobians)
+                cache = list(structure_rows(model)) if keep else None
+                loo = leave_one_out(model, cache=cache)
+            row.loo_mae = {k: float(v) for k, v in loo.mae().items()}
+            row.model = (model, cache) if keep else None
+        except (GpmlipError, np.linalg.LinAlgError, MemoryError, ValueError) as err:
+            row.status = f"failed: {type(err).__name__}: {err}"
+            log.warning("model builder: candidate %s skipped (%s)", settings.changes(
+                Settings(settings.r_cut)), row.status)
+        row.seconds = time.perf_counter() - t
+        if row.loo_mae is not None:
+            if self.reference is None:
+                self.reference = row.loo_mae
+            row.criterion = criterion(row.loo_mae, self.reference)
+        return row
+
+
+def criterion(mae: dict, reference: dict) -> float:
+    """``(MAE_E / MAE_E,ref + MAE_F / MAE_F,ref) / 2`` over the kinds both have."""
+    terms = [mae[k] / reference[k] for k in ("energy", "forces")
+             if np.isfinite(reference.get(k, np.nan)) and reference[k] > 0
+             and np.isfinite(mae.get(k, np.nan))]
+    if not terms:
+        raise DataError("leave-one-out gave no energy or force error to compare settings by; "
+                        "the training data need energies or forces")
+    return float(np.mean(terms))
+
+
+def screen_stages(defaults: Settings, scales: Scales,
+                  fixed: set[str]) -> list[tuple[str, list[dict]]]:
+    """Screening stages in order: each a list of changes to try on the current winner."""
+    stages = [   # most gain first (Zuo 2020 Mo, Si, Li screens), so a short budget gets it
+        ("second SOAP", ["second"], [{"second": (scales.r_short, 1.0)},
+                                      {"second": (scales.r_short, 0.5)}]),
+        ("sigma", ["sigma"], [{"sigma": 0.4}]),
+        ("zeta", ["zeta"], [{"zeta": 6}]),
+        ("weighting", ["r0", "m"], [{"r0": 1.0, "m": 1.0}]),
+        ("radial basis", ["n_max"], [{"n_max": 8}]),
+        ("angular basis", ["l_max"], [{"l_max": 8}]),
+        ("sparse method", ["sparse_method"], [{"sparse_method": "kmeans++"}]),
+    ]
+    return [(name, changes) for name, keys, changes in stages if not set(keys) & fixed]
+
+
+def screen_and_confirm(data, symbols, defaults, scales, fixed, report, start, budget, screen_frames,
+          screen_sparse, seed, n_jobs, kwargs, descriptor=None):
+    """Screen on a subset, confirm on all: the chosen settings and, when the confirmation ran,
+    the chosen model fitted on every structure at the screening sparse count (else None);
+    ``report`` filled in."""
+    from gpmlip.progress import progress_bar
+
+    subset = [data[i] for i in screening_subset(data, screen_frames)]
+    screen = Screen(subset, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
+    deadline = start + SCREEN_SHARE * budget
+    everything = len(subset) == len(data)
+    base = screen.run("defaults", defaults, keep=everything)
+    report.rows.append(base)
+    if base.criterion is None:
+        report.stages["screen"] = "the defaults failed to fit; nothing screened"
+        return defaults, None
+    best, best_row = defaults, base
+    stages = screen_stages(defaults, scales, fixed)
+    bar = progress_bar(total=sum(len(c) for _, c in stages), desc="model builder", unit="fit")
+    with bar:
+        for name, changes in stages:
+            tried = 0
+            for change in changes:
+                # the last fit's time predicts the next one's
+                if time.perf_counter() + report.rows[-1].seconds > deadline:
+                    break
+                row = screen.run(name, dataclasses.replace(best, **change), keep=everything)
+                report.rows.append(row)
+                bar.update(1)
+                tried += 1
+                if row.criterion is not None and row.criterion < best_row.criterion - 0.005:
+                    best_row.model = None
+                    best, best_row = row.settings, row
+                else:
+                    row.model = None
+            report.stages[name] = (f"{tried} of {len(changes)} tried; kept "
+                                   f"{best.changes(defaults)} ({best_row.criterion:.3f})"
+                                   if tried else "skipped: budget")
+            log.info("model builder: %s: %s", name, report.stages[name])
+    if everything:
+        report.stages["confirm"] = "the screen used every structure"
+        return best, best_row.model
+    if best == defaults:
+        report.stages["confirm"] = "nothing to confirm: the defaults won the screen"
+        return defaults, None
+    # confirm on structures the screen did not see (all of them when the budget allows it,
+    # else a second subset of the screen's size): the winner against the defaults
+    seen = set(screening_subset(data, screen_frames).tolist())
+    rest = [i for i in range(len(data)) if i not in seen]
+    cost_all = (base.seconds + best_row.seconds) * len(data) / len(subset)
+    if time.perf_counter() + cost_all <= start + budget * CONFIRM_SHARE:
+        frames, where = data, f"all {len(data)} structures"
+    else:
+        pick = [rest[i] for i in screening_subset([data[i] for i in rest], screen_frames)]
+        frames, where = [data[i] for i in pick], f"{len(pick)} structures the screen did not see"
+    cost = (base.seconds + best_row.seconds) * len(frames) / len(subset)
+    if time.perf_counter() + cost > start + budget * CONFIRM_SHARE:
+        report.stages["confirm"] = (f"skipped: budget (about {cost:.0f} s needed); the "
+                                    "screen's winner is kept unconfirmed")
+        log.warning("model builder: %s", report.stages["confirm"])
+        return best, None
+    full = Screen(frames, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
+    keep = frames is data
+    ref = full.run("confirm", defaults, keep=keep)
+    win = full.run("confirm", best, keep=keep)
+    report.rows += [ref, win]
+    if win.criterion is not None and ref.criterion is not None and win.criterion < 1.0:
+        report.stages["confirm"] = (f"on {where} the winner scores {win.criterion:.3f} "
+                                    "against the defaults' 1")
+        ref.model = None
+        return best, win.model
+    report.stages["confirm"] = (f"on {where} the winner scored {win.criterion} against the "
+                                "defaults' 1: defaults kept")
+    log.warning("model builder: %s", report.stages["confirm"])
+    win.model = None
+    return defaults, ref.model

@@ -97,13 +97,13 @@ def criterion(mae: dict, reference: dict) -> float:
 def screen_stages(defaults: Settings, scales: Scales,
                   fixed: set[str]) -> list[tuple[str, list[dict]]]:
     """Screening stages in order: each a list of changes to try on the current winner."""
-    stages = [   # most gain first (Zuo 2020 Mo, Si, Li screens), so a short budget gets it
-        ("second SOAP", ["second"], [{"second": (scales.r_short, 1.0)},
-                                      {"second": (scales.r_short, 0.5)}]),
+    stages = [   # cheap changes first, the second SOAP (about three fits' cost) after them
         ("sigma", ["sigma"], [{"sigma": 0.4}]),
         ("zeta", ["zeta"], [{"zeta": 6}]),
         ("weighting", ["r0", "m"], [{"r0": 1.0, "m": 1.0}]),
         ("radial basis", ["n_max"], [{"n_max": 8}]),
+        ("second SOAP", ["second"], [{"second": (scales.r_short, 1.0)},
+                                      {"second": (scales.r_short, 0.5)}]),
         ("angular basis", ["l_max"], [{"l_max": 8}]),
         ("sparse method", ["sparse_method"], [{"sparse_method": "kmeans++"}]),
     ]

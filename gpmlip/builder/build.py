@@ -21,7 +21,7 @@ from gpmlip.errors import DataError, GpmlipError, SettingsError
 
 log = logging.getLogger("gpmlip.builder")
 
-NOISE_SHARE = 0.6
+NOISE_SHARE = 0.75
 """Share of the budget by which the noise search must be done, where it needs a fit of its own."""
 CALIBRATION_FRAMES = 20
 """Training structures left out for the force-std calibration (each costs a force-variance
@@ -57,8 +57,8 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     frames : Dataset, list of Frame, or a path
         Labelled training structures (energies and/or forces; stresses are fitted when present).
     budget : float, default 480
-        Wall-time budget in seconds.  The screen starts no candidate after 35 % of it, the
-        confirmation must end by half of it and the noise search by 60 %; a stage that would not
+        Wall-time budget in seconds.  The screen starts no candidate after half of it, the
+        confirmation must end by 65 % of it and the noise search by 75 %; a stage that would not
         fit is skipped and logged; the final fit always runs.
     tune : bool, default True
         False: the plain defaults (:class:`Settings` with the data's cutoff), no screening.

@@ -22,6 +22,8 @@ from gpmlip.errors import (
 )
 from gpmlip.gp import Prediction, SparseGP, TwoBody, load_model
 from gpmlip.builder import build_model
+from gpmlip.active import OnTheFlyLearner, OTFSettings, UncertaintyGate, select_batch
+from gpmlip.labelling import LabelQueue, label_queue
 from gpmlip.version import __version__
 
 __all__ = [
@@ -29,6 +31,12 @@ __all__ = [
     "Stacked",
     "SparseGP",
     "build_model",
+    "OnTheFlyLearner",
+    "OTFSettings",
+    "UncertaintyGate",
+    "select_batch",
+    "LabelQueue",
+    "label_queue",
     "TwoBody",
     "Prediction",
     "GPCalculator",

@@ -12,8 +12,8 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from gpmlip.builder.report import BuildReport
-from gpmlip.builder.screen import (SCREEN_FRAMES, SCREEN_SPARSE, Screen, quiet_fits,
-                                   screen_and_confirm)
+from gpmlip.builder.screen import (SCREEN_FRAMES, SCREEN_SPARSE, Plan, Screen, deadlines,
+                                   quiet_fits, screen_and_confirm)
 from gpmlip.builder.settings import (DESCRIPTOR_FIELDS, START_NOISE, Settings, data_scales,
                                      default_sparse, numbers)
 from gpmlip.data import Dataset, Frame, load_frames
@@ -21,8 +21,6 @@ from gpmlip.errors import DataError, GpmlipError, SettingsError
 
 log = logging.getLogger("gpmlip.builder")
 
-NOISE_SHARE = 0.75
-"""Share of the budget by which the noise search must be done, where it needs a fit of its own."""
 CALIBRATION_FRAMES = 20
 """Training structures left out for the force-std calibration (each costs a force-variance
 evaluation, 15x a prediction)."""
@@ -57,9 +55,10 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     frames : Dataset, list of Frame, or a path
         Labelled training structures (energies and/or forces; stresses are fitted when present).
     budget : float, default 480
-        Wall-time budget in seconds.  The screen starts no candidate after half of it, the
-        confirmation must end by 65 % of it and the noise search by 75 %; a stage that would not
-        fit is skipped and logged; the final fit always runs.
+        Wall-time budget in seconds.  After the defaults' screening fit, the time of the later
+        stages is estimated from it (:class:`~gpmlip.builder.screen.Plan`) and the screen
+        starts no candidate that would eat into it (it always has a quarter of the budget); a
+        stage that would not fit is skipped and logged; the final fit always runs.
     tune : bool, default True
         False: the plain defaults (:class:`Settings` with the data's cutoff), no screening.
     species : sequence of str, optional
@@ -192,10 +191,10 @@ def noise_stage(model, data, chosen, symbols, report, start, budget, screen_spar
     else:
         full = Screen(data, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
         first = report.rows[0]
-        cost = first.seconds * len(data) / max(first.frames, 1)
-        if time.perf_counter() + 2 * cost > start + budget * NOISE_SHARE:
+        plan = report.plan or Plan(first.seconds, len(data) / max(first.frames, 1))
+        if time.perf_counter() + plan.noise > deadlines(start, budget, plan)["noise"]:
             report.stages["noise"] = (f"starting levels kept: no budget left (about "
-                                      f"{2 * cost:.0f} s needed)")
+                                      f"{plan.noise:.0f} s needed)")
             log.warning("model builder: noise levels not chosen (%s)", report.stages["noise"])
             return {}
         with quiet_fits():

@@ -44,6 +44,8 @@ class BuildReport:
     noise: dict | None = None
     seconds: float = 0.0
     tuned: bool = True
+    plan: object = None
+    """The :class:`~gpmlip.builder.screen.Plan` of the later stages' time, once measured."""
 
     def to_dict(self) -> dict:
         """JSON-ready report."""

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,12 +21,40 @@ SCREEN_SPARSE = 300
 """Sparse points per species while screening."""
 SCREEN_FRAMES = 60
 """Structures in the screening subset (spread over every config_type)."""
-SCREEN_SHARE = 0.5
-"""Share of the budget the screen may use (it stops starting candidates after it).  On Zuo 2020
-Mo on a quiet machine the stages after it took 48 % of the 480 s budget: the noise search 31 s
-and the final fit 45 s."""
-CONFIRM_SHARE = 0.65
-"""Share of the budget by which the confirmation must be done (else it is skipped)."""
+MIN_SCREEN_SHARE = 0.25
+"""The screen may always use this share of the budget."""
+
+
+@dataclass
+class Plan:
+    """The time the stages after the screen will need, in units of one screening fit (the
+    defaults' fit and leave-one-out on the subset, measured first): the confirmation two of
+    them, the noise search a fit of every structure and its rows (twice the subset's cost
+    scaled by the structures), the final fit and calibration three (on Zuo 2020 Mo on a quiet
+    machine: screening fit 20 s, final fit 38-45 s, noise search 31 s after its fit)."""
+
+    fit_seconds: float
+    structures_ratio: float
+
+    @property
+    def confirm(self) -> float:
+        return 2 * self.fit_seconds
+
+    @property
+    def noise(self) -> float:
+        return 2 * self.fit_seconds * self.structures_ratio
+
+    @property
+    def tail(self) -> float:
+        return 3 * self.fit_seconds
+
+
+def deadlines(start: float, budget: float, plan: Plan) -> dict[str, float]:
+    """When each stage must end so that the later ones fit in the budget."""
+    end = start + budget
+    return {"screen": max(start + MIN_SCREEN_SHARE * budget,
+                          end - plan.tail - plan.noise - plan.confirm),
+            "confirm": end - plan.tail - plan.noise, "noise": end - plan.tail}
 
 
 @contextlib.contextmanager
@@ -121,13 +150,15 @@ def screen_and_confirm(data, symbols, defaults, scales, fixed, report, start, bu
 
     subset = [data[i] for i in screening_subset(data, screen_frames)]
     screen = Screen(subset, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
-    deadline = start + SCREEN_SHARE * budget
     everything = len(subset) == len(data)
     base = screen.run("defaults", defaults, keep=everything)
     report.rows.append(base)
     if base.criterion is None:
         report.stages["screen"] = "the defaults failed to fit; nothing screened"
         return defaults, None
+    report.plan = Plan(base.seconds, len(data) / len(subset))
+    when = deadlines(start, budget, report.plan)
+    deadline = when["screen"]
     best, best_row = defaults, base
     stages = screen_stages(defaults, scales, fixed)
     bar = progress_bar(total=sum(len(c) for _, c in stages), desc="model builder", unit="fit")
@@ -162,13 +193,13 @@ def screen_and_confirm(data, symbols, defaults, scales, fixed, report, start, bu
     seen = set(screening_subset(data, screen_frames).tolist())
     rest = [i for i in range(len(data)) if i not in seen]
     cost_all = (base.seconds + best_row.seconds) * len(data) / len(subset)
-    if time.perf_counter() + cost_all <= start + budget * CONFIRM_SHARE:
+    if time.perf_counter() + cost_all <= when["confirm"]:
         frames, where = data, f"all {len(data)} structures"
     else:
         pick = [rest[i] for i in screening_subset([data[i] for i in rest], screen_frames)]
         frames, where = [data[i] for i in pick], f"{len(pick)} structures the screen did not see"
     cost = (base.seconds + best_row.seconds) * len(frames) / len(subset)
-    if time.perf_counter() + cost > start + budget * CONFIRM_SHARE:
+    if time.perf_counter() + cost > when["confirm"]:
         report.stages["confirm"] = (f"skipped: budget (about {cost:.0f} s needed); the "
                                     "screen's winner is kept unconfirmed")
         log.warning("model builder: %s", report.stages["confirm"])

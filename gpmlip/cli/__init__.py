@@ -56,9 +56,9 @@ def parser() -> argparse.ArgumentParser:
                         "10, l_max 6, sigma 0.5, zeta 4, CUR), nothing screened, and the "
                         "starting noise levels (eV/atom 0.002, eV/Å 0.05, virial eV/atom 0.5)")
     p.add_argument("--budget", type=float,
-                   help="wall-time budget of the model builder in seconds (default 480; "
-                        "screening takes at most half, the final fit and noise search the "
-                        "rest)")
+                   help="wall-time budget of the model builder in seconds (default 480; the "
+                        "time of the confirmation, noise search and final fit is kept for "
+                        "them)")
     p.add_argument("--species", nargs="+", help="element symbols (default: those in the data)")
     p.add_argument("--r-cut", type=float,
                    help="SOAP cutoff, Å (default: the radius holding 30 neighbours on average "

@@ -311,3 +311,18 @@ def test_inverse_factors_equal_triangular_solves(model, train):
     sigma2 = np.full(len(k), model.signal_variance_[29])
     np.testing.assert_allclose(post.variance(k, sigma2), solves.variance(k, sigma2),
                                rtol=1e-7, atol=1e-12 * sigma2.max())
+
+
+def test_pair_energies_refuse_coincident_atoms_and_nan_vectors():
+    """The pair-list entry point (LAMMPS's) refuses what predict refuses."""
+    from gpmlip.errors import StructureError
+
+    model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=5, e0={"Cu": 0.0}).fit(
+        emt_frames(2, seed=4))
+    z = np.array([29, 29])
+    ok = model.pair_energies(z, [0, 1], [1, 0], [[2.5, 0, 0], [-2.5, 0, 0]], [29, 29])
+    assert np.isfinite(ok.energies).all()
+    with pytest.raises(StructureError, match="atoms overlap: centre 0 and neighbour 1"):
+        model.pair_energies(z, [0, 1], [1, 0], [[1e-3, 0, 0], [-1e-3, 0, 0]], [29, 29])
+    with pytest.raises(StructureError, match="NaN or infinite"):
+        model.pair_energies(z, [0, 1], [1, 0], [[np.nan, 0, 0], [-2.5, 0, 0]], [29, 29])

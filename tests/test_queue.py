@@ -369,3 +369,19 @@ def test_a_row_changed_outside_gpmlip_is_never_used(tmp_path, part):
         failed = queue.rows("failed")
         assert [r.id for r in failed] == [target] and summary["counts"]["done"] == 2
         assert "no longer matches its content key" in failed[0].error
+
+
+def test_a_queue_locked_by_another_process_is_called_locked_not_damaged(tmp_path, monkeypatch):
+    from gpmlip.labelling import store
+
+    LabelQueue(tmp_path / "q.db", "emt").add(cu_structures(1))
+    monkeypatch.setattr(store, "BUSY_TIMEOUT", 0.3)
+    holder = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(QueueError, match="is locked by another process"):
+            LabelQueue(tmp_path / "q.db")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert LabelQueue(tmp_path / "q.db").counts()["queued"] == 1

@@ -71,7 +71,8 @@ def check_file(path: Path) -> None:
                          "modified. Give a new file name for a new queue, or restore the queue "
                          "from a backup.")
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                              timeout=BUSY_TIMEOUT)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             meta = None
@@ -80,6 +81,14 @@ def check_file(path: Path) -> None:
                 meta = json.loads(rows[0][0]) if rows else {}
         finally:
             con.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err) or "busy" in str(err):
+            raise QueueError(f"{path} is locked by another process (a coordinator or labeller "
+                             f"writing to it) for more than {BUSY_TIMEOUT:g} s; it was not "
+                             "modified. Try again when that process has finished.") from err
+        raise QueueError(f"{path} is a damaged SQLite database ({err}); it was not modified. "
+                         "Restore the queue from a backup, or start a new one under another name "
+                         "and add the structures again.") from err
     except (sqlite3.DatabaseError, json.JSONDecodeError) as err:
         raise QueueError(f"{path} is a damaged SQLite database ({err}); it was not modified. "
                          "Restore the queue from a backup, or start a new one under another name "

@@ -109,7 +109,16 @@ def test_invalid_frames_listed_by_number():
     assert "frame 2: has non-finite energy" in text
     assert "frame 3: forces have shape (2, 3); expected (4, 3)" in text
     assert "frame 4: duplicates frame 0" in text
-    assert "on_error='skip'" in text
+    assert '[data] on_error = "skip"' in text and 'on_error="skip"' in text
+
+
+def test_frames_with_the_same_problem_are_one_line():
+    frames = emt_frames(12)
+    with pytest.raises(DataError) as err:
+        load_frames(frames, species=["Mo"])
+    text = str(err.value)
+    assert "12 of 12 frames" in text and "... (12 frames): contains species ['Cu']" in text
+    assert text.count("contains species") == 1
 
 
 def test_skip_mode_counts_and_warns(caplog):
@@ -122,7 +131,7 @@ def test_skip_mode_counts_and_warns(caplog):
 
 def test_unknown_species_and_required_labels():
     frames = emt_frames(2)
-    with pytest.raises(DataError, match=r"frame 0: contains species \['Cu'\] not in \['Mo'\]"):
+    with pytest.raises(DataError, match=r"frames 0, 1: contains species \['Cu'\] not in \['Mo'\]"):
         load_frames(frames, species=["Mo"])
     frames[1].calc.results.pop("stress")
     with pytest.raises(DataError, match="frame 1: has no stress"):

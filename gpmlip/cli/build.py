@@ -139,7 +139,10 @@ def data(paths, settings: dict, species=None):
     for path in paths:
         if not Path(path).exists():
             raise SettingsError(f"no data file at {path}")
-        frames += list(load_frames(path, keys=keys, species=species))
+        on_error = settings.get("on_error", "raise")
+        if on_error not in ("raise", "skip"):
+            raise SettingsError(f"[data] on_error = {on_error!r}: use \"raise\" or \"skip\"")
+        frames += list(load_frames(path, keys=keys, species=species, on_error=on_error))
     return Dataset(frames)
 
 

@@ -62,7 +62,7 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "two_body": (bool, dict), "tune": (bool,), "budget": NUMBER},
     "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
              "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
-             "config_type_key": (str,)},
+             "config_type_key": (str,), "on_error": (str,)},
     "md": {"structure": (str,), "ensemble": (str,), "temperature": NUMBER,
            "timestep_fs": NUMBER, "friction_per_fs": NUMBER, "steps": (int,), "seed": (int,),
            "trajectory": (str,), "interval": (int,)},

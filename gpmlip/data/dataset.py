@@ -250,6 +250,22 @@ def _problems(frame: Frame, species: set[int] | None, require: Sequence[str]) ->
     return out
 
 
+def _grouped(problems: dict[int, str]) -> str:
+    """Offending frames listed one line per distinct reason (frames with the same reason
+    together), at most :data:`MAX_LISTED` lines."""
+    by_reason: dict[str, list[int]] = {}
+    for i, why in problems.items():
+        by_reason.setdefault(why, []).append(i)
+    lines = []
+    for why, idx in list(by_reason.items())[:MAX_LISTED]:
+        shown = ", ".join(map(str, idx[:8])) + (f", ... ({len(idx)} frames)" if len(idx) > 8
+                                                else "")
+        lines.append(f"  frame{'s' if len(idx) > 1 else ''} {shown}: {why}")
+    if len(by_reason) > MAX_LISTED:
+        lines.append(f"  ... and {len(by_reason) - MAX_LISTED} more kinds of problem")
+    return "\n".join(lines)
+
+
 def check_frames(frames: Sequence[Frame], species: Iterable[int] | None = None) -> None:
     """Raise :class:`~gpmlip.errors.DataError` naming every frame whose labels or structure are
     unusable (non-finite labels or positions, wrong shapes, unknown species, no labels): the
@@ -268,8 +284,8 @@ def check_frames(frames: Sequence[Frame], species: Iterable[int] | None = None) 
         if issues:
             problems[k] = "; ".join(issues)
     if problems:
-        listed = "\n".join(f"  frame {i}: {why}" for i, why in list(problems.items())[:MAX_LISTED])
-        raise DataError(f"{len(problems)} of {len(frames)} frames are invalid:\n{listed}\n"
+        raise DataError(f"{len(problems)} of {len(frames)} frames are invalid:\n"
+                        f"{_grouped(problems)}\n"
                         "Fix their labels or leave them out.")
 
 
@@ -356,17 +372,15 @@ def load_frames(
         else:
             frames.append(frame)
     if problems:
-        listed = "\n".join(f"  frame {i}: {why}" for i, why in list(problems.items())[:MAX_LISTED])
-        more = len(problems) - MAX_LISTED
-        text = f"{len(problems)} of {len(images)} frames in {name} are invalid:\n{listed}"
-        if more > 0:
-            text += f"\n  ... and {more} more"
+        text = f"{len(problems)} of {len(images)} frames in {name} are invalid:\n" + \
+            _grouped(problems)
         if all("has no energy, forces or stress" in why for why in problems.values()):
             text += (f"\nNo frame has labels under the keys {keys}; the file has "
                      f"{_keys_in(images)}. Name the label keys: [data] energy_key, forces_key, "
                      "stress_key, virial_key in the settings file, or LabelKeys(...) in Python.")
         if on_error == "raise":
-            raise DataError(text + "\nFix them, or load with on_error='skip' to drop them.")
+            raise DataError(text + "\nFix them, or drop them: [data] on_error = \"skip\" in the "
+                            "settings file, load_frames(..., on_error=\"skip\") in Python.")
         log.warning("%s\nSkipping them.", text)
     if not frames:
         raise DataError(f"no valid frames left in {name}")

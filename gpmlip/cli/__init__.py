@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 
 from gpmlip.version import __version__
@@ -193,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"gpmlip {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as err:   # a queue file damaged after it was opened
+        if args.verbose:
+            raise
+        print(f"gpmlip {args.command}: error: a database file is damaged ({err}); restore it "
+              "from a backup or start a new one", file=sys.stderr)
         return 1
 
 

@@ -312,3 +312,16 @@ def test_label_timeout_flag(tmp_path):
     assert bad.returncode == 1 and "timeout=0.0: use a positive number" in bad.stderr
     done = gpmlip("label", tmp_path / "q.db", "--timeout", "120", "--json")
     assert json.loads(done.stdout)["done"] == 2
+
+
+def test_otf_resume_with_other_settings_is_refused(tmp_path):
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=5))
+    gpmlip("otf", tmp_path / "otf.toml", "-d", tmp_path / "run", "-q")
+    assert (tmp_path / "run" / "cli_settings.json").exists()
+    hotter = OTF.format(steps=10).replace("temperature = ", "temperature = 1")
+    assert hotter != OTF.format(steps=10)
+    (tmp_path / "hot.toml").write_text(hotter)
+    proc = gpmlip("otf", tmp_path / "hot.toml", "--resume", tmp_path / "run", check=False)
+    assert proc.returncode == 1 and "the settings differ from the run's" in proc.stderr
+    assert "[md] temperature" in proc.stderr
+    gpmlip("otf", tmp_path / "otf.toml", "--resume", tmp_path / "run", "-n", "10", "-q")

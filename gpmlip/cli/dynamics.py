@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
 from gpmlip.cli import build, config
+from gpmlip.errors import SettingsError
 
 log = logging.getLogger("gpmlip.cli")
 
@@ -103,6 +105,42 @@ def _keep_frames_until(part: Path, final: Path, step: int) -> None:
         ase.io.write(part, kept, format="extxyz")
 
 
+RUN_SETTINGS = "cli_settings.json"
+"""What `gpmlip otf` ran with ([md] but its step count, [otf], the labeller), in the run
+directory: a resume with other settings would continue a different simulation silently."""
+
+
+def _check_run_settings(directory: Path, current: dict, *, resume: bool) -> None:
+    """Record the run's settings (new run) or refuse a resume whose settings differ."""
+    path = directory / RUN_SETTINGS
+    current = json.loads(json.dumps(current, sort_keys=True, default=str))
+    if resume and path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SettingsError(f"{path} is damaged ({err}); it records the settings of the run "
+                                "being resumed: restore it, or delete it to resume unchecked") \
+                from None
+        differ = [f"[{table}] {key}: {before.get(table, {}).get(key)!r} then, "
+                  f"{current.get(table, {}).get(key)!r} now"
+                  for table in ("md", "otf")
+                  for key in sorted(set(before.get(table, {})) | set(current.get(table, {})))
+                  if before.get(table, {}).get(key) != current.get(table, {}).get(key)]
+        if before.get("labeller") != current.get("labeller"):
+            differ.append(f"labeller: {before.get('labeller')!r} then, "
+                          f"{current.get('labeller')!r} now")
+        if differ:
+            raise SettingsError(f"--resume {directory}: the settings differ from the run's ("
+                                + "; ".join(differ) + "); resume with the same settings file "
+                                "(only [md] steps may change), or start a new run elsewhere")
+        return
+    if not resume and not (directory / "events.jsonl").exists():   # else the learner refuses
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
 def otf(args) -> int:
     """On-the-fly learning from a settings file; --resume continues a killed run."""
     import gpmlip
@@ -130,6 +168,9 @@ def otf(args) -> int:
     if "structure" not in md_cfg:
         raise gpmlip.errors.SettingsError("[md] structure is needed: a file or a bulk spec "
                                           "such as 'Cu fcc 3.61 3'")
+    _check_run_settings(Path(directory), {"md": {k: v for k, v in md_cfg.items() if k != "steps"},
+                                          "otf": otf_cfg, "labeller": labeller},
+                        resume=args.resume is not None)
     atoms = build.structure(md_cfg["structure"])
     learner = OnTheFlyLearner(model, labeller, directory, settings=otf_cfg)
     atoms.calc = learner.calculator

@@ -153,7 +153,7 @@ def test_gpmlip_train_tunes_by_default_and_info_shows_how(frames, tmp_path):
                     'e0 = {Cu = 0.0}\n')
     run = lambda *a: subprocess.run([sys.executable, "-m", "gpmlip.cli", *map(str, a)],
                                     capture_output=True, text=True, timeout=600)
-    proc = run("train", path, "-c", toml, "-o", tmp_path / "m.npz", "--budget", "120")
+    proc = run("train", path, "-c", toml, "-o", tmp_path / "m.npz", "--budget", "20")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "settings      tuned" in proc.stdout and "screened" in proc.stdout
     info = run("info", tmp_path / "m.npz")

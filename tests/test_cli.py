@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -288,17 +289,26 @@ def test_resume_of_a_directory_without_a_run_is_an_error(tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
-@pytest.mark.parametrize("flags, text", [
-    (["--timestep", "-1"], "timestep_fs = -1.0 must be a finite number > 0"),
-    (["--timestep", "0"], "timestep_fs = 0.0 must be a finite number > 0"),
-    (["-T", "-300"], "temperature = -300.0 must be a finite number >= 0"),
-    (["-n", "-5"], "steps = -5 must be a finite number >= 0"),
-    (["--interval", "0"], "interval = 0 must be a finite number >= 1"),
+@pytest.mark.parametrize("key, value, text", [
+    ("timestep_fs", -1.0, "timestep_fs = -1.0 must be a finite number > 0"),
+    ("timestep_fs", 0.0, "timestep_fs = 0.0 must be a finite number > 0"),
+    ("temperature", -300.0, "temperature = -300.0 must be a finite number >= 0"),
+    ("steps", -5, "steps = -5 must be a finite number >= 0"),
+    ("interval", 0, "interval = 0 must be a finite number >= 1"),
 ])
-def test_md_flags_out_of_range_are_one_clear_line(trained, flags, text):
+def test_settings_out_of_range_are_refused(key, value, text):
+    from gpmlip.cli import config
+    from gpmlip.errors import SettingsError
+
+    with pytest.raises(SettingsError, match=re.escape(text)):
+        config.merge({}, "md", **{key: value})
+
+
+def test_md_flags_out_of_range_are_one_clear_line(trained):
     work, _ = trained
-    proc = gpmlip("md", work / "cu.npz", "-s", "Cu fcc 3.61 2", *flags, check=False)
-    assert proc.returncode == 1 and text in proc.stderr and "Traceback" not in proc.stderr
+    proc = gpmlip("md", work / "cu.npz", "-s", "Cu fcc 3.61 2", "--timestep", "-1", check=False)
+    assert proc.returncode == 1 and "timestep_fs = -1.0 must be a finite number > 0" in \
+        proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_label_timeout_flag(tmp_path):

@@ -370,8 +370,9 @@ def test_standalone_lmp_reports_python_errors(monkeypatch):
 
 
 def test_readme_input_runs(tmp_path):
-    """The README's in.gpmlip, with the toy for the model file and 20 steps."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    """The LAMMPS guide's in.gpmlip (docs/guide/lammps.md), with the toy for the model file and
+    20 steps."""
+    readme = (Path(__file__).parents[1] / "docs" / "guide" / "lammps.md").read_text()
     deck = readme.split("`in.gpmlip` (a fcc CuAu")[1].split("```")[1]
     deck = deck.replace("cuau.npz", TOY).replace("run             10000", "run 20")
     _data_file(cuau_cell(), tmp_path / "data.lmp")

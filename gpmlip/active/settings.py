@@ -41,9 +41,9 @@ thresholded (FLARE's users meet the same two quantities as a sign convention on 
   The SOAP dot-product kernel is flat: thermal distortions of a crystal are a normalised
   distance of only 0.01-0.1 from the perfect one, and the smooth cutoff (the default descriptor)
   damps the outer shells, so useful values are small: 0.002 (careful, more labels) to 0.01
-  (cheap, rougher).  On the README's main job (108 Cu, EMT, 800 K, 1000 steps, SOAP 4.5/4/3 with
-  the smooth cutoff) 0.01, 0.005 and 0.003 gave 3, 4 and 5 labels and force RMSE 23, 18 and
-  14 meV/Å on fresh frames; the default is 0.003.
+  (cheap, rougher).  On the main job (workflows/otf_demo.py: 108 Cu, EMT, 800 K, 1000 steps,
+  SOAP 4.5/4/3 with the smooth cutoff) 0.01, 0.005 and 0.003 gave 3, 4 and 5 labels and force
+  RMSE 23, 18 and 14 meV/Å on fresh frames; the default is 0.003.
 * ``update_threshold``: of a labelled frame, the atoms with ``u_i > update_threshold`` are
   candidates for new sparse points; at most ``max_atoms_added`` per species are added, chosen
   greedily so that each one is the candidate least explained by the sparse set *including the

@@ -99,9 +99,10 @@ SMOOTH_M = 2.0
 def smooth_weighting(r_cut: float, r0: float | None = None, m: float = SMOOTH_M) -> dict:
     """The default smooth cutoff: dscribe's ``poly`` weighting reaching zero at ``r0``.
 
-    ``w(r) = (1 + 2x^3 - 3x^2)^m``, ``x = r / r0``; ``r0`` defaults to ``r_cut`` (see the
-    README's descriptor section for the measurements behind the defaults, and the Zuo table for
-    data sets where r0 = r_cut + 1, m = 1 does better).
+    ``w(r) = (1 + 2x^3 - 3x^2)^m``, ``x = r / r0``; ``r0`` defaults to ``r_cut`` (see
+    docs/guide/descriptors.md for the measurements behind the defaults, and docs/benchmarks.md
+    for DFT data sets where ``r0 = r_cut + 1 or 1.5, m = 1`` does better: the model builder's
+    default).
     """
     return {"function": "poly", "r0": float(r_cut if r0 is None else r0), "c": 1.0,
             "m": float(m)}

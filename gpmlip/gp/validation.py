@@ -348,7 +348,7 @@ def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"
         every one); their rows are cached, within ``max_bytes`` of memory (fewer structures are
         left out, and a warning logged, when they would not fit).  A subset can mislead: on
         Zuo 2020 Mo with one SOAP, levels chosen on 30 of 194 structures raised the test
-        errors from 2.32 meV/atom / 0.090 eV/Å to 2.85 / 0.094 (README, issue 15).
+        errors from 2.32 meV/atom / 0.090 eV/Å to 2.85 / 0.094 (docs/benchmarks.md).
     max_bytes : float
     calibrate : bool
     cache : list of StructureRows, optional

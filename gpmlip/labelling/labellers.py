@@ -52,8 +52,9 @@ def _gpaw(ecut: float = 300.0, kpts=(2, 2, 2), xc: str = "PBE", **kwargs) -> Cal
     try:
         from gpaw import GPAW, PW
     except ImportError as err:
-        raise SettingsError("the 'gpaw' labeller needs GPAW and its PAW setups: see the README "
-                            "section 'Real DFT with GPAW'") from err
+        raise SettingsError("the 'gpaw' labeller needs GPAW and its PAW setups: apt-get install "
+                            "libxc-dev libopenblas-dev libopenmpi-dev, then pip install -e "
+                            "'.[gpaw]' (docs/guide/uncertainty.md, 'Labellers')") from err
     kwargs.setdefault("txt", None)
     return GPAW(mode=PW(ecut), kpts=kpts, xc=xc, **kwargs)
 

@@ -153,6 +153,27 @@ def find_neighbours(
     return NeighbourPairs(centre=i, neighbour=img_atom[k], vector=vec, start=start)
 
 
+MIN_DISTANCE = 0.1
+"""Atoms closer than this (Å) are rejected as overlapping."""
+
+
+def check_separation(centre: np.ndarray, neighbour: np.ndarray, vector: np.ndarray) -> None:
+    """Raise :class:`~gpmlip.errors.StructureError` for a pair vector that is not finite or
+    shorter than :data:`MIN_DISTANCE` (overlapping atoms or periodic images)."""
+    if not len(vector):
+        return
+    if not np.isfinite(vector).all():
+        raise StructureError("a pair vector holds NaN or infinite values: the positions are not "
+                             "finite (a diverged MD step?)")
+    d2 = np.einsum("pa,pa->p", vector, vector)
+    k = int(np.argmin(d2))
+    if d2[k] < MIN_DISTANCE ** 2:
+        raise StructureError(
+            f"atoms overlap: centre {int(centre[k])} and neighbour {int(neighbour[k])} (or its "
+            f"periodic image) are {np.sqrt(d2[k]):.3g} Å apart, closer than {MIN_DISTANCE} Å; "
+            "check the positions and the cell")
+
+
 def has_coincident_atoms(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> bool:
     """Whether two atoms sit on the same (wrapped) position; the pair search drops exact zero
     distances, so this is checked apart."""

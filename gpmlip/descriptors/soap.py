@@ -26,7 +26,8 @@ from ase.data import chemical_symbols
 
 from gpmlip.descriptors.engine import PairList, SOAPEngine
 from gpmlip.descriptors.environments import Environments
-from gpmlip.descriptors.neighbours import find_neighbours, has_coincident_atoms, wrap
+from gpmlip.descriptors.neighbours import (check_separation, find_neighbours,
+                                          has_coincident_atoms, wrap)
 from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.parallel import mp_context
@@ -34,8 +35,6 @@ from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
 
-MIN_DISTANCE = 0.1
-"""Atoms closer than this (Å) are rejected as overlapping."""
 
 
 @dataclass(frozen=True)
@@ -355,12 +354,7 @@ class SOAP:
         if has_coincident_atoms(atoms.positions, atoms.cell.array, atoms.pbc):
             raise StructureError("atoms overlap: two atoms sit on the same position; check the "
                                  "positions")
-        if len(pairs.centre):
-            d2 = np.einsum("pa,pa->p", pairs.vector, pairs.vector)
-            if d2.min() < MIN_DISTANCE ** 2:
-                raise StructureError(
-                    f"atoms overlap: two atoms (or periodic images) are {np.sqrt(d2.min()):.3g} "
-                    f"Å apart, closer than {MIN_DISTANCE} Å; check the positions and the cell")
+        check_separation(pairs.centre, pairs.neighbour, pairs.vector)
         numbers = np.asarray(atoms.numbers, dtype=np.int64)
         return PairList(centre_species=numbers, centre=pairs.centre, vector=pairs.vector,
                         neighbour_species=numbers[pairs.neighbour], neighbour=pairs.neighbour)

@@ -15,13 +15,12 @@ from threadpoolctl import threadpool_limits
 from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_baseline
 from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
-from gpmlip.descriptors.soap import MIN_DISTANCE
+from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.data import (Dataset, Frame, check_frames, load_frames, reference_energies,
                          warn_missing_labels)
 from gpmlip.data.reference import ReferenceEnergies
-from gpmlip.errors import (DataError, NotFittedError, SettingsError, StructureError,
-                           UnknownSpeciesError)
+from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import hyper, selection
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
                                     held_out_residuals, leave_one_out_residuals)
@@ -634,17 +633,7 @@ class SparseGP:
                          vector=np.asarray(r_ij, dtype=float),
                          neighbour_species=np.asarray(neighbour_numbers, dtype=np.int64),
                          neighbour=np.asarray(j, dtype=np.int64))
-        if pairs.vector.size:
-            if not np.isfinite(pairs.vector).all():
-                raise StructureError("r_ij holds NaN or infinite values: the positions are not "
-                                     "finite (a diverged MD step?)")
-            d2 = np.einsum("pa,pa->p", pairs.vector, pairs.vector)
-            k = int(np.argmin(d2))
-            if d2[k] < MIN_DISTANCE ** 2:
-                raise StructureError(
-                    f"atoms overlap: centre {int(pairs.centre[k])} and neighbour "
-                    f"{int(pairs.neighbour[k])} are {np.sqrt(d2[k]):.3g} Å apart, closer than "
-                    f"{MIN_DISTANCE} Å; check the positions")
+        check_separation(pairs.centre, pairs.neighbour, pairs.vector)
         self._check_species(pairs.centre_species)
         return self._evaluate(pairs, gradient=True, variance=std)
 

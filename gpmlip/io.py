@@ -94,10 +94,11 @@ def read_model_file(path) -> tuple[dict, FittedState, np.ndarray | None]:
         raise model_file_damaged(path, exc) from None
 
 
-def _positive(value, name: str) -> None:
+def _number(value, name: str, *, bound: str = "") -> None:
+    """``value`` must be a finite number; ``bound`` ``"> 0"`` or ``">= 0"`` restricts it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-            or value <= 0:
-        raise ValueError(f"{name} = {value!r} must be a positive number")
+            or (bound == "> 0" and value <= 0) or (bound == ">= 0" and value < 0):
+        raise ValueError(f"{name} = {value!r} must be a finite number {bound}".rstrip())
 
 
 def _check_values(arrays: dict, meta: dict) -> None:
@@ -113,12 +114,11 @@ def _check_values(arrays: dict, meta: dict) -> None:
             if bad:
                 raise ValueError(f"array {name!r} has non-finite values")
     for z, v in (meta.get("signal_variance") or {}).items():
-        _positive(v, f"signal variance of {z}")
+        _number(v, f"signal variance of {z}", bound="> 0")
     for z, v in (meta.get("e0") or {}).items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-            raise ValueError(f"e0 of {z} = {v!r} must be a finite number")
+        _number(v, f"e0 of {z}")
     for group, v in meta["noise"].items():
-        _positive(v, f"{group} noise")
+        _number(v, f"{group} noise", bound="> 0")
     kernel = meta.get("kernel", {})
     zeta = kernel.get("zeta")
     if zeta is not None and (isinstance(zeta, bool) or not isinstance(zeta, int)
@@ -128,10 +128,9 @@ def _check_values(arrays: dict, meta: dict) -> None:
     for part in desc.get("parts", [desc]):
         for key in ("r_cut", "sigma"):
             if key in part:
-                _positive(part[key], f"descriptor {key}")
-    for v in ((meta.get("calibration") or {}).get("weights") or {}).values():
-        if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-            raise ValueError(f"calibration weight {v!r} must be a finite number >= 0")
+                _number(part[key], f"descriptor {key}", bound="> 0")
+    for part, v in ((meta.get("calibration") or {}).get("weights") or {}).items():
+        _number(v, f"calibration weight of {part}", bound=">= 0")
 
 
 def model_file_damaged(path, exc: BaseException) -> ModelFileError:

@@ -10,11 +10,10 @@ import dataclasses
 import os
 
 import numpy as np
+from scipy.linalg import LinAlgError
 
 from gpmlip.baselines import BaselineSpec, stored_baseline
 from gpmlip.descriptors.registry import descriptor_from_dict
-from scipy.linalg import LinAlgError
-
 from gpmlip.errors import GpmlipError, ModelFileError, SettingsError
 from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration

@@ -16,7 +16,7 @@ from gpmlip.builder.screen import (SCREEN_FRAMES, SCREEN_SPARSE, Plan, Screen, d
                                    quiet_fits, screen_and_confirm)
 from gpmlip.builder.settings import (DESCRIPTOR_FIELDS, START_NOISE, Settings, data_scales,
                                      default_sparse, numbers)
-from gpmlip.data import Dataset, Frame, load_frames
+from gpmlip.data import as_frames
 from gpmlip.errors import DataError, GpmlipError, SettingsError
 
 log = logging.getLogger("gpmlip.builder")
@@ -29,17 +29,6 @@ NOISE_GROUPS, NOISE_FACTORS, NOISE_SWEEPS = ("energy", "forces"), (0.5, 2.0), 1
 halved and doubled once (a wider search on Zuo 2020 Mo moved the criterion 1 -> 0.988 in 232 s,
 as much as a Stacked screen candidate gains, so the budget goes to the screen); the virial level
 stays at its default, measured on Zuo 2020 Li, Si, Mo."""
-
-
-def _as_frames(frames) -> list[Frame]:
-    if isinstance(frames, Dataset):
-        return list(frames)
-    if isinstance(frames, Frame):
-        return [frames]
-    if isinstance(frames, (list, tuple)) and frames and all(isinstance(f, Frame)
-                                                            for f in frames):
-        return list(frames)
-    return list(load_frames(frames))
 
 
 def build_model(frames, *, budget: float = 480.0, tune: bool = True,
@@ -96,7 +85,7 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
         defaults, what was chosen, every screened candidate) kept in its model file.
     """
     start = time.perf_counter()
-    data = _as_frames(frames)
+    data = as_frames(frames)
     if not data:
         raise DataError("build_model: no training structures")
     in_data = sorted({int(z) for f in data for z in f.atoms.numbers})

@@ -13,7 +13,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from gpmlip.data.frames import DEFAULT_CONFIG_TYPE, SIGMA_KEYS, Frame, as_stress_3x3
-from gpmlip.errors import DataError
+from gpmlip.errors import DataError, UnknownSpeciesError
 from gpmlip.species import atomic_number_set
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,29 @@ def check_frames(frames: Sequence[Frame], species: Iterable[int] | None = None) 
         raise DataError(f"{len(problems)} of {len(frames)} frames are invalid:\n"
                         f"{_grouped(problems)}\n"
                         "Fix their labels or leave them out.")
+
+
+def as_frames(source, species: Iterable[int] | None = None) -> list[Frame]:
+    """Labelled frames from a :class:`Frame`, a :class:`Dataset`, a list of frames (checked as
+    :func:`check_frames` checks them) or anything :func:`load_frames` reads.
+
+    ``species`` (atomic numbers): frames with others raise
+    :class:`~gpmlip.errors.UnknownSpeciesError`.
+    """
+    if isinstance(source, Frame):
+        source = [source]
+    if isinstance(source, Dataset) or (isinstance(source, (list, tuple)) and source and all(
+            isinstance(f, Frame) for f in source)):
+        data = list(source)
+        if species is not None:
+            bad = {int(z) for f in data for z in f.atoms.numbers} - {int(z) for z in species}
+            if bad:
+                raise UnknownSpeciesError(
+                    f"the data contain {[chemical_symbols[z] for z in sorted(bad)]}, which the "
+                    "model's descriptor does not know; build the descriptor with those species")
+        check_frames(data)
+        return data
+    return list(load_frames(source, species=species))
 
 
 def label_summary(frames: Sequence[Frame]) -> dict[str, int]:

@@ -17,8 +17,7 @@ from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
-from gpmlip.data import (Dataset, Frame, check_frames, load_frames, reference_energies,
-                         warn_missing_labels)
+from gpmlip.data import Dataset, Frame, as_frames, reference_energies, warn_missing_labels
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import hyper, selection
@@ -258,19 +257,7 @@ class SparseGP:
     def _frames(self, frames: TrainingData) -> list[Frame]:
         """Labelled frames from any :data:`TrainingData`, every label checked (frames built by
         hand too: a NaN label would give a NaN model)."""
-        if isinstance(frames, Frame):
-            frames = [frames]
-        if isinstance(frames, Dataset) or (isinstance(frames, (list, tuple)) and frames and all(
-                isinstance(f, Frame) for f in frames)):
-            data = list(frames)
-            bad = {z for f in data for z in f.atoms.numbers} - set(self.species)
-            if bad:
-                raise UnknownSpeciesError(
-                    f"the data contain {[chemical_symbols[z] for z in sorted(bad)]}, which the "
-                    f"descriptor does not know; build the SOAP with those species")
-            check_frames(data)
-            return data
-        return list(load_frames(frames, species=self.species))
+        return as_frames(frames, species=self.species)
 
     def learnt_labels(self, frames: list[Frame]) -> list[Frame]:
         """The frames with the baseline subtracted from their labels: what the GP learns.

@@ -49,6 +49,12 @@ def label_key(energy, forces, stress) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def labels_key(atoms: Atoms) -> str:
+    """:func:`label_key` of the energy, forces and stress on ``atoms``'s calculator."""
+    results = {} if atoms.calc is None else atoms.calc.results
+    return label_key(results.get("energy"), results.get("forces"), results.get("stress"))
+
+
 def row_problem(row, labeller: Labeller | None) -> str | None:
     """Why an ase.db queue row no longer holds what was written to it (None: intact).
 
@@ -59,10 +65,7 @@ def row_problem(row, labeller: Labeller | None) -> str | None:
     if labeller is not None and row.get("content_key") != content_key(atoms, labeller):
         return "its structure no longer matches its content key"
     if row.get("state") == "done" and row.get("label_key") is not None:
-        calc = atoms.calc
-        results = {} if calc is None else calc.results
-        if row.label_key != label_key(results.get("energy"), results.get("forces"),
-                                      results.get("stress")):
+        if row.label_key != labels_key(atoms):
             return "its labels no longer match the checksum written with them"
     return None
 

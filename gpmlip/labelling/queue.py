@@ -33,7 +33,7 @@ from ase.data import chemical_symbols
 from gpmlip.errors import QueueError, SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.labelling import store
 from gpmlip.labelling.export import row_frames, write_extxyz
-from gpmlip.labelling.keys import content_key, label_key, labeller_key, row_problem, text_ok
+from gpmlip.labelling.keys import content_key, labeller_key, labels_key, row_problem, text_ok
 from gpmlip.labelling.labellers import BUILTIN, Labeller, LabelResult, get_labeller
 from gpmlip.species import atomic_number_set
 
@@ -41,12 +41,6 @@ log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed")
 """Every state a row can be in."""
-
-
-def _stored_labels(atoms: Atoms):
-    """Energy, forces, stress of a row's atoms as ase.db gives them back (float64 arrays)."""
-    db_like = atoms.calc.results
-    return (db_like.get("energy"), db_like.get("forces"), db_like.get("stress"))
 
 
 class LabelQueue:
@@ -302,7 +296,7 @@ class LabelQueue:
                 atoms = row.toatoms()
                 atoms.calc = SinglePointCalculator(atoms, energy=result.energy,
                                                    forces=result.forces, stress=result.stress)
-                kvp["label_key"] = label_key(*_stored_labels(atoms))
+                kvp["label_key"] = labels_key(atoms)
                 db.update(row_id, atoms=atoms, state="done", data=data, **kvp,
                           delete_keys=["lease_owner", "lease_expires", "last_error", "error"])
                 return "done"

@@ -136,6 +136,27 @@ def test_a_failing_candidate_is_skipped_and_logged(frames, monkeypatch, caplog):
     assert "skipped" in caplog.text and "singular test system" in caplog.text
 
 
+def test_a_slow_first_fit_does_not_enter_the_plan(frames, monkeypatch):
+    """On a fresh install numba compiles the engine in the first fit; the builder warms up
+    first, so the first screening fit, the unit of the budget plan, does not carry it."""
+    import time
+
+    real, calls = screen.Screen.run, []
+
+    def first_call_compiles(self, *args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            time.sleep(3.0)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(screen.Screen, "run", first_call_compiles)
+    model = build(frames, noise=False)
+    report = model.build_report_
+    assert calls[:2] == ["warm-up", "defaults"]
+    assert report["screen"][0]["stage"] == "defaults" and report["screen"][0]["seconds"] < 3.0
+    assert report["plan"]["fit_seconds"] < 3.0 and "warm-up" in report["stages"]
+
+
 def test_bad_settings_are_clear_errors(frames):
     with pytest.raises(SettingsError, match="settings \\['zetta'\\] unknown"):
         build(frames, settings={"zetta": 2})

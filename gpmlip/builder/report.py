@@ -53,5 +53,9 @@ class BuildReport:
                 "defaults": self.defaults.to_dict(), "chosen": self.chosen.to_dict(),
                 "chosen_changes": self.chosen.changes(self.defaults),
                 "scales": dataclasses.asdict(self.scales), "stages": self.stages,
-                "noise": self.noise,
+                "noise": self.noise, "plan": None if self.plan is None else {
+                    "fit_seconds": round(self.plan.fit_seconds, 2),
+                    "structures_ratio": round(self.plan.structures_ratio, 3),
+                    "confirm_s": round(self.plan.confirm, 1), "noise_s": round(self.plan.noise, 1),
+                    "final_fit_and_calibration_s": round(self.plan.tail, 1)},
                 "screen": [r.to_dict(self.defaults) for r in self.rows]}

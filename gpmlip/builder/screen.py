@@ -114,6 +114,19 @@ class Screen:
         return row
 
 
+def warm_up(frames, symbols, settings, seed, n_jobs, model_kwargs, descriptor=None) -> float:
+    """Fit and score the defaults on two structures at a few sparse points before anything
+    is timed: on a fresh install this is where numba compiles the engine (tens of seconds, once
+    per machine), which would otherwise enter the first screening fit's time, the unit the
+    budget is planned in, and make every later stage look too dear to run.  Seconds taken."""
+    t = time.perf_counter()
+    Screen(frames[:2], symbols, 5, seed, n_jobs, model_kwargs, descriptor).run("warm-up",
+                                                                              settings)
+    seconds = time.perf_counter() - t
+    log.debug("model builder: warm-up fit %.1f s", seconds)
+    return seconds
+
+
 def criterion(mae: dict, reference: dict) -> float:
     """``(MAE_E / MAE_E,ref + MAE_F / MAE_F,ref) / 2`` over the kinds both have."""
     terms = [mae[k] / reference[k] for k in ("energy", "forces")
@@ -149,6 +162,9 @@ def screen_and_confirm(data, symbols, defaults, scales, fixed, report, start, bu
     from gpmlip.progress import progress_bar
 
     subset = [data[i] for i in screening_subset(data, screen_frames)]
+    warm = warm_up(subset, symbols, defaults, seed, n_jobs, kwargs, descriptor)
+    report.stages["warm-up"] = (f"{warm:.1f} s on two structures (on a fresh install numba "
+                                "compiles the engine here, outside the time the plan is made of)")
     screen = Screen(subset, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
     everything = len(subset) == len(data)
     base = screen.run("defaults", defaults, keep=everything)

@@ -127,6 +127,39 @@ def parity_plots(records: list[dict], prefix) -> list[Path]:
     return written
 
 
+def _std_trigger_panel(ax, frames, events, tolerance) -> None:
+    """The normalised std along the trajectory and at the labels, against ``std_tolerance``."""
+    if frames:
+        ax.semilogy([f.info.get("step", np.nan) for f in frames],
+                    [float(np.max(f.arrays["local_std"])) if "local_std" in f.arrays else np.nan
+                     for f in frames], color="0.4", lw=1, label="trajectory")
+    ax.semilogy([e["step"] for e in events], [max(e.get("max_std", np.nan), 1e-6) for e in events],
+                "o", color="C2", label="at a label")
+    if tolerance:
+        ax.axhline(tolerance, color="C3", lw=1, ls="--", label="std_tolerance")
+    ax.set_ylabel("max normalised std")
+    ax.legend(fontsize=8)
+
+
+def _force_trigger_panel(ax, frames, events) -> None:
+    """The trigger that decided a force-triggered run: the largest force std (along the
+    trajectory where it was computed, and at the labels) against the force threshold."""
+    checked = [f for f in frames if "force_std" in f.arrays]
+    if checked:
+        ax.semilogy([f.info.get("step", np.nan) for f in checked],
+                    [1000 * float(np.max(f.arrays["force_std"])) for f in checked], ".",
+                    color="0.4", ms=3, label="trajectory (where checked)")
+    at = [e for e in events if "max_predicted_force_std" in e]
+    ax.semilogy([e["step"] for e in at], [1000 * e["max_predicted_force_std"] for e in at], "o",
+                color="C2", label="at a label")
+    limits = [e for e in events if "force_threshold" in e]
+    if limits:
+        ax.step([e["step"] for e in limits], [1000 * e["force_threshold"] for e in limits],
+                where="post", color="C3", lw=1, ls="--", label="force threshold")
+    ax.set_ylabel("max force std (meV/Å)")
+    ax.legend(fontsize=8)
+
+
 def otf_curve(run_directory, path=None) -> Path:
     """Labels, sparse-set size and the uncertainty that triggered each label, against MD step.
 
@@ -156,19 +189,14 @@ def otf_curve(run_directory, path=None) -> Path:
     axes[1].step(steps + [last], sparse + [sparse[-1]], where="post", color="C1")
     axes[1].set_ylabel("sparse points")
     traj = run_directory / "trajectory.extxyz"
+    frames = []
     if traj.exists():
         import ase.io
         frames = ase.io.read(traj, ":")
-        t_steps = [f.info.get("step", np.nan) for f in frames]
-        t_std = [float(np.max(f.arrays["local_std"])) if "local_std" in f.arrays else np.nan
-                 for f in frames]
-        axes[2].semilogy(t_steps, t_std, color="0.4", lw=1, label="trajectory")
-    axes[2].semilogy(steps, [max(e.get("max_std", np.nan), 1e-6) for e in ok], "o", color="C2",
-                     label="at a label")
-    if tolerance:
-        axes[2].axhline(tolerance, color="C3", lw=1, ls="--", label="std_tolerance")
-    axes[2].set_ylabel("max normalised std")
-    axes[2].legend(fontsize=8)
+    if any(e.get("trigger") == "force" for e in ok):
+        _force_trigger_panel(axes[2], frames, ok)
+    else:
+        _std_trigger_panel(axes[2], frames, ok, tolerance)
     before = [e for e in ok if "force_rmse" in e]
     if before:
         axes[3].plot([e["step"] for e in before], [1000 * e["force_rmse"] for e in before],

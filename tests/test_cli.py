@@ -335,3 +335,75 @@ def test_otf_resume_with_other_settings_is_refused(tmp_path):
     assert proc.returncode == 1 and "the settings differ from the run's" in proc.stderr
     assert "[md] temperature" in proc.stderr
     gpmlip("otf", tmp_path / "otf.toml", "--resume", tmp_path / "run", "-n", "10", "-q")
+
+
+def test_otf_prints_the_final_model_error_on_fresh_trajectory_frames(tmp_path):
+    """`gpmlip otf` ends with the final model's force error on trajectory frames it never
+    learnt, labelled after the run by its own labeller and kept on disk (issue 31)."""
+    import ase.io
+    from ase.calculators.emt import EMT
+
+    import gpmlip as gpmlip_lib
+
+    (tmp_path / "otf.toml").write_text(OTF.format(steps=40))
+    out = gpmlip("otf", tmp_path / "otf.toml", "-d", tmp_path / "run", "--validate", "2")
+    assert "unlabelled trajectory frames (labelled after the run): force MAE" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    check = summary["fresh_frame_check"]
+    assert check["frames"] == 2 and check["failed"] == 0
+    labelled_steps = {e["step"] for e in map(json.loads, (tmp_path / "run" / "events.jsonl")
+                                             .read_text().splitlines())}
+    assert not set(check["steps"]) & labelled_steps and min(check["steps"]) >= 20
+    frames = ase.io.read(tmp_path / "run" / "validation.extxyz", ":")
+    model = gpmlip_lib.load_model(tmp_path / "run" / "model.npz")
+    errors = []
+    for atoms in frames:
+        reference = atoms.copy()
+        reference.calc = EMT()
+        assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy())
+        errors.append(model.predict(atoms, stress=False).forces - reference.get_forces())
+    assert check["force_mae_meV_A"] == pytest.approx(1000 * np.mean(np.abs(errors)))
+    bad = gpmlip("otf", tmp_path / "otf.toml", "-d", tmp_path / "r2", "--validate", "-1",
+                 check=False)
+    assert bad.returncode == 1 and "--validate -1" in bad.stderr
+
+
+@pytest.mark.parametrize("trigger", ["force", "std"])
+def test_otf_plot_draws_the_trigger_that_decided(tmp_path, monkeypatch, trigger):
+    """The uncertainty panel of otf_curve.png shows the force std against the force threshold
+    when the force trigger labelled, the normalised std otherwise (issue 31)."""
+    from gpmlip import plots
+
+    event = {"label": 0, "step": 5, "ok": True, "trigger": trigger, "max_std": 0.2,
+             "sparse_points": 4, "max_predicted_force_std": 0.1}
+    if trigger == "force":
+        event["force_threshold"] = 0.08
+    (tmp_path / "events.jsonl").write_text(json.dumps(event) + "\n")
+    drawn = []
+    monkeypatch.setattr(plots, "_force_trigger_panel", lambda *a: drawn.append("force"))
+    monkeypatch.setattr(plots, "_std_trigger_panel", lambda *a: drawn.append("std"))
+    assert plots.otf_curve(tmp_path).exists() and drawn == [trigger]
+
+
+def test_md_reports_temperature_and_energy_drift(trained, tmp_path):
+    """`gpmlip md` says what the run did: mean and final temperature and the total-energy
+    drift, the same numbers the trajectory gives (issue 31)."""
+    import ase.io
+    from ase import units
+
+    work, _ = trained
+    args = ["md", work / "cu.npz", "-s", "Cu fcc 3.61 2", "-n", "20", "-T", "600",
+            "--ensemble", "verlet", "--interval", "1", "-o", tmp_path / "nve.extxyz"]
+    summary = json.loads(gpmlip(*args, "--json").stdout)
+    frames = ase.io.read(tmp_path / "nve.extxyz", ":")
+    total = [f.get_potential_energy() + f.get_kinetic_energy() for f in frames]
+    time_ps = np.array([f.info["step"] for f in frames]) * summary["timestep_fs"] / 1000
+    slope = np.polyfit(time_ps, total, 1)[0]
+    assert summary["energy_drift_meV_atom_ps"] == pytest.approx(1000 * slope / len(frames[0]),
+                                                                rel=1e-6, abs=1e-9)
+    assert summary["mean_temperature_K"] == pytest.approx(
+        np.mean([f.info["temperature"] for f in frames]), rel=1e-9)
+    assert summary["final_temperature_K"] == pytest.approx(frames[-1].info["temperature"])
+    text = gpmlip(*args).stdout
+    assert "temperature: mean" in text and "meV/atom/ps (NVE: this is the integration error)" \
+        in text

@@ -102,6 +102,9 @@ def label_event(record: dict, model: SparseGP) -> dict:
              "sparse_added": len(record["sparse_atoms"]),
              "sparse_points": model.n_sparse_points, "signal_std": sigma,
              "reason": record.get("reason", {}).get("text", ""),
+             "trigger": record.get("reason", {}).get("trigger", "other"),
+             **({"force_threshold": record["reason"]["threshold"]}
+                if "threshold" in record.get("reason", {}) else {}),
              **record.get("before", {})}
     log.info("step %d: label %d %s (%s; labeller %.2f s, update %.2f s)%s; "
              "%d sparse points", record["step"], record["index"],

@@ -126,6 +126,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--directory", help="run directory")
     p.add_argument("--plot", action="store_true",
                    help="write otf_curve.png (labels, sparse points, uncertainty vs step)")
+    p.add_argument("--validate", type=int, default=3, metavar="N",
+                   help="after the run, label N unlabelled trajectory frames with the run's "
+                        "labeller (N more calls; written to validation.extxyz) and print the "
+                        "final model's error and force-std calibration on them (default 3; "
+                        "0: no check)")
     p.set_defaults(func=dynamics.otf)
 
     p = sub.add_parser("select", help="pick uncertain, diverse structures from a pool")

@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from gpmlip.cli import build, config
 from gpmlip.errors import SettingsError
 
@@ -17,6 +19,7 @@ log = logging.getLogger("gpmlip.cli")
 def md(args) -> int:
     """Run MD with a model; with --gate-threshold, act when the model is unsure."""
     import ase.io
+    from ase import units
 
     import gpmlip
     from gpmlip.active import UncertaintyGate
@@ -67,6 +70,8 @@ def md(args) -> int:
         ase.io.write(tmp, frame, format="extxyz", append=True)
 
     dyn.attach(write_frame, interval=interval)
+    monitor = EnergyMonitor(atoms, dyn)
+    dyn.attach(monitor, interval=1)
     t0 = time.perf_counter()
     first = int(dyn.nsteps)
     if gate is not None:
@@ -79,17 +84,71 @@ def md(args) -> int:
     seconds = time.perf_counter() - t0
     done = int(dyn.nsteps)
     summary = {"steps": done, "seconds": seconds, "trajectory": str(out),
-               "final_temperature_K": atoms.get_temperature()}
+               "ensemble": md_cfg.get("ensemble", "langevin"),
+               "timestep_fs": float(dyn.dt / units.fs),
+               "target_temperature_K": md_cfg.get("temperature"), **monitor.summary()}
     if gate is not None:
         summary["gate"] = gate_summary
     per_step = 1000 * seconds / max(done - first, 1)
-    print(json.dumps(summary, indent=1) if args.json else
-          f"{done} steps in {seconds:.1f} s ({per_step:.0f} ms/step); "
-          f"trajectory {out}" + (f"; gate: {gate.counts['gated']} frames over "
-                                 f"{gate.threshold} ({gate.policy})" if gate else "") +
-          (f"; model with the new labels: {gate_summary['model']}"
-           if gate is not None and "model" in gate_summary else ""))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{done} steps in {seconds:.1f} s ({per_step:.0f} ms/step); trajectory {out}")
+    if monitor.steps:
+        drift = summary["energy_drift_meV_atom_ps"]
+        print(f"temperature: mean {summary['mean_temperature_K']:.0f} K over the run, final "
+              f"{summary['final_temperature_K']:.0f} K"
+              + (f" (target {summary['target_temperature_K']:g} K)"
+                 if summary["target_temperature_K"] is not None else "")
+              + f"; total energy drift {drift:+.3g} meV/atom/ps"
+              + (" (NVE: this is the integration error)" if summary["ensemble"] == "verlet"
+                 else " (thermostatted: the bath exchanges energy, so this is not an error)"))
+    if gate is not None:
+        print(f"gate: {gate.counts['gated']} of {gate_summary.get('steps', done)} steps over "
+              f"the threshold {gate.threshold} ({gate.policy}); largest "
+              f"normalised std {_fmt(gate_summary.get('max_std_seen'))}, largest force std "
+              f"{_fmt(gate_summary.get('max_force_std_seen'), 1000)} meV/Å"
+              + (f"; model with the new labels: {gate_summary['model']}"
+                 if "model" in gate_summary else ""))
     return 0
+
+
+def _fmt(value, scale: float = 1.0) -> str:
+    return "-" if value is None else f"{scale * value:.3g}"
+
+
+class EnergyMonitor:
+    """Potential and kinetic energy of every MD step (attached to the dynamics): what
+    `gpmlip md` reports as temperature and energy drift."""
+
+    def __init__(self, atoms, dyn):
+        self.atoms, self.dyn = atoms, dyn
+        self.time_fs: list[float] = []
+        self.total: list[float] = []
+        self.temperature: list[float] = []
+
+    @property
+    def steps(self) -> int:
+        return len(self.total)
+
+    def __call__(self) -> None:
+        from ase import units
+
+        self.time_fs.append(self.dyn.nsteps * self.dyn.dt / units.fs)
+        self.total.append(self.atoms.get_potential_energy() + self.atoms.get_kinetic_energy())
+        self.temperature.append(self.atoms.get_temperature())
+
+    def summary(self) -> dict:
+        """Mean and final temperature (K) and the total-energy drift (meV/atom/ps, the slope of
+        a straight line through every step)."""
+        if len(self.total) < 2:
+            t = self.atoms.get_temperature()
+            return {"mean_temperature_K": t, "final_temperature_K": t,
+                    "energy_drift_meV_atom_ps": 0.0}
+        slope = np.polyfit(np.asarray(self.time_fs) / 1000.0, self.total, 1)[0]
+        return {"mean_temperature_K": float(np.mean(self.temperature)),
+                "final_temperature_K": float(self.temperature[-1]),
+                "energy_drift_meV_atom_ps": float(1000 * slope / len(self.atoms))}
 
 
 def _keep_frames_until(part: Path, final: Path, step: int) -> None:
@@ -147,6 +206,8 @@ def otf(args) -> int:
     from gpmlip.active import OnTheFlyLearner
 
     cfg = config.load(args.config)
+    if args.validate < 0:
+        raise SettingsError(f"--validate {args.validate}: give a number of frames >= 0")
     if args.resume is not None and not Path(args.resume, "events.jsonl").exists():
         raise gpmlip.errors.SettingsError(
             f"--resume {args.resume}: no on-the-fly run there (a run directory holds "
@@ -181,6 +242,13 @@ def otf(args) -> int:
         log.error("interrupted: every label so far is on disk in %s; continue with "
                   "`gpmlip otf %s --resume %s`", directory, args.config, directory)
         return 130
+    if args.validate:
+        from gpmlip.active.check import fresh_frame_check
+        from gpmlip.active.rundir import write_json
+
+        summary["fresh_frame_check"] = fresh_frame_check(learner.model, learner.labeller,
+                                                         summary["directory"], args.validate)
+        write_json(Path(summary["directory"]) / "summary.json", summary)
     if args.plot:
         from gpmlip.plots import otf_curve
         summary["plot"] = str(otf_curve(summary["directory"]))
@@ -199,6 +267,20 @@ def otf(args) -> int:
               (f"; force_tolerance {summary['settings']['force_tolerance']} eV/Å ~ normalised std "
                f"{eq['force_tolerance_as_normalised_std']:.3g}"
                if "force_tolerance_as_normalised_std" in eq else ""))
+        check = summary.get("fresh_frame_check")
+        if check and check["frames"]:
+            print(f"final model on {check['frames']} unlabelled trajectory frames (labelled after "
+                  f"the run): force MAE {check['force_mae_meV_A']:.1f} meV/Å, RMSE "
+                  f"{check['force_rmse_meV_A']:.1f}" +
+                  (f", energy MAE {check['energy_mae_meV_atom']:.2f} meV/atom"
+                   if check["energy_mae_meV_atom"] is not None else "") +
+                  f"; predicted force std RMS {check['force_std_rms_meV_A']:.1f} meV/Å "
+                  f"({'calibrated' if check['calibrated'] else 'raw, uncalibrated'}; ZMS "
+                  f"{check['force_zms']:.2f}, 1 is honest)")
+        elif check:
+            print(f"fresh-frame check: no frame could be labelled ({check['failed']} failed)")
         print(f"files: {summary['directory']}/ (model.npz, labelled.extxyz, trajectory.extxyz, "
-              "events.jsonl, summary.json" + (", otf_curve.png" if args.plot else "") + ")")
+              "events.jsonl, summary.json" + (", validation.extxyz" if check and check["frames"]
+                                              else "") +
+              (", otf_curve.png" if args.plot else "") + ")")
     return 0

@@ -56,6 +56,9 @@ def check_run(directory: Path, *, in_flight_may_repeat: bool = False) -> dict:
     t_steps = [a.info["step"] for a in traj]
     assert t_steps == sorted(set(t_steps)) and t_steps[-1] == STEPS
     assert "local_std" in traj[-1].arrays
+    # every labelled frame is in the trajectory, marked (a kill between a label's checkpoint
+    # and the frame's write lost it for good)
+    assert {a.info["step"] for a in traj if a.info.get("labelled")} == set(steps)
     events = [json.loads(line) for line in (directory / "events.jsonl").read_text().splitlines()]
     assert [e["label"] for e in events] == [r["index"] for r in records]
     return summary
@@ -138,3 +141,28 @@ def test_kill_then_resume_with_a_baseline(tmp_path):
     assert summary["sparse_points"] == reference["sparse_points"]
     final = sorted((tmp_path / "killed" / "run").glob("model*.npz"))[-1]
     assert isinstance(gpmlip.load_model(final).baseline, ZBLBaseline)
+
+
+def test_resume_checks_the_checkpoint_and_rebuilds_lost_events(tmp_path, reference):
+    """An edited checkpoint count is refused (it would learn labels twice or skip them); a
+    truncated events.jsonl gets its checkpointed events back from labels/ (issue 31)."""
+    import shutil
+
+    killed = run_job(tmp_path / "a" / "run", "--kill-at", "updated:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck_path = tmp_path / "a" / "run" / "checkpoint.json"
+    ck = json.loads(ck_path.read_text())
+    assert ck["n_labels"] == 3
+    for count in (2, 4, 99):
+        ck_path.write_text(json.dumps({**ck, "n_labels": count}))
+        refused = run_job(tmp_path / "a" / "run", "--resume")
+        assert refused.returncode != 0 and f"n_labels = {count}" in refused.stderr
+    events = tmp_path / "b" / "run" / "events.jsonl"
+    events.write_text(events.read_text().splitlines(keepends=True)[0])
+    resumed = run_job(tmp_path / "b" / "run", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "lacks the events of labels [2, 3]" in resumed.stderr
+    check_run(tmp_path / "b" / "run")
+    lines = [json.loads(x) for x in events.read_text().splitlines()]
+    assert [e.get("rebuilt", False) for e in lines[:3]] == [False, True, True]

@@ -118,6 +118,7 @@ class OnTheFlyLearner:
         self._dyn = None
         self._calc: GPCalculator | None = None
         self._cooldown_until = -1
+        self._label_steps: set[int] = set()   # steps labelled (their trajectory frame is marked)
         self._model_file: str | None = None
         self._budget_warned = False
         self._wall0 = 0.0
@@ -186,10 +187,13 @@ class OnTheFlyLearner:
         if self.trigger.last is not None:
             calc.results["force_std"] = self.trigger.last["force_std"]
         if reason is not None and self.budget_left():
+            # the frame goes to disk before the label: a kill after the label's checkpoint
+            # would otherwise lose it for good (resume keeps frames up to the checkpoint's step)
+            self._write_frame(atoms, step, True)
             self.label(atoms, std, reason=reason)
             labelled = True
-        if labelled or step % self.settings.trajectory_interval == 0:
-            self._write_frame(atoms, step, labelled)
+        elif step in self._label_steps or step % self.settings.trajectory_interval == 0:
+            self._write_frame(atoms, step, step in self._label_steps)
         self.step_done(step, labelled)
 
     def step_done(self, step: int, labelled: bool = False) -> None:
@@ -311,6 +315,7 @@ class OnTheFlyLearner:
         attempts = 1 + (s.max_retries if s.on_failure == "retry" else 0)
         step = int(getattr(self._dyn, "nsteps", 0))
         self.counters["steps"] = step
+        self._label_steps.add(step)
         before = records.model_view(self.model, atoms)
         for attempt in range(attempts):
             record = self._call_labeller(atoms, std, step, attempt, before, reason)
@@ -411,6 +416,7 @@ class OnTheFlyLearner:
         ck = records.read_checkpoint(self.rundir)
         md = None
         if ck is not None:
+            records.check_checkpoint(self.rundir, ck, self.rundir.labels())
             if ck.get("model"):
                 self.model = load_model(self.rundir.path / ck["model"],
                                         baseline=self.model.baseline)
@@ -423,12 +429,14 @@ class OnTheFlyLearner:
             self.extra_state.update(ck.get("extra", {}))
             md = ck["md"]
             for record in self.rundir.labels()[:self.n_applied]:   # the calibration's residuals
+                self._label_steps.add(int(record["step"]))
                 if record.get("residuals"):
                     self.trigger.history.append((np.asarray(record["residuals"]["force_error"]),
                                                  np.asarray(record["residuals"]["parts"])))
         checkpointed = self.n_applied
         pending = self.rundir.labels(after=checkpointed)
         for record in pending:
+            self._label_steps.add(int(record["step"]))
             log.info("applying label %d (on disk, not yet learnt from)", record["index"])
             self._apply(record)
             if record["result"]["ok"]:
@@ -440,6 +448,12 @@ class OnTheFlyLearner:
         # Events of labels after the checkpoint may or may not have reached the disk before the
         # kill: drop them and write them again, then checkpoint (a kill in between repeats this).
         self.rundir.rewind(int(self._dyn.nsteps), checkpointed)
+        lost = records.missing_events(self.rundir, self.rundir.labels(), checkpointed)
+        if lost:
+            log.warning("%s lacks the events of labels %s (truncated or damaged): rebuilt from "
+                        "labels/ without the model size after each", self.rundir.events_path,
+                        [e["label"] for e in lost])
+            self.rundir.rewrite_events(records.merge_events(self.rundir.events(), lost))
         for record in pending:
             self.rundir.append_event(records.label_event(record, self.model))
         if pending:

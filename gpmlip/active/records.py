@@ -160,6 +160,67 @@ def checkpoint_state(*, n_labels: int, md: dict, counters: dict, timers: dict,
             "model": model_file, "extra": extra}
 
 
+def check_checkpoint(rundir: RunDirectory, ck: dict, labels: list[dict]) -> None:
+    """Refuse a checkpoint that does not agree with the labels on disk.
+
+    Every successful label saves the model as ``model-<n>.npz`` and checkpoints with
+    ``n_labels = n``, so the checkpoint's count is at least its model's and every label between
+    them failed; a count edited by hand (or a checkpoint from another run) would otherwise make
+    the resume learn labels twice or skip them.
+    """
+    n = ck.get("n_labels")
+    if not isinstance(n, int) or n < 0 or n > len(labels):
+        raise RunDirectoryError(f"{rundir.checkpoint_path}: n_labels = {n!r}, but {len(labels)} "
+                                f"labels are in {rundir.labels_dir}: the checkpoint was edited or "
+                                "belongs to another run; restore it, or start a new run")
+    name = ck.get("model")
+    if name:
+        try:
+            k = int(str(name).removeprefix("model-").removesuffix(".npz"))
+        except ValueError:
+            raise RunDirectoryError(f"{rundir.checkpoint_path}: model {name!r} is not a "
+                                    "checkpoint model name (model-<labels>.npz)") from None
+        learnt = [r["index"] for r in labels[k:n] if r["result"]["ok"]]
+        if k > n or learnt:
+            raise RunDirectoryError(
+                f"{rundir.checkpoint_path}: n_labels = {n} but its model {name} holds the labels "
+                f"up to {k}" + (f", and labels {learnt} between them succeeded" if learnt else "")
+                + ": the count was edited or the files mixed; restore the checkpoint (resuming "
+                "would learn labels twice or skip them), or start a new run")
+
+
+def missing_events(rundir: RunDirectory, labels: list[dict], n_labels: int) -> list[dict]:
+    """Events of applied labels (index <= ``n_labels``) that ``events.jsonl`` lacks (a truncated
+    or damaged file), rebuilt from the label records: everything but the model's size after
+    the label (``sparse_points``, ``signal_std``, ``update_seconds``), marked ``rebuilt``."""
+    have = {e.get("label") for e in rundir.events()}
+    out = []
+    for record in labels[:n_labels]:
+        if record["index"] in have:
+            continue
+        result = record["result"]
+        out.append({"label": record["index"], "step": record["step"], "ok": result["ok"],
+                    "error": result["error"], "max_std": record["max_std"],
+                    "label_seconds": result["seconds"],
+                    "sparse_added": len(record["sparse_atoms"]),
+                    "reason": record.get("reason", {}).get("text", ""),
+                    "trigger": record.get("reason", {}).get("trigger", "other"),
+                    **record.get("before", {}), "rebuilt": True})
+    return out
+
+
+def merge_events(events: list[dict], rebuilt: list[dict]) -> list[dict]:
+    """``events`` with ``rebuilt`` label events put back in label order (other lines, such as
+    a gate's decisions, stay where they are)."""
+    queue = sorted(rebuilt, key=lambda e: e["label"])
+    out = []
+    for event in events:
+        while queue and "label" in event and queue[0]["label"] < event["label"]:
+            out.append(queue.pop(0))
+        out.append(event)
+    return out + queue
+
+
 def read_checkpoint(rundir: RunDirectory) -> dict | None:
     """The run's last checkpoint, checked for format and version (None if there is none)."""
     ck = rundir.read_checkpoint()

@@ -215,8 +215,11 @@ class RunDirectory:
             if kept:
                 ase.io.write(tmp, kept, format="extxyz")
             os.replace(tmp, self.trajectory_path)
-        kept_events = [e for e in self.events() if e.get("label", 0) <= n_labels]
+        self.rewrite_events([e for e in self.events() if e.get("label", 0) <= n_labels])
+
+    def rewrite_events(self, events: list[dict]) -> None:
+        """Replace ``events.jsonl`` with ``events`` (atomically)."""
         tmp = self.events_path.with_name("events.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept_events))
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in events))
         os.replace(tmp, self.events_path)
 

@@ -154,6 +154,43 @@ def _what_it_is(head: bytes) -> str:
     return "not a zip archive"
 
 
+MEMBERS = ("metadata.json", "beta", "features", "kmm", "sparse_features", "sparse_species",
+           "sparse_origin")
+MEMBER_PREFIXES = ("frame_", "stats_", "twobody_")
+"""The arrays a model file may hold (:meth:`FittedState.to_arrays`); anything else is refused
+before it is read."""
+MAX_BYTES_ENV = "GPMLIP_MAX_MODEL_BYTES"
+MAX_BYTES = 16 * 2 ** 30
+"""Largest total uncompressed size of a model file's arrays (16 GiB: a model with 20,000 sparse
+points of 1,000 features and its Gram statistics is about 7 GiB); ``GPMLIP_MAX_MODEL_BYTES``
+raises it."""
+MAX_RATIO = 100
+"""Largest ratio of a member's size to its compressed size (gpmlip writes uncompressed npz)."""
+
+
+def _check_members(path: Path) -> None:
+    """Refuse, before reading any array, an archive with members a model file does not have,
+    too large in total, or compressed beyond what gpmlip writes (a zip bomb)."""
+    limit = int(os.environ.get(MAX_BYTES_ENV, MAX_BYTES))
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+    names = [i.filename.removesuffix(".npy") for i in infos]
+    foreign = [n for n in names if n not in MEMBERS and not n.startswith(MEMBER_PREFIXES)]
+    if "metadata.json" in names and foreign:
+        raise ModelFileError(f"{path} holds arrays no gpmlip model has ({foreign[:5]}): it was "
+                             "written or edited by another program; save the model again")
+    total = sum(i.file_size for i in infos)
+    if total > limit:
+        raise ModelFileError(f"{path} declares {total / 2 ** 30:.1f} GiB of arrays, over the "
+                             f"limit of {limit / 2 ** 30:.1f} GiB: it is damaged or not a model; "
+                             f"if it is a genuine model that large, set {MAX_BYTES_ENV}")
+    for i in infos:
+        if i.file_size > MAX_RATIO * max(i.compress_size, 1) and i.file_size > 2 ** 20:
+            raise ModelFileError(f"{path}: array {i.filename} expands {i.file_size} bytes from "
+                                 f"{i.compress_size}; gpmlip never writes compressed models, so "
+                                 "the file is not one of its models")
+
+
 def _open(path):
     path = Path(path)
     if not path.exists():
@@ -167,6 +204,7 @@ def _open(path):
                              "a model file is the .npz that SparseGP.save or gpmlip train "
                              "writes (check the order of the arguments)")
     try:
+        _check_members(path)
         data = np.load(path, allow_pickle=False)
         if "metadata.json" not in data.files:
             raise ModelFileError(f"{path} is an .npz archive but not a gpmlip model file (it has "

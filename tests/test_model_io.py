@@ -222,3 +222,31 @@ def test_a_file_with_wrong_values_is_refused_not_loaded(model, tmp_path, what):
     with pytest.raises(gpmlip.ModelFileError, match="damaged"):
         gpmlip.load_model(tmp_path / "bad.npz")
     gpmlip.load_model(path)   # the untouched file still loads
+
+
+def test_a_file_too_large_or_with_foreign_arrays_is_refused_before_reading(model, tmp_path,
+                                                                           monkeypatch):
+    """An unused member, a total size over the limit or a zip bomb is refused from the archive's
+    directory, before numpy reads any array (issue 31: a 2 GiB unused member took 22 s)."""
+    import time
+
+    path = tmp_path / "model.npz"
+    model.save(path)
+    _rewrite(path, tmp_path / "extra.npz",
+             lambda m, a: a.update(junk=np.zeros(10)))
+    with pytest.raises(gpmlip.ModelFileError, match=r"arrays no gpmlip model has \(\['junk'\]"):
+        gpmlip.load_model(tmp_path / "extra.npz")
+
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["frame_padding"] = np.zeros(2 ** 22)          # 32 MiB of zeros, compresses ~1000x
+    np.savez_compressed(tmp_path / "bomb.npz", **arrays)
+    with pytest.raises(gpmlip.ModelFileError, match="never writes compressed models"):
+        gpmlip.load_model(tmp_path / "bomb.npz")
+    monkeypatch.setenv("GPMLIP_MAX_MODEL_BYTES", str(path.stat().st_size // 2))
+    t = time.perf_counter()
+    with pytest.raises(gpmlip.ModelFileError, match="over the limit .* GPMLIP_MAX_MODEL_BYTES"):
+        gpmlip.load_model(path)
+    assert time.perf_counter() - t < 1.0
+    monkeypatch.delenv("GPMLIP_MAX_MODEL_BYTES")
+    assert gpmlip.load_model(path).is_fitted

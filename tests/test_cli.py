@@ -407,3 +407,27 @@ def test_md_reports_temperature_and_energy_drift(trained, tmp_path):
     text = gpmlip(*args).stdout
     assert "temperature: mean" in text and "meV/atom/ps (NVE: this is the integration error)" \
         in text
+
+
+def test_data_table_drops_or_shifts_stress_labels():
+    """The fit report's Pulay advice has a CLI route (issue 31): [data] stresses = false fits
+    energies and forces only, pressure_offset_gpa subtracts a constant pressure."""
+    from ase.units import GPa
+
+    from gpmlip.cli import build, config
+    from gpmlip.errors import SettingsError
+
+    path = str(DATA / "cu_emt_train.extxyz")
+    plain = build.data(path, {})
+    assert any(f.stress is not None for f in plain)
+    assert all(f.stress is None for f in build.data(path, {"stresses": False}))
+    shifted = build.data(path, {"pressure_offset_gpa": 2.0})
+    for a, b in zip(plain, shifted):
+        if a.stress is not None:
+            np.testing.assert_allclose(b.stress - a.stress, 2.0 * GPa * np.eye(3), atol=1e-15)
+            assert -np.trace(b.stress) / 3 / GPa == pytest.approx(-np.trace(a.stress) / 3 / GPa
+                                                                  - 2.0)
+    with pytest.raises(SettingsError, match="both given"):
+        build.data(path, {"stresses": False, "pressure_offset_gpa": 1.0})
+    with pytest.raises(SettingsError, match="stresses"):
+        config.check({"data": {"stresses": "no"}}, "x.toml")

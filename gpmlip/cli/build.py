@@ -9,7 +9,8 @@ import numpy as np
 from gpmlip.errors import SettingsError
 
 MODEL_KEYS = ("zeta", "n_sparse", "sparse_method", "energy_sigma", "force_sigma",
-              "stress_sigma", "stress_noise", "virial_sigma", "e0", "seed", "baseline")
+              "stress_sigma", "stress_noise", "virial_sigma", "signal_std", "e0", "seed",
+              "baseline")
 
 
 def _weighting(value):
@@ -143,7 +144,26 @@ def data(paths, settings: dict, species=None):
         if on_error not in ("raise", "skip"):
             raise SettingsError(f"[data] on_error = {on_error!r}: use \"raise\" or \"skip\"")
         frames += list(load_frames(path, keys=keys, species=species, on_error=on_error))
-    return Dataset(frames)
+    return Dataset(stress_labels(frames, settings))
+
+
+def stress_labels(frames, settings: dict) -> list:
+    """The ``[data]`` table's stress options: ``stresses = false`` drops every stress label
+    (energies and forces only); ``pressure_offset_gpa = p`` subtracts a constant pressure ``p``
+    (GPa) from every stress label, i.e. ``stress + p I`` (the fit report's Pulay-like offset)."""
+    import dataclasses
+
+    from ase.units import GPa
+
+    keep = settings.get("stresses", True)
+    offset = settings.get("pressure_offset_gpa")
+    if keep and not offset:
+        return list(frames)
+    if not keep and offset:
+        raise SettingsError("[data] stresses = false and pressure_offset_gpa both given: the "
+                            "offset applies to stress labels, which stresses = false drops")
+    return [dataclasses.replace(f, stress=None if not keep or f.stress is None
+                                else f.stress + offset * GPa * np.eye(3)) for f in frames]
 
 
 def structure(spec: str):

@@ -21,9 +21,17 @@ allowed::
     optimise = true         # marginal likelihood; "loo": noise by leave-one-out error
     two_body = true         # or a table of gpmlip.TwoBody settings {sigma = 0.5}
     baseline = {name = "zbl", inner = 1.0, outer = 2.0}   # or "d3", see gpmlip.baselines
+    energy_sigma = 0.002    # noise levels (eV/atom, eV/Å, eV/atom of virial) and the signal
+    force_sigma = 0.05      # std (eV, or a table per species) fixed by hand
+    virial_sigma = 0.5
+    signal_std = 1.0
 
     [data]
     train = ["data/cu_emt.extxyz"]
+    energy_key = "dft_energy"   # label keys other than the usual ones (read by themselves)
+    on_error = "skip"       # drop invalid frames (listed) instead of stopping
+    stresses = false        # fit energies and forces only
+    pressure_offset_gpa = 0.5   # or: subtract a constant (Pulay-like) pressure from the labels
 
     [md]
     structure = "data/cu_emt.extxyz"   # first frame used; or a bulk spec such as "Cu fcc 3.61 2"
@@ -59,10 +67,12 @@ SCHEMA: dict[str, dict[str, tuple]] = {
               "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
               "stress_noise": (str,), "virial_sigma": NUMBER, "e0": (str, dict),
               "optimise": (bool, str), "file": (str,), "seed": (int,), "baseline": (str, dict),
-              "two_body": (bool, dict), "tune": (bool,), "budget": NUMBER},
+              "two_body": (bool, dict), "tune": (bool,), "budget": NUMBER,
+              "signal_std": (int, float, dict)},
     "data": {"train": (str, list), "test": (str, list), "energy_key": (str,),
              "forces_key": (str,), "stress_key": (str,), "virial_key": (str,),
-             "config_type_key": (str,), "on_error": (str,)},
+             "config_type_key": (str,), "on_error": (str,), "stresses": (bool,),
+             "pressure_offset_gpa": NUMBER},
     "md": {"structure": (str,), "ensemble": (str,), "temperature": NUMBER,
            "timestep_fs": NUMBER, "friction_per_fs": NUMBER, "steps": (int,), "seed": (int,),
            "trajectory": (str,), "interval": (int,)},
@@ -92,7 +102,7 @@ RANGES: dict[tuple[str, str], str] = {
     ("model", "zeta"): AT_LEAST_ONE, ("model", "n_sparse"): AT_LEAST_ONE,
     ("model", "energy_sigma"): POSITIVE, ("model", "force_sigma"): POSITIVE,
     ("model", "stress_sigma"): POSITIVE, ("model", "virial_sigma"): POSITIVE,
-    ("model", "budget"): POSITIVE,
+    ("model", "budget"): POSITIVE, ("model", "signal_std"): POSITIVE,
     ("md", "temperature"): NON_NEGATIVE, ("md", "timestep_fs"): POSITIVE,
     ("md", "friction_per_fs"): NON_NEGATIVE, ("md", "steps"): NON_NEGATIVE,
     ("md", "interval"): AT_LEAST_ONE,

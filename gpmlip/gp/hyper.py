@@ -129,7 +129,9 @@ def optimise(state: FittedState, species: Sequence[int], *,
             at_bound.append(name)
     if at_bound:
         log.warning("hyper-parameters %s stopped at a bound of their range %s: the data may "
-                    "not determine them (add labels of that kind, or fix them by hand)",
+                    "not determine them: add labels of that kind, or fix them (settings "
+                    "file: [model] energy_sigma, force_sigma, virial_sigma, signal_std, "
+                    "without optimise; Python: the SparseGP arguments of those names)",
                     at_bound, {n: BOUNDS.get(n.split()[0]) for n in at_bound})
     signal_variance, noise = _values(state, params, res.x)
     result = HyperResult(values, float(-res.fun), float(initial), at_bound, bool(res.success),

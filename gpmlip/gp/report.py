@@ -114,8 +114,10 @@ def fit_report(state, pressure_rows: list[np.ndarray], pressure_labels: list[flo
         report.flags.append(
             f"the stress labels are offset from the energies by {report.mean_pressure_residual:+.2f}"
             f" GPa of pressure on average (label minus the energy+forces model, {len(res)} cells): "
-            "a Pulay-like stress. Subtract it from the labels (stress + p I with p in eV/Å³), "
-            "or raise virial_sigma, or fit energies and forces only")
+            "a Pulay-like stress. Subtract it from the labels (settings file: [data] "
+            "pressure_offset_gpa = <p>; Python: stress + p I with p in eV/Å³), or raise the "
+            "virial noise ([model] virial_sigma; SparseGP(virial_sigma=...)), or fit energies "
+            "and forces only ([data] stresses = false)")
     med = np.median(res)
     mad = 1.4826 * np.median(np.abs(res - med))
     bad = np.flatnonzero((np.abs(res - med) > max(OUTLIER_GPA, 5 * mad)))
@@ -127,7 +129,8 @@ def fit_report(state, pressure_rows: list[np.ndarray], pressure_labels: list[flo
             f"{report.outlier_frames[:10]}{'...' if len(bad) > 10 else ''}) have a pressure "
             f"label more than {max(OUTLIER_GPA, 5 * mad):.2g} GPa from what their energies and "
             "forces imply (surfaces and cells with vacuum often do): drop their stress or give "
-            "them a larger virial_sigma (config_sigmas or atoms.info['virial_sigma'])")
+            "them a larger virial_sigma (a virial_sigma column in their extxyz info line, "
+            "atoms.info['virial_sigma']; or config_sigmas in Python)")
     for flag in report.flags:
         log.warning("fit report: %s", flag)
     if not report.flags:

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
-COMMANDS = ["train", "eval", "info", "md", "otf", "select", "label", "learn"]
+COMMANDS = ["train", "eval", "calibrate", "info", "md", "otf", "select", "label", "learn"]
 
 SMALL = """
 [descriptor]
@@ -431,3 +431,32 @@ def test_data_table_drops_or_shifts_stress_labels():
         build.data(path, {"stresses": False, "pressure_offset_gpa": 1.0})
     with pytest.raises(SettingsError, match="stresses"):
         config.check({"data": {"stresses": "no"}}, "x.toml")
+
+
+def test_calibrate_command_and_the_gate_warns_on_an_uncalibrated_model(tmp_path, caplog):
+    """`gpmlip calibrate` writes a calibrated model (held-out data or leave-one-out); a gate that
+    thresholds the force std of an uncalibrated model says so (issue 29)."""
+    import logging
+
+    import gpmlip as lib
+    from gpmlip.active import UncertaintyGate
+
+    train = lib.load_frames(DATA / "cu_emt_train.extxyz")
+    model = lib.SparseGP(lib.SOAP(["Cu"], 4.0, 4, 3), n_sparse=30).fit(list(train)[:6])
+    assert model.calibration is None
+    model.save(tmp_path / "raw.npz")
+    with caplog.at_level(logging.WARNING, logger="gpmlip.active.gate"):
+        UncertaintyGate(model, tmp_path / "gate", 0.01, "warn", force_threshold=0.1)
+    assert "the model is not calibrated" in caplog.text and "gpmlip calibrate" in caplog.text
+    out = gpmlip("calibrate", tmp_path / "raw.npz", DATA / "cu_emt_test.extxyz",
+                 "-o", tmp_path / "held.npz", "--json")
+    cal = json.loads(out.stdout)["calibration"]
+    assert cal["source"] == "held-out" and cal["n"] > 0
+    held = lib.load_model(tmp_path / "held.npz")
+    assert held.calibration.to_dict()["weights"] == pytest.approx(cal["weights"])
+    again = lib.load_model(tmp_path / "raw.npz").calibrate(DATA / "cu_emt_test.extxyz")
+    assert again.to_dict()["weights"] == pytest.approx(cal["weights"])
+    gpmlip("calibrate", tmp_path / "raw.npz", "--max-frames", "3")
+    assert lib.load_model(tmp_path / "raw.npz").calibration.source == "leave-one-out"
+    bad = gpmlip("calibrate", tmp_path / "raw.npz", "--max-frames", "0", check=False)
+    assert bad.returncode == 1 and "--max-frames 0" in bad.stderr

@@ -90,6 +90,19 @@ def parser() -> argparse.ArgumentParser:
                         "(needs matplotlib: pip install 'gpmlip[plots]')")
     p.set_defaults(func=models.evaluate)
 
+    p = sub.add_parser("calibrate", help="calibrate a model's force std",
+                       description="Fit the force-std calibration on honest residuals: labelled "
+                                   "structures the model was not trained on, or (without "
+                                   "DATA) leave-one-structure-out residuals of its training "
+                                   "set; write the calibrated model.")
+    p.add_argument("model")
+    p.add_argument("data", nargs="*", help="held-out labelled structures (default: "
+                                           "leave-one-out on the training set)")
+    p.add_argument("-o", "--output", help="calibrated model file (default: MODEL, replaced)")
+    p.add_argument("--max-frames", type=int, default=50,
+                   help="leave-one-out: training structures left out (default 50)")
+    p.set_defaults(func=models.calibrate)
+
     p = sub.add_parser("info", help="what a model file holds")
     p.add_argument("model")
     p.set_defaults(func=models.info)

@@ -129,8 +129,9 @@ def _check_values(arrays: dict, meta: dict) -> None:
         for key in ("r_cut", "sigma"):
             if key in part:
                 _number(part[key], f"descriptor {key}", bound="> 0")
-    for part, v in ((meta.get("calibration") or {}).get("weights") or {}).items():
-        _number(v, f"calibration weight of {part}", bound=">= 0")
+    for key in ("calibration", "energy_calibration"):
+        for part, v in ((meta.get(key) or {}).get("weights") or {}).items():
+            _number(v, f"{key} weight of {part}", bound=">= 0")
 
 
 def model_file_damaged(path, exc: BaseException) -> ModelFileError:

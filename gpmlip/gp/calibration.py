@@ -63,6 +63,8 @@ class Calibration:
     source: str = ""
     nll: float = float("nan")
     info: dict = field(default_factory=dict)
+    quantity: str = "force"
+    """What it calibrates: "force" (per component) or "energy" (total energies)."""
 
     @property
     def scale(self) -> float:
@@ -83,7 +85,7 @@ class Calibration:
         """JSON-ready (what the model file stores)."""
         return {"version": CALIBRATION_VERSION, "weights": dict(self.weights),
                 "method": self.method, "n": self.n, "source": self.source, "nll": self.nll,
-                "info": self.info}
+                "info": self.info, "quantity": self.quantity}
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Calibration | None:
@@ -93,15 +95,15 @@ class Calibration:
         return cls(weights={p: float(data["weights"][p]) for p in PARTS},
                    method=data.get("method", "scale"), n=int(data.get("n", 0)),
                    source=data.get("source", ""), nll=float(data.get("nll", float("nan"))),
-                   info=dict(data.get("info", {})))
+                   info=dict(data.get("info", {})), quantity=str(data.get("quantity", "force")))
 
     def describe(self) -> str:
         """One line for logs."""
         if self.method == "scale":
-            return (f"force std x {self.scale:.3g} (one scale, {self.n} residuals, "
+            return (f"{self.quantity} std x {self.scale:.3g} (one scale, {self.n} residuals, "
                     f"{self.source})")
         w = ", ".join(f"{p} x {np.sqrt(v):.3g}" for p, v in self.weights.items())
-        return f"force std from parts ({w}; {self.n} residuals, {self.source})"
+        return f"{self.quantity} std from parts ({w}; {self.n} residuals, {self.source})"
 
 
 def _mean_nll(r2: np.ndarray, var: np.ndarray) -> float:
@@ -240,7 +242,15 @@ def held_out_residuals(model, frames) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(res), np.concatenate(parts)
 
 
-def leave_one_out_residuals(model, *, max_frames: int | None = 50
+def loo_subset(model, max_frames: int | None = 50) -> np.ndarray:
+    """At most ``max_frames`` training-structure indices, evenly spread (all for None)."""
+    idx = np.arange(len(model.training_frames))
+    if max_frames is not None and len(idx) > max_frames:
+        idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
+    return idx
+
+
+def leave_one_out_residuals(model, *, max_frames: int | None = 50, loo=None
                             ) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form leave-one-structure-out force residuals and their variance parts.
 
@@ -257,6 +267,9 @@ def leave_one_out_residuals(model, *, max_frames: int | None = 50
     max_frames : int, optional
         Use at most this many structures, evenly spread over the training set (each costs one
         Jacobian); None: all.
+    loo : LeaveOneOut, optional
+        Already computed (:func:`gpmlip.gp.validation.leave_one_out`); ``max_frames`` is then
+        not used.
 
     Returns
     -------
@@ -266,10 +279,8 @@ def leave_one_out_residuals(model, *, max_frames: int | None = 50
     from gpmlip.gp.validation import leave_one_out
 
     frames = model.training_frames
-    idx = np.arange(len(frames))
-    if max_frames is not None and len(idx) > max_frames:
-        idx = np.unique(np.linspace(0, len(idx) - 1, max_frames).round().astype(int))
-    loo = leave_one_out(model, frames=idx)
+    if loo is None:
+        loo = leave_one_out(model, frames=loo_subset(model, max_frames))
     res, parts = [], []
     for k, i in enumerate(loo.frames):
         r = loo.force_residual[k]

@@ -89,6 +89,7 @@ def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> Spa
             stored_beta, beta, rtol=1e-6, atol=1e-8 * max(1.0, float(np.abs(beta).max())))):
         raise ValueError("the stored weights differ from those its stored statistics give")
     model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
+    model.energy_calibration = Calibration.from_dict(meta.get("energy_calibration"))
     build = meta.get("build")   # None: not built by gpmlip.build_model
     if build is not None and not isinstance(build, dict):
         raise ValueError(f"its build report is a {type(build).__name__}, not a table")

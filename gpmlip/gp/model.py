@@ -17,17 +17,19 @@ from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
-from gpmlip.data import Dataset, Frame, as_frames, reference_energies, warn_missing_labels
+from gpmlip.data import (Dataset, Frame, as_frames, load_frames, reference_energies,
+                         warn_missing_labels)
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
 from gpmlip.gp import hyper, selection
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
-                                    held_out_residuals, leave_one_out_residuals)
+                                    held_out_residuals, leave_one_out_residuals, loo_subset)
 from gpmlip.gp import report as fit_report
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
 from gpmlip.gp.solver import GramStats, Hyper, solve
 from gpmlip.gp.state import FittedState
+from gpmlip.gp import energy_std as energy_std_module
 from gpmlip.gp import twobody
 from gpmlip.gp.twobody import TwoBody, TwoBodySparse
 from gpmlip.io import write_model_file
@@ -159,6 +161,7 @@ class SparseGP:
         self.two_body = two_body
         self.state_: FittedState | None = None
         self.calibration: Calibration | None = None   # of the force std; None: raw
+        self.energy_calibration: Calibration | None = None   # of the energy std; None: raw
         self.fit_report_ = None   # a gpmlip.gp.report.FitReport after fit
         self.build_report_: dict | None = None   # how gpmlip.build_model chose the settings
         self._version = 0   # of the last state, so that a refit keeps counting up
@@ -312,6 +315,7 @@ class SparseGP:
         self._version = self.version
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
         self.calibration = None   # fitted for other data: calibrate again
+        self.energy_calibration = None
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(self.learnt_labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
@@ -667,8 +671,21 @@ class SparseGP:
                                         gradient=False, variance=True)
         return normalised_std(var, sigma2)
 
+    def energy_covariance(self, structures: Sequence[Atoms], *,
+                          calibrated: bool = True) -> np.ndarray:
+        """Posterior covariance of the total energies of ``structures``, eV^2, shape (k, k).
+
+        The std of an energy difference ``E_a - E_b`` (a formation or surface energy, a barrier)
+        is ``sqrt(C[a, a] + C[b, b] - 2 C[a, b])``: errors shared by similar environments cancel
+        in it.  With ``calibrated`` (default) it is scaled like the force std when the model is
+        calibrated (see :mod:`gpmlip.gp.energy_std`); else the raw DTC covariance.
+        """
+        cov = energy_std_module.energy_covariance(self, list(structures))
+        return energy_std_module.calibrated(self, cov) if calibrated else cov
+
     def predict(self, atoms: Atoms, *, forces: bool = True, stress: bool = True,
-                force_std: bool = False, variance: bool = True) -> Prediction:
+                force_std: bool = False, variance: bool = True,
+                energy_std: bool = False) -> Prediction:
         """Energy, forces, stress, local energies and their uncertainties for one structure.
 
         Parameters
@@ -681,6 +698,11 @@ class SparseGP:
             contraction per sparse point: for labelling decisions, not for every MD step):
             ``force_std`` is calibrated when :attr:`calibration` is set (see :meth:`calibrate`),
             ``force_std_raw`` is the raw DTC std.
+        energy_std : bool
+            Also the std of the total energy (:meth:`energy_covariance`, with the covariance
+            between the atoms' local energies; costs a kernel between all pairs of atoms):
+            ``energy_std`` (calibrated like the force std when the model is) and
+            ``energy_std_raw``.
         variance : bool, default True
             Compute the local-energy variances (plain MD does not need them); without them the
             variance fields of the result are None.
@@ -704,6 +726,11 @@ class SparseGP:
             result.force_std_raw = np.sqrt(parts[..., 0] + parts[..., 1])
             result.force_std = result.force_std_raw if self.calibration is None else \
                 self.calibration.std(parts)
+        if energy_std:
+            raw = energy_std_module.energy_covariance(self, [atoms])
+            result.energy_std_raw = float(np.sqrt(max(raw[0, 0], 0.0)))
+            result.energy_std = float(np.sqrt(max(energy_std_module.calibrated(self, raw)[0, 0],
+                                                  0.0)))
         if self.baseline is not None and self._pair_baseline is None:
             add_to_prediction(result, self.baseline(atoms))
         return result
@@ -729,16 +756,52 @@ class SparseGP:
         Calibration
             Also stored as :attr:`calibration` (and in the model file on :meth:`save`).
         """
+        from gpmlip.gp.validation import leave_one_out
+
         self.check_fitted()
         if frames is None:
-            residuals, parts = leave_one_out_residuals(self, max_frames=max_frames)
+            loo = leave_one_out(self, frames=loo_subset(self, max_frames))
+            residuals, parts = leave_one_out_residuals(self, loo=loo)
             source = "leave-one-out"
+            energy = self._loo_energy_residuals(loo)
         else:
-            residuals, parts = held_out_residuals(self, frames)
+            data = frames if isinstance(frames, Dataset) else \
+                load_frames(frames, species=self.species)
+            residuals, parts = held_out_residuals(self, data)
             source = "held-out"
+            energy = self._held_out_energy_residuals(data)
         self.calibration = fit_calibration(residuals, parts, method=method, source=source)
         log.info("calibrated: %s", self.calibration.describe())
+        if energy is not None and len(energy[0]) >= 2:
+            self.energy_calibration = energy_std_module.fit_energy_calibration(*energy,
+                                                                               source=source)
+            log.info("calibrated: %s", self.energy_calibration.describe())
         return self.calibration
+
+    def _loo_energy_residuals(self, loo):
+        """Total-energy residuals (eV), raw variance parts and noise variances (eV^2) of the
+        left-out structures with energy labels (None without any)."""
+        ok = np.isfinite(loo.energy_residual)
+        if not ok.any():
+            return None
+        n = loo.n_atoms[ok].astype(float)
+        frames = self.training_frames
+        parts = energy_std_module.energy_variance_parts(
+            self, [frames[int(i)].atoms for i in loo.frames[ok]])
+        parts[:, 1] = loo.energy_variance[ok] * n ** 2     # the left-out prediction's weights
+        return loo.energy_residual[ok] * n, parts, loo.energy_noise_variance[ok] * n ** 2
+
+    def _held_out_energy_residuals(self, data):
+        with_energy = [f for f in data if f.energy is not None]
+        if not with_energy:
+            return None
+        atoms = [f.atoms for f in with_energy]
+        pred = np.array([self.predict(a, forces=False, stress=False, variance=False).energy
+                         for a in atoms])
+        ref = np.array([f.energy for f in with_energy])
+        n = np.array([f.n_atoms for f in with_energy], dtype=float)
+        return (pred - ref, energy_std_module.energy_variance_parts(self, atoms),
+                self.state.noise["energy"] ** 2 * n ** 2)
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -759,6 +822,8 @@ class SparseGP:
                          "jitter": self.jitter, "seed": self.seed,
                          "stress_noise": self.stress_noise},
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
+            "energy_calibration": None if self.energy_calibration is None else
+            self.energy_calibration.to_dict(),
             "build": self.build_report_,
         }
 

@@ -38,6 +38,9 @@ class Prediction:
         the model has a calibration (:meth:`SparseGP.calibrate`), else the raw one.
     force_std_raw : ndarray, shape (n_atoms, 3) or None
         The raw DTC std (Nystroem residual plus the uncertainty of the weights), uncalibrated.
+    energy_std, energy_std_raw : float or None
+        Std of the total energy, eV (with the covariance between the atoms' local energies),
+        calibrated like the force std when the model is, and raw; when asked for.
     """
 
     energy: float
@@ -48,6 +51,8 @@ class Prediction:
     local_std_normalised: np.ndarray
     force_std: np.ndarray | None = None
     force_std_raw: np.ndarray | None = None
+    energy_std: float | None = None
+    energy_std_raw: float | None = None
 
     @property
     def max_uncertainty(self) -> float:

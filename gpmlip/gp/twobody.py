@@ -164,7 +164,8 @@ class PairTerms:
     prior: np.ndarray | None
 
 
-def _geometry(term: TwoBody, pairs: PairList):
+def pair_geometry(term: TwoBody, pairs: PairList):
+    """Indices, distances and species-pair keys of the pairs inside the term's cutoff."""
     r = np.linalg.norm(pairs.vector, axis=1)
     inside = r < term.r_cut
     idx = np.flatnonzero(inside)
@@ -188,7 +189,7 @@ def evaluate(term: TwoBody, pairs: PairList, sr: np.ndarray, skey: np.ndarray,
         ``1/4 sum_{p, q in N(i)} k(r_p, r_q)``.
     """
     n = pairs.n_centres
-    idx, r, key = _geometry(term, pairs)
+    idx, r, key = pair_geometry(term, pairs)
     centre = pairs.centre[idx]
     energies = np.zeros(n)
     d_e = np.zeros((pairs.n_pairs, 3)) if gradient else None
@@ -239,7 +240,7 @@ def frame_rows(term: TwoBody, pairs: PairList, sr: np.ndarray, skey: np.ndarray,
     ``stress_volume``: the cell volume for stress rows (None: no stress rows).
     """
     n = pairs.n_centres
-    idx, r, key = _geometry(term, pairs)
+    idx, r, key = pair_geometry(term, pairs)
     m = len(sr)
     energy = np.zeros(m)
     f_rows = np.zeros((n, 3, m)) if forces else None
@@ -270,7 +271,7 @@ def force_prior(term: TwoBody, pairs: PairList, n_atoms: int) -> np.ndarray:
     ``F_a = sum_p g_pa f'(r_p)`` with ``g_pa = 1/2 r_hat_p (delta(a, i_p) - delta(a, j_p))``,
     so ``Var[F_a_alpha] = sum_pq g_pa g_qa d2k(r_p, r_q)/dr_p dr_q``.
     """
-    idx, r, key = _geometry(term, pairs)
+    idx, r, key = pair_geometry(term, pairs)
     unit = pairs.vector[idx] / r[:, None]
     centre, neighbour = pairs.centre[idx], pairs.neighbour[idx]
     out = np.zeros((n_atoms, 3))

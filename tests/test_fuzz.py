@@ -187,3 +187,142 @@ def test_extxyz_damage_loads_or_is_one_data_error(extxyz_text, tmp_path, data):
         assert np.isfinite(f.atoms.positions).all()
         for label in (f.energy, f.forces, f.stress):
             assert label is None or np.isfinite(label).all()
+
+
+@pytest.fixture(scope="module")
+def finished_queue(tmp_path_factory):
+    """A labelled queue database (3 EMT Cu rows) and the frames it exports."""
+    from ase.build import bulk
+
+    from gpmlip.labelling import LabelQueue, label_queue
+
+    path = tmp_path_factory.mktemp("queue") / "q.db"
+    rng = np.random.default_rng(0)
+    structures = []
+    for _ in range(3):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        structures.append(atoms)
+    queue = LabelQueue(path, "emt", species=["Cu"])
+    queue.add(structures)
+    label_queue(queue, max_workers=1)
+    return path, queue.frames()
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(1, 255)), min_size=1,
+                      max_size=4), cut=st.one_of(st.none(), st.integers(0, 10 ** 6)))
+def test_queue_database_damage_exports_exactly_or_is_one_error(finished_queue, tmp_path, flips,
+                                                                 cut):
+    """Random byte damage to a finished queue: export writes exactly the labelled frames (a
+    byte SQLite never reads) or is refused with a gpmlip error, never a changed frame."""
+    from ase.io import read
+
+    from gpmlip.labelling import LabelQueue
+
+    source, frames = finished_queue
+    raw = source.read_bytes()
+    data = bytearray(raw if cut is None else raw[: cut % (len(raw) + 1)])
+    for pos, xor in flips:
+        if data:
+            data[pos % len(data)] ^= xor
+    path = tmp_path / "q.db"
+    path.write_bytes(bytes(data))
+    (tmp_path / "out.extxyz").unlink(missing_ok=True)
+    try:
+        n = LabelQueue(path).export(tmp_path / "out.extxyz")
+    except GpmlipError:
+        return
+    exported = read(tmp_path / "out.extxyz", ":") if n else []
+    by_positions = {np.round(f.positions, 8).tobytes(): f for f in frames}
+    for atoms in exported:
+        ref = by_positions.get(np.round(atoms.positions, 8).tobytes())
+        assert ref is not None, "an exported structure is not one that was labelled"
+        # extended XYZ keeps 8 decimals; a damaged label changes its checksum and is refused
+        assert atoms.get_potential_energy() == pytest.approx(ref.get_potential_energy(),
+                                                             abs=1e-7)
+        np.testing.assert_allclose(atoms.get_forces(), ref.get_forces(), atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 20-step on-the-fly run directory (EMT Cu, 32 atoms) as bytes per file."""
+    from ase import units
+    from ase.build import bulk
+    from ase.md.verlet import VelocityVerlet
+
+    from gpmlip.active import OnTheFlyLearner
+
+    directory = tmp_path_factory.mktemp("otf") / "run"
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.set_momenta(np.random.default_rng(0).normal(0, 0.6, (len(atoms), 3)))
+    learner = OnTheFlyLearner(gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_jobs=1), "emt",
+                              directory, std_tolerance=0.01, update_threshold=0.005,
+                              trajectory_interval=5, checkpoint_interval=5,
+                              force_tolerance=None)
+    atoms.calc = learner.calculator
+    summary = learner.run(VelocityVerlet(atoms, 5 * units.fs), 20)
+    assert summary["labels"] >= 2
+    files = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+             if p.is_file()}
+    return files, summary
+
+
+def _resume(directory, steps):
+    from ase import units
+    from ase.build import bulk
+    from ase.md.verlet import VelocityVerlet
+
+    from gpmlip.active import OnTheFlyLearner
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    learner = OnTheFlyLearner(gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_jobs=1), "emt",
+                              directory, std_tolerance=0.01, update_threshold=0.005,
+                              trajectory_interval=5, checkpoint_interval=5,
+                              force_tolerance=None)
+    atoms.calc = learner.calculator
+    return learner.run(VelocityVerlet(atoms, 5 * units.fs), steps, resume=True)
+
+
+RUN_EXAMPLES = max(4, EXAMPLES // 4)
+"""A resume costs about a second: a quarter of the other readers' examples."""
+
+
+@settings(max_examples=RUN_EXAMPLES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_run_directory_damage_resumes_or_is_one_error(finished_run, tmp_path, data):
+    """Damage to a run directory's checkpoint, events, a label record or its trajectory: the
+    resume either goes on with every label it had (none learnt twice) or stops with a gpmlip
+    error that names the file, never a raw traceback."""
+    files, summary = finished_run
+    directory = tmp_path / "run"
+    for rel, raw in files.items():
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        (directory / rel).write_bytes(raw)
+    names = sorted(str(r) for r in files if str(r).endswith((".json", ".jsonl", ".extxyz"))
+                   and not str(r).startswith("summary"))
+    target = directory / data.draw(st.sampled_from(names))
+    raw = target.read_bytes()
+    how = data.draw(st.sampled_from(["truncate", "flip", "empty", "json"]))
+    if how == "truncate":
+        target.write_bytes(raw[: data.draw(st.integers(0, max(len(raw) - 1, 0)))])
+    elif how == "flip" and raw:
+        b = bytearray(raw)
+        b[data.draw(st.integers(0, len(b) - 1))] ^= data.draw(st.integers(1, 255))
+        target.write_bytes(bytes(b))
+    elif how == "empty":
+        target.write_bytes(b"")
+    elif target.suffix == ".json":
+        doc = json.loads(raw)
+        key = data.draw(st.sampled_from(sorted(doc)))
+        doc[key] = data.draw(VALUES)
+        target.write_text(json.dumps(doc))
+    try:
+        out = _resume(directory, summary["steps"] + 5)
+    except GpmlipError:
+        return
+    assert out["steps"] == summary["steps"] + 5
+    assert out["labels"] >= summary["labels"] - 0   # nothing on disk was dropped silently
+    records = sorted((directory / "labels").glob("*.json"))
+    assert out["labels"] == len(records)

@@ -19,8 +19,10 @@ the state machine: add, claim, renew, complete.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,6 +45,19 @@ STATES = ("queued", "running", "done", "failed")
 """Every state a row can be in."""
 
 
+def _sqlite_errors(method):
+    """Any SQLite failure inside a queue method becomes a QueueError that says whether the file
+    is locked or damaged (it is never left half-written: every write is one transaction)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as err:
+            path = getattr(self, "path", None) or Path(args[0])
+            raise store.database_error(path, err) from err
+    return wrapper
+
+
 class LabelQueue:
     """Structures to label, their state, leases and results, in one ase.db SQLite file.
 
@@ -62,6 +77,7 @@ class LabelQueue:
         Tries per row (failed labels and expired leases both count) before it is ``failed``.
     """
 
+    @_sqlite_errors
     def __init__(self, path, labeller=None, *, species: Sequence[str | int] | None = None,
                  max_attempts: int = 3) -> None:
         if int(max_attempts) < 1:
@@ -96,6 +112,7 @@ class LabelQueue:
         return get_labeller({"name": described["name"], **described["settings"]},
                             timeout=described.get("timeout"))
 
+    @_sqlite_errors
     def check_labeller(self, labeller) -> Labeller:
         """The labeller to run: ``labeller`` if it matches the queue's record, else the queue's own.
 
@@ -141,6 +158,7 @@ class LabelQueue:
                         "call was added. Remove the structure or use a queue made with those "
                         "species.")
 
+    @_sqlite_errors
     def add(self, structures: Atoms | Iterable[Atoms], source: str = "") -> list[int]:
         """Queue structures; one that is already in the queue is not added again.
 
@@ -194,6 +212,7 @@ class LabelQueue:
 
     # -- claiming and completing --------------------------------------------------------------
 
+    @_sqlite_errors
     def claim(self, n: int, worker: str, lease_seconds: float) -> list[tuple[int, Atoms]]:
         """Lease up to ``n`` rows to ``worker``, atomically across processes.
 
@@ -238,6 +257,7 @@ class LabelQueue:
                 out.append((row.id, row.toatoms()))
         return out
 
+    @_sqlite_errors
     def renew(self, row_ids: Iterable[int], worker: str, lease_seconds: float) -> list[int]:
         """Extend the leases ``worker`` still holds; returns the ids it lost to others."""
         lost = []
@@ -257,6 +277,7 @@ class LabelQueue:
                   data={"errors": errors}, **prov_kvp,
                   error=error if text_ok(error) else f"error: {error}")
 
+    @_sqlite_errors
     def complete(self, row_id: int, result: LabelResult, provenance: dict,
                  worker: str) -> str | None:
         """Store a label (or a failed attempt) and the row's new state in one transaction.
@@ -315,21 +336,25 @@ class LabelQueue:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_sqlite_errors
     def counts(self) -> dict[str, int]:
         """Number of rows in each state."""
         return {state: self._db.count(state=state) for state in STATES}
 
+    @_sqlite_errors
     def rows(self, state: str | None = None) -> list:
         """The ase.db rows (``ase.db.row.AtomsRow``), all or those in ``state``."""
         if state is not None and state not in STATES:
             raise SettingsError(f"state={state!r}: use one of {STATES}")
         return list(self._db.select() if state is None else self._db.select(state=state))
 
+    @_sqlite_errors
     def next_lease_expiry(self) -> float | None:
         """The earliest ``lease_expires`` of a running row (unix time), None if none runs."""
         times = [row.lease_expires for row in self._db.select(state="running")]
         return min(times) if times else None
 
+    @_sqlite_errors
     def frames(self, state: str = "done") -> list[Atoms]:
         """The rows as Atoms, labelled ones with a ``SinglePointCalculator``.
 
@@ -346,6 +371,7 @@ class LabelQueue:
                              "backup, or delete those rows and add their structures again.")
         return row_frames(rows)
 
+    @_sqlite_errors
     def export(self, path, state: str = "done") -> int:
         """Write :meth:`frames` to an extended XYZ file (via a temporary name, then renamed).
 

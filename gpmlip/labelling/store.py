@@ -56,6 +56,27 @@ class _NoCommit(sqlite3.Connection):
         pass
 
 
+def database_error(path: Path, err: Exception) -> QueueError:
+    """The error for an SQLite failure on a queue file: locked by another process, or damaged
+    (nothing was changed either way: every write is one transaction)."""
+    if "locked" in str(err) or "busy" in str(err):
+        return QueueError(f"{path} is locked by another process (a coordinator or labeller "
+                          f"writing to it) for more than {BUSY_TIMEOUT:g} s; it was not "
+                          "modified. Try again when that process has finished.")
+    return QueueError(f"{path} is a damaged SQLite database ({err}); it was not modified. "
+                      "Restore the queue from a backup, or start a new one under another name "
+                      "and add the structures again.")
+
+
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator:
+    """SQLite errors inside the block raised as :func:`database_error`'s QueueError."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise database_error(path, err) from err
+
+
 def check_file(path: Path) -> None:
     """Refuse files that are not a gpmlip queue, reading them without any change."""
     head = b""
@@ -81,18 +102,8 @@ def check_file(path: Path) -> None:
                 meta = json.loads(rows[0][0]) if rows else {}
         finally:
             con.close()
-    except sqlite3.OperationalError as err:
-        if "locked" in str(err) or "busy" in str(err):
-            raise QueueError(f"{path} is locked by another process (a coordinator or labeller "
-                             f"writing to it) for more than {BUSY_TIMEOUT:g} s; it was not "
-                             "modified. Try again when that process has finished.") from err
-        raise QueueError(f"{path} is a damaged SQLite database ({err}); it was not modified. "
-                         "Restore the queue from a backup, or start a new one under another name "
-                         "and add the structures again.") from err
     except (sqlite3.DatabaseError, json.JSONDecodeError) as err:
-        raise QueueError(f"{path} is a damaged SQLite database ({err}); it was not modified. "
-                         "Restore the queue from a backup, or start a new one under another name "
-                         "and add the structures again.") from err
+        raise database_error(path, err) from err
     if meta is None:
         raise QueueError(f"{path} is an SQLite database but not an ase.db file (tables: "
                          f"{sorted(tables) or 'none'}); it was not modified. Give a new file "

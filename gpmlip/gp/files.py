@@ -13,6 +13,7 @@ import numpy as np
 from scipy.linalg import LinAlgError
 
 from gpmlip.baselines import BaselineSpec, stored_baseline
+from gpmlip.covariance import SparseSet, local_kernel
 from gpmlip.descriptors.registry import descriptor_from_dict
 from gpmlip.errors import GpmlipError, ModelFileError, SettingsError
 from gpmlip.gp import twobody
@@ -50,6 +51,26 @@ def load_model(path: str | os.PathLike, *, n_jobs: int = 1,
         raise model_file_damaged(path, exc) from None
 
 
+def _check_sparse_set(state, n_features: int, zeta: int) -> None:
+    """The sparse points agree with each other and with the stored ``K_mm``: unit-length
+    descriptors of the descriptor's length, one species and origin each, and ``K_mm`` their
+    kernel (up to the jitter on its diagonal); ValueError otherwise."""
+    x, z = state.sparse.features, state.sparse.species
+    m = len(z)
+    if x.ndim != 2 or x.shape != (m, n_features) or state.kmm.shape != (m, m) \
+            or len(state.sparse_origin) != m:
+        raise ValueError(f"its sparse set has features {x.shape}, species ({m},), K_mm "
+                         f"{state.kmm.shape} and origins ({len(state.sparse_origin)},); the "
+                         f"descriptor has {n_features} features")
+    if not np.allclose(np.linalg.norm(x, axis=1), 1.0, rtol=0, atol=1e-6):
+        raise ValueError("its sparse descriptors are not of unit length as stored")
+    k = local_kernel(x, z, SparseSet(x, z), zeta)
+    off = ~np.eye(m, dtype=bool)
+    if not (np.allclose(state.kmm[off], k[off], rtol=0, atol=1e-8)
+            and np.all(np.abs(np.diag(state.kmm) - 1.0) < 1e-3)):
+        raise ValueError("its K_mm is not the kernel of its sparse descriptors")
+
+
 def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> SparseGP:
     """The model of a file's metadata and state, every part checked against the others."""
     descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
@@ -83,6 +104,7 @@ def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> Spa
                 again, state.features[0], rtol=1e-6, atol=1e-9):
             raise ValueError("its descriptor settings do not reproduce the stored features of "
                              "its first training structure")
+    _check_sparse_set(state, descriptor.n_features, kernel.zeta)
     model.resolve(state)
     beta = model.state.posterior.beta
     if stored_beta is not None and (stored_beta.shape != beta.shape or not np.allclose(

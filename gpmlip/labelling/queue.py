@@ -52,7 +52,7 @@ def _sqlite_errors(method):
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as err:
+        except (sqlite3.DatabaseError, UnicodeDecodeError, json.JSONDecodeError) as err:
             path = getattr(self, "path", None) or Path(args[0])
             raise store.database_error(path, err) from err
     return wrapper

@@ -73,7 +73,7 @@ def translated(path: Path) -> Iterator:
     """SQLite errors inside the block raised as :func:`database_error`'s QueueError."""
     try:
         yield
-    except sqlite3.DatabaseError as err:
+    except (sqlite3.DatabaseError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise database_error(path, err) from err
 
 
@@ -102,7 +102,7 @@ def check_file(path: Path) -> None:
                 meta = json.loads(rows[0][0]) if rows else {}
         finally:
             con.close()
-    except (sqlite3.DatabaseError, json.JSONDecodeError) as err:
+    except (sqlite3.DatabaseError, ValueError) as err:   # ValueError: bad JSON or text bytes
         raise database_error(path, err) from err
     if meta is None:
         raise QueueError(f"{path} is an SQLite database but not an ase.db file (tables: "

@@ -81,6 +81,25 @@ def label_frame(record: dict) -> Frame:
                  source=f"label {record['index']}")
 
 
+LABEL_FIELDS = {"index": int, "step": int, "attempt": int, "structure": dict, "result": dict,
+                "max_std": (int, float), "sparse_atoms": list, "md": dict}
+"""The fields every label record has, with their JSON types."""
+
+
+def _label_problem(record: dict, path: Path) -> str:
+    """What is wrong with a label record's fields ('' if nothing): missing or mistyped fields,
+    or an index that is not the one its file name says."""
+    for key, kind in LABEL_FIELDS.items():
+        value = record.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"field {key!r} is {value!r}"
+    if not path.stem.isdigit() or record["index"] != int(path.stem):
+        return f"its index {record['index']} is not its file's"
+    if not isinstance(record["result"].get("ok"), bool):
+        return "its result has no ok flag"
+    return ""
+
+
 class RunDirectory:
     """Files of one active-learning run (see the module docstring for the layout).
 
@@ -121,9 +140,16 @@ class RunDirectory:
         records = []
         for path in sorted(self.labels_dir.glob("[0-9]*.json")):
             record = read_json(path)
-            if record.get("format") != LABEL_FORMAT or record.get("version") != LABEL_VERSION:
-                raise RunDirectoryError(f"{path} is not a gpmlip label (format "
-                                        f"{record.get('format')!r} {record.get('version')!r})")
+            if not isinstance(record, dict) or record.get("format") != LABEL_FORMAT \
+                    or record.get("version") != LABEL_VERSION:
+                what = (f"format {record.get('format')!r} {record.get('version')!r}"
+                        if isinstance(record, dict) else f"a JSON {type(record).__name__}")
+                raise RunDirectoryError(f"{path} is not a gpmlip label ({what})")
+            problem = _label_problem(record, path)
+            if problem:
+                raise RunDirectoryError(f"{path} is damaged ({problem}); restore it from a "
+                                        "backup, or start a new run (a label cannot be "
+                                        "skipped: later labels were chosen knowing it)")
             if record["index"] > after:
                 records.append(record)
         expected = list(range(after + 1, after + 1 + len(records)))

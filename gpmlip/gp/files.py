@@ -19,6 +19,7 @@ from gpmlip.errors import GpmlipError, ModelFileError, SettingsError
 from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration
 from gpmlip.gp.model import SparseGP
+from gpmlip.gp.observations import FrameRows, NoiseModel, observations
 from gpmlip.io import model_file_damaged, read_model_file
 from gpmlip.kernels import NormalizedDotProduct
 
@@ -71,6 +72,29 @@ def _check_sparse_set(state, n_features: int, zeta: int) -> None:
         raise ValueError("its K_mm is not the kernel of its sparse descriptors")
 
 
+def _check_targets(model: SparseGP, state) -> None:
+    """The stored labels, e0 and noise model give the stored statistics' ``y' W y`` of every
+    noise group (an e0 or label changed in the file would otherwise shift every prediction
+    while the weights, solved from the statistics, still agree); ValueError otherwise.  Not
+    checked with a baseline (its labels are residuals of the baseline, costly to recompute)."""
+    if model.baseline is not None:
+        return
+    noise = NoiseModel(model.config_sigmas, model.stress_noise == "per_atom")
+    sums: dict[str, float] = {}
+    for frame in state.frames:
+        n = frame.n_atoms
+        rows = FrameRows(np.zeros(0), np.zeros((3 * n, 0)) if frame.forces is not None
+                         else None, np.zeros((6, 0)) if frame.stress is not None else None)
+        for group, _, y, scale in observations(frame, rows, state.e0.of(frame.atoms.numbers),
+                                               noise):
+            sums[group] = sums.get(group, 0.0) + float(np.sum(y * y / scale))
+    for group, st in state.stats.items():
+        if not np.isclose(sums.get(group, 0.0), st.yy, rtol=1e-8, atol=1e-10):
+            raise ValueError(f"its stored labels, e0 and noise model do not give its stored "
+                             f"{group} statistics (y'Wy {sums.get(group, 0.0):.6g} against "
+                             f"{st.yy:.6g})")
+
+
 def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> SparseGP:
     """The model of a file's metadata and state, every part checked against the others."""
     descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
@@ -105,6 +129,7 @@ def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> Spa
             raise ValueError("its descriptor settings do not reproduce the stored features of "
                              "its first training structure")
     _check_sparse_set(state, descriptor.n_features, kernel.zeta)
+    _check_targets(model, state)
     model.resolve(state)
     beta = model.state.posterior.beta
     if stored_beta is not None and (stored_beta.shape != beta.shape or not np.allclose(

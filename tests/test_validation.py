@@ -224,3 +224,29 @@ def test_fit_report_raises_no_pressure_alarm_when_the_data_cannot_fix_the_pressu
     report = model.fit_report_
     assert report.model_pressure_std > abs(report.mean_pressure_residual) / 3
     assert not [f for f in report.flags if "Pulay" in f]
+
+
+def test_fit_report_flags_an_offset_only_when_the_stresses_pull_the_energies(train):
+    """A small model of exact (EMT) labels mispredicts the pressure by 2 GPa but fits the
+    stresses without moving its energies: no Pulay alarm (it was raised). A 2 GPa shift of the
+    labels does pull the energies, and is flagged."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from conftest import emt_frames
+
+    frames = emt_frames(6, seed=1)
+    small = gpmlip.SparseGP(gpmlip.SOAP(["Cu"], 4.0, 4, 3), n_sparse=20, e0={"Cu": 0.0})
+    report = small.fit(frames).fit_report_
+    assert abs(report.mean_pressure_residual) > 1.0          # the model is off by GPa
+    assert report.energy_chi2_increase < np.sqrt(2 * len(frames))
+    assert not [f for f in report.flags if "Pulay" in f]
+    shifted = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.get_potential_energy(), forces=a.get_forces(),
+                                       stress=a.get_stress(voigt=False)
+                                       - 2.0 / 160.21766208 * np.eye(3))
+        shifted.append(b)
+    pulled = gpmlip.SparseGP(gpmlip.SOAP(["Cu"], 4.5, 6, 4), n_sparse=50).fit(shifted).fit_report_
+    assert pulled.energy_chi2_increase > np.sqrt(2 * len(frames))
+    assert any("Pulay" in f and "worsens the energies" in f for f in pulled.flags)

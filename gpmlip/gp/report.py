@@ -59,11 +59,24 @@ class FitReport:
     model_pressure_std: float = float("nan")
     """Posterior std (GPa) of the energy+forces model's mean pressure over the stress cells: an
     offset is judged only against it (the data may not determine the pressure at all)."""
+    energy_chi2_increase: float = float("nan")
+    """How much fitting the stresses worsens the fit to the energies (chi-square of the energy
+    labels, with the stresses minus without): stresses that disagree with the energies pull
+    them; an offset is flagged only when they do (a model that merely cannot tell the pressure
+    from the energies fits the stresses without moving the energies)."""
     flags: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready."""
         return asdict(self)
+
+
+def _chi2(stats: GramStats, beta: np.ndarray, sigma: float) -> float:
+    """Chi-square of a noise group's labels under weights ``beta``, from its statistics:
+    ``(y'Wy - 2 z'R beta + |R beta|^2) / sigma^2``."""
+    stats.flush()
+    rb = stats.r @ beta
+    return float((stats.yy - 2.0 * stats.z @ rb + rb @ rb) / sigma ** 2)
 
 
 def pressure_row(stress_rows: np.ndarray) -> np.ndarray:
@@ -110,11 +123,19 @@ def fit_report(state, pressure_rows: list[np.ndarray], pressure_labels: list[flo
                                      "mean_pressure_residual": float(res[sel].mean())}
     sem = res.std() / np.sqrt(len(res)) if len(res) > 1 else np.inf
     report.model_pressure_std = model_std
-    if abs(report.mean_pressure_residual) > max(OFFSET_GPA, 3 * np.hypot(sem, model_std)):
+    energy = state.stats.get("energy")
+    n_energy = energy.n if energy is not None else 0
+    if n_energy:
+        report.energy_chi2_increase = (_chi2(energy, state.posterior.beta, state.noise["energy"])
+                                       - _chi2(energy, posterior.beta, state.noise["energy"]))
+    conflict = not n_energy or report.energy_chi2_increase > np.sqrt(2.0 * n_energy)
+    if abs(report.mean_pressure_residual) > max(OFFSET_GPA, 3 * np.hypot(sem, model_std)) \
+            and conflict:
         report.flags.append(
             f"the stress labels are offset from the energies by {report.mean_pressure_residual:+.2f}"
-            f" GPa of pressure on average (label minus the energy+forces model, {len(res)} cells): "
-            "a Pulay-like stress. Subtract it from the labels (settings file: [data] "
+            f" GPa of pressure on average (label minus the energy+forces model, {len(res)} cells), "
+            f"and fitting them worsens the energies (chi-square +{report.energy_chi2_increase:.3g}"
+            f" over {n_energy} energies): a Pulay-like stress. Subtract it from the labels (settings file: [data] "
             "pressure_offset_gpa = <p>; Python: stress + p I with p in eV/Å³), or raise the "
             "virial noise ([model] virial_sigma; SparseGP(virial_sigma=...)), or fit energies "
             "and forces only ([data] stresses = false)")

@@ -203,3 +203,16 @@ def test_resume_needs_the_same_structure(tmp_path):
     other.calc = again.calculator
     with pytest.raises(RunDirectoryError, match="same structure"):
         again.run(langevin(other), 10, resume=True)
+
+
+@pytest.mark.parametrize("bad", [{"std_tolerance": "0.1"}, {"max_labels": 2.5},
+                                 {"adaptive_tolerance": 1}, {"max_retries": True},
+                                 {"on_failure": 3}])
+def test_otf_settings_of_the_wrong_type_are_one_clear_error(bad):
+    """[otf] values are type-checked (a string tolerance was a raw TypeError; issue 31)."""
+    from gpmlip.active import OTFSettings
+    from gpmlip.errors import SettingsError
+
+    key = next(iter(bad))
+    with pytest.raises(SettingsError, match=f"^{key}="):
+        OTFSettings.from_dict(bad)

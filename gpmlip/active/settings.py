@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from gpmlip.errors import SettingsError
@@ -68,6 +69,12 @@ from gpmlip.errors import SettingsError
 log = logging.getLogger(__name__)
 
 FAILURE_POLICIES = ("retry", "skip", "stop")
+
+
+_TYPES = {"float": (numbers.Real,), "float | None": (numbers.Real, type(None)),
+          "bool": (bool,), "int": (numbers.Integral,), "int | None": (numbers.Integral, type(None)),
+          "str": (str,)}
+"""Allowed value types of each :class:`OTFSettings` annotation (an int where a float goes)."""
 
 
 @dataclass
@@ -140,6 +147,14 @@ class OTFSettings:
     checkpoint_interval: int = 100
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            allowed = _TYPES[str(f.type)]
+            value = getattr(self, f.name)
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+                names = " or ".join({"Real": "a number", "Integral": "an integer", "NoneType": "None",
+                                     "bool": "true or false", "str": "a string"}[t.__name__]
+                                    for t in allowed)
+                raise SettingsError(f"{f.name}={value!r}: give {names}")
         if not 0 < self.std_tolerance <= 1:
             raise SettingsError(f"std_tolerance={self.std_tolerance}: it is a normalised std, "
                                 "use a number in (0, 1], typically 0.005-0.03")

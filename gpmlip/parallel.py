@@ -24,6 +24,7 @@ Two kinds of child process exist, and each gets one start method:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from multiprocessing.context import BaseContext
 
@@ -40,6 +41,43 @@ def start_method(kind: str = "compute") -> str:
         methods = multiprocessing.get_all_start_methods()
         return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
     raise SettingsError(f"process kind {kind!r}: use one of {KINDS}")
+
+
+def die_with_parent(coordinator: int | None = None, poll_seconds: float = 1.0) -> None:
+    """End this process when its parent, or the ``coordinator`` process, dies.
+
+    The initializer of pool workers and the first call of the labeller's child process: a
+    coordinator killed with SIGKILL must not leave them running a labeller for nobody.  The
+    kernel ends the process with its parent (Linux ``PR_SET_PDEATHSIG``; nothing elsewhere);
+    a pool worker's parent is the forkserver, which outlives the coordinator, so a daemon
+    thread also checks every ``poll_seconds`` that ``coordinator`` is alive.
+    """
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):     # 1 = PR_SET_PDEATHSIG
+            pass
+    if coordinator is None:
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(coordinator, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            except PermissionError:       # alive, another user's: cannot happen for a parent
+                pass
+            time.sleep(poll_seconds)
+
+    threading.Thread(target=watch, name="gpmlip-coordinator-watch", daemon=True).start()
 
 
 def mp_context(kind: str = "compute") -> BaseContext:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -385,3 +386,32 @@ def test_a_queue_locked_by_another_process_is_called_locked_not_damaged(tmp_path
         holder.execute("ROLLBACK")
         holder.close()
     assert LabelQueue(tmp_path / "q.db").counts()["queued"] == 1
+
+
+def test_a_killed_coordinator_leaves_no_worker_running(tmp_path):
+    """SIGKILL to the coordinator alone: its pool worker, in the middle of a 60 s labeller
+    call, ends within seconds instead of labelling on for nobody (issue 31)."""
+    record = tmp_path / "calls"
+    record.mkdir()
+    path = tmp_path / "q.db"
+    LabelQueue(path, recording_labeller(record, delay=60.0)).add(cu_structures(1))
+    proc = _coordinator(path, record, 60.0, 120.0)
+    try:
+        first = wait_for(lambda: sorted(record.glob("start-*")))[0]
+        worker = int(first.name.split("-")[2])
+        assert worker != proc.pid
+        os.kill(proc.pid, signal.SIGKILL)                 # the coordinator only
+        proc.wait()
+
+        def gone():
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{worker}/stat") as fh:      # a zombie has ended too
+                return fh.read().split(")")[-1].split()[0] == "Z"
+
+        wait_for(gone, timeout=20.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -22,7 +22,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 
 from gpmlip.errors import SettingsError
-from gpmlip.parallel import mp_context
+from gpmlip.parallel import die_with_parent, mp_context
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ def _validate(out: dict, n_atoms: int) -> str:
 
 def _child(labeller: Labeller, atoms: Atoms, conn) -> None:
     from threadpoolctl import threadpool_limits
+
+    die_with_parent()        # a killed worker or coordinator takes its labeller child along
 
     try:
         # One OpenMP/BLAS thread: libgomp's thread pool does not survive fork (tblite hung

@@ -27,7 +27,7 @@ from ase import Atoms
 from gpmlip.errors import SettingsError
 from gpmlip.labelling.labellers import Labeller, LabelResult, provenance, run_labeller
 from gpmlip.labelling.queue import LabelQueue
-from gpmlip.parallel import mp_context
+from gpmlip.parallel import die_with_parent, mp_context
 from gpmlip.version import __version__
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def process_pool(max_workers: int = 1) -> cf.ProcessPoolExecutor:
     """
     if max_workers < 1:
         raise SettingsError(f"max_workers={max_workers}: use 1 or more")
-    return cf.ProcessPoolExecutor(max_workers, mp_context=mp_context("isolated"))
+    return cf.ProcessPoolExecutor(max_workers, mp_context=mp_context("isolated"),
+                                  initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 class _Run:

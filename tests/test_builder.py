@@ -185,3 +185,30 @@ def test_gpmlip_train_tunes_by_default_and_info_shows_how(frames, tmp_path):
     plain = run("train", path, "-c", toml, "-o", tmp_path / "p.npz", "--no-tune", "--json")
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert gpmlip.load_model(tmp_path / "p.npz").build_report_["screen"] == []
+
+
+def test_the_final_sparse_count_doubles_when_the_budget_holds_it():
+    """Time left for the final fit at twice the points (a fifth to spare): 2000 per species,
+    at most a quarter of the atoms; too little time: the default, and the report says why."""
+    import time
+
+    from gpmlip.builder.build import sparse_for_budget
+    from gpmlip.builder.report import BuildReport
+    from gpmlip.builder.screen import Plan
+
+    big = [gpmlip.Frame(bulk("Cu", cubic=True).repeat(10), energy=0.0) for _ in range(3)]
+    small = [gpmlip.Frame(bulk("Cu", cubic=True).repeat(5), energy=0.0) for _ in range(3)]
+
+    def report():
+        r = BuildReport(Settings(4.0), Settings(4.0), data_scales(small[:1]), 100.0)
+        r.plan = Plan(fit_seconds=1.0, structures_ratio=1.0)     # tail 3 s: 7.5 s needed
+        return r
+
+    start = time.perf_counter()
+    r = report()
+    assert sparse_for_budget(big, ["Cu"], {"Cu": 1000}, r, start, 100.0) == {"Cu": 2000}
+    assert r.stages["sparse count"].startswith("2000 per species (doubled")
+    assert sparse_for_budget(small, ["Cu"], {"Cu": 375}, report(), start, 100.0) == {"Cu": 375}
+    r = report()
+    assert sparse_for_budget(big, ["Cu"], {"Cu": 1000}, r, start, 5.0) == {"Cu": 1000}
+    assert "needed for twice the points" in r.stages["sparse count"]

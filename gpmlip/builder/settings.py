@@ -132,13 +132,15 @@ def screening_subset(frames: Sequence[Frame], n: int) -> np.ndarray:
     return np.sort(order[np.unique(np.linspace(0, len(order) - 1, n).round().astype(int))])
 
 
-def default_sparse(frames: Sequence[Frame], species: Sequence[int]) -> dict[str, int]:
-    """Sparse points per species: 1000, at most a quarter of that species' atoms (>= 10)."""
+def default_sparse(frames: Sequence[Frame], species: Sequence[int],
+                   limit: int = 1000) -> dict[str, int]:
+    """Sparse points per species: ``limit`` (1000), at most a quarter of that species' atoms
+    (>= 10)."""
     counts = {z: 0 for z in species}
     for f in frames:
         for z, c in zip(*np.unique(f.atoms.numbers, return_counts=True)):
             counts[int(z)] += int(c)
-    return {chemical_symbols[z]: int(max(10, min(1000, c // 4))) for z, c in counts.items()}
+    return {chemical_symbols[z]: int(max(10, min(limit, c // 4))) for z, c in counts.items()}
 
 
 def numbers(symbols: Sequence[str]) -> list[int]:

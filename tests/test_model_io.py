@@ -250,3 +250,18 @@ def test_a_file_too_large_or_with_foreign_arrays_is_refused_before_reading(model
     assert time.perf_counter() - t < 1.0
     monkeypatch.delenv("GPMLIP_MAX_MODEL_BYTES")
     assert gpmlip.load_model(path).is_fitted
+
+
+def test_a_non_finite_prediction_is_an_error_not_a_number(model):
+    """A fitted state that gives NaN (damage in memory or in a file that slipped through) is a
+    NumericalError from predict, never a NaN energy (issue 31)."""
+    import copy
+
+    from gpmlip.errors import NumericalError
+
+    broken = copy.deepcopy(model)
+    broken.state.posterior.beta[0] = np.nan
+    atoms = emt_frames(1, seed=7)[0]
+    with pytest.raises(NumericalError, match="non-finite energy or force"):
+        broken.predict(atoms)
+    assert np.isfinite(model.predict(atoms).energy)

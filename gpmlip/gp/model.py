@@ -20,7 +20,8 @@ from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.data import (Dataset, Frame, as_frames, load_frames, reference_energies,
                          warn_missing_labels)
 from gpmlip.data.reference import ReferenceEnergies
-from gpmlip.errors import DataError, NotFittedError, SettingsError, UnknownSpeciesError
+from gpmlip.errors import (DataError, NotFittedError, NumericalError, SettingsError,
+                           UnknownSpeciesError)
 from gpmlip.gp import hyper, selection
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
                                     held_out_residuals, leave_one_out_residuals, loo_subset)
@@ -716,6 +717,11 @@ class SparseGP:
         result = Prediction(energy=float(out.energies.sum()), energies=out.energies, forces=None,
                             stress=None, local_variance=out.variance,
                             local_std_normalised=out.std)
+        if not np.isfinite(out.energies).all() or (out.dE_dr is not None
+                                                   and not np.isfinite(out.dE_dr).all()):
+            raise NumericalError("the model predicts a non-finite energy or force for finite "
+                                 "positions: its file or its fitted state is damaged (load it "
+                                 "again, or refit)")
         if forces:
             result.forces = pair_forces(pairs, out.dE_dr, len(atoms))
         if want_stress:

@@ -212,3 +212,21 @@ def test_the_final_sparse_count_doubles_when_the_budget_holds_it():
     r = report()
     assert sparse_for_budget(big, ["Cu"], {"Cu": 1000}, r, start, 5.0) == {"Cu": 1000}
     assert "needed for twice the points" in r.stages["sparse count"]
+
+
+def test_the_runner_up_is_confirmed_beside_the_winner_only_when_close():
+    from gpmlip.builder.report import Row
+
+    d = Settings(4.0)
+    a, b, c = (Settings(4.0, zeta=6), Settings(4.0, sigma=0.4), Settings(4.0, n_max=8))
+    rows = [Row("defaults", d, 4, 8, criterion=1.0), Row("zeta", a, 4, 8, criterion=0.96),
+            Row("sigma", b, 4, 8, criterion=0.985), Row("radial", c, 4, 8, criterion=0.99),
+            Row("confirm", b, 4, 8, criterion=0.5)]
+    assert screen.runner_up(rows, a, rows[1], d) is rows[2]
+    rows[2].criterion = 0.96 + screen.DUEL_MARGIN + 0.001
+    rows[3].criterion = 1.2
+    assert screen.runner_up(rows, a, rows[1], d) is None
+    # the defaults won: the best other candidate within the margin of 1 is confirmed
+    won = [Row("defaults", d, 4, 8, criterion=1.0), Row("zeta", a, 4, 8, criterion=1.05),
+           Row("radial", c, 4, 8, criterion=1.02)]
+    assert screen.runner_up(won, d, won[0], d) is won[2]

@@ -127,6 +127,24 @@ def warm_up(frames, symbols, settings, seed, n_jobs, model_kwargs, descriptor=No
     return seconds
 
 
+DUEL_MARGIN = 0.03
+"""A screened candidate whose criterion comes within this of the winner's is confirmed beside
+it on structures the screen did not see: on 60 structures the leave-one-out energy error is
+noisy (Zuo 2020 Mo: the rich SOAP scored 0.987 against the winner's 0.965 on the screen and
+0.800 against 0.841 on 60 unseen structures, where its test error is 2.25 against 2.86 meV/atom)."""
+
+
+def runner_up(rows, best, best_row, defaults):
+    """The best screened candidate other than the winner and the defaults, if it came within
+    :data:`DUEL_MARGIN` of the winner's criterion (else None)."""
+    pool = [r for r in rows if r.criterion is not None and r.settings not in (best, defaults)
+            and r.stage != "confirm"]
+    if not pool:
+        return None
+    second = min(pool, key=lambda r: r.criterion)
+    return second if second.criterion <= best_row.criterion + DUEL_MARGIN else None
+
+
 def criterion(mae: dict, reference: dict) -> float:
     """``(MAE_E / MAE_E,ref + MAE_F / MAE_F,ref) / 2`` over the kinds both have."""
     terms = [mae[k] / reference[k] for k in ("energy", "forces")
@@ -212,37 +230,52 @@ def screen_and_confirm(data, symbols, defaults, scales, fixed, report, start, bu
     if everything:
         report.stages["confirm"] = "the screen used every structure"
         return best, best_row.model
-    if best == defaults:
+    runner = runner_up(report.rows, best, best_row, defaults)
+    if best == defaults and runner is None:
         report.stages["confirm"] = "nothing to confirm: the defaults won the screen"
         return defaults, None
     # confirm on structures the screen did not see (all of them when the budget allows it,
-    # else a second subset of the screen's size): the winner against the defaults
+    # else a second subset of the screen's size): the winner, and the runner-up when it came
+    # within DUEL_MARGIN of it, against the defaults
+    contenders = [r for r in (best_row, runner) if r is not None and r.settings != defaults]
     seen = set(screening_subset(data, screen_frames).tolist())
     rest = [i for i in range(len(data)) if i not in seen]
-    cost_all = (base.seconds + best_row.seconds) * len(data) / len(subset)
-    if time.perf_counter() + cost_all <= when["confirm"]:
+
+    def cost(rows, n_frames):
+        return (base.seconds + sum(r.seconds for r in rows)) * n_frames / len(subset)
+
+    if len(contenders) > 1 and time.perf_counter() + cost(contenders, min(
+            len(rest), screen_frames)) > when["confirm"]:
+        contenders = contenders[:1]          # no time for the duel: the winner alone
+    if time.perf_counter() + cost(contenders, len(data)) <= when["confirm"]:
         frames, where = data, f"all {len(data)} structures"
     else:
         pick = [rest[i] for i in screening_subset([data[i] for i in rest], screen_frames)]
         frames, where = [data[i] for i in pick], f"{len(pick)} structures the screen did not see"
-    cost = (base.seconds + best_row.seconds) * len(frames) / len(subset)
-    if time.perf_counter() + cost > when["confirm"]:
-        report.stages["confirm"] = (f"skipped: budget (about {cost:.0f} s needed); the "
+    needed = cost(contenders, len(frames))
+    if time.perf_counter() + needed > when["confirm"]:
+        report.stages["confirm"] = (f"skipped: budget (about {needed:.0f} s needed); the "
                                     "screen's winner is kept unconfirmed")
         log.warning("model builder: %s", report.stages["confirm"])
         return best, None
     full = Screen(frames, symbols, screen_sparse, seed, n_jobs, kwargs, descriptor)
     keep = frames is data
     ref = full.run("confirm", defaults, keep=keep)
-    win = full.run("confirm", best, keep=keep)
-    report.rows += [ref, win]
-    if win.criterion is not None and ref.criterion is not None and win.criterion < 1.0:
-        report.stages["confirm"] = (f"on {where} the winner scores {win.criterion:.3f} "
-                                    "against the defaults' 1")
-        ref.model = None
-        return best, win.model
-    report.stages["confirm"] = (f"on {where} the winner scored {win.criterion} against the "
-                                "defaults' 1: defaults kept")
+    rows = [full.run("confirm", r.settings, keep=keep) for r in contenders]
+    report.rows += [ref, *rows]
+    scored = [r for r in rows if r.criterion is not None and r.criterion < 1.0]
+    if ref.criterion is not None and scored:
+        win = min(scored, key=lambda r: r.criterion)
+        others = ", ".join(f"{r.settings.changes(defaults)} {r.criterion:.3f}" for r in rows)
+        report.stages["confirm"] = (f"on {where}: {others} against the defaults' 1; chosen "
+                                    f"{win.settings.changes(defaults)}")
+        for r in [ref, *rows]:
+            if r is not win:
+                r.model = None
+        return win.settings, win.model
+    others = ", ".join(f"{r.settings.changes(defaults)} {r.criterion}" for r in rows)
+    report.stages["confirm"] = (f"on {where}: {others} against the defaults' 1: defaults kept")
     log.warning("model builder: %s", report.stages["confirm"])
-    win.model = None
+    for r in rows:
+        r.model = None
     return defaults, ref.model

@@ -134,6 +134,10 @@ noisy (Zuo 2020 Mo: the rich SOAP scored 0.987 against the winner's 0.965 on the
 0.800 against 0.841 on 60 unseen structures, where its test error is 2.25 against 2.86 meV/atom)."""
 
 
+def _score(row) -> str:
+    return "failed" if row.criterion is None else f"{row.criterion:.3f}"
+
+
 def runner_up(rows, best, best_row, defaults):
     """The best screened candidate other than the winner and the defaults, if it came within
     :data:`DUEL_MARGIN` of the winner's criterion (else None)."""
@@ -266,14 +270,14 @@ def screen_and_confirm(data, symbols, defaults, scales, fixed, report, start, bu
     scored = [r for r in rows if r.criterion is not None and r.criterion < 1.0]
     if ref.criterion is not None and scored:
         win = min(scored, key=lambda r: r.criterion)
-        others = ", ".join(f"{r.settings.changes(defaults)} {r.criterion:.3f}" for r in rows)
+        others = ", ".join(f"{r.settings.changes(defaults)} {_score(r)}" for r in rows)
         report.stages["confirm"] = (f"on {where}: {others} against the defaults' 1; chosen "
                                     f"{win.settings.changes(defaults)}")
         for r in [ref, *rows]:
             if r is not win:
                 r.model = None
         return win.settings, win.model
-    others = ", ".join(f"{r.settings.changes(defaults)} {r.criterion}" for r in rows)
+    others = ", ".join(f"{r.settings.changes(defaults)} {_score(r)}" for r in rows)
     report.stages["confirm"] = (f"on {where}: {others} against the defaults' 1: defaults kept")
     log.warning("model builder: %s", report.stages["confirm"])
     for r in rows:

@@ -166,3 +166,18 @@ def test_resume_checks_the_checkpoint_and_rebuilds_lost_events(tmp_path, referen
     check_run(tmp_path / "b" / "run")
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     assert [e.get("rebuilt", False) for e in lines[:3]] == [False, True, True]
+
+
+def test_an_events_line_with_a_damaged_byte_is_dropped_not_fatal(tmp_path):
+    """A byte that is not UTF-8 in events.jsonl spoils its line only (found by fuzzing: a
+    UnicodeDecodeError ended the resume)."""
+    from gpmlip.active.rundir import RunDirectory
+
+    rundir = RunDirectory(tmp_path / "run")
+    rundir.create()
+    rundir.append_event({"label": 1, "step": 0})
+    rundir.append_event({"label": 2, "step": 5})
+    raw = bytearray(rundir.events_path.read_bytes())
+    raw[0] = 0xFB
+    rundir.events_path.write_bytes(bytes(raw))
+    assert rundir.events() == [{"label": 2, "step": 5}]

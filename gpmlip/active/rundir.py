@@ -214,7 +214,9 @@ class RunDirectory:
         if not self.events_path.exists():
             return []
         out = []
-        for line in self.events_path.read_text().splitlines():
+        # a damaged byte spoils its line only: that line is dropped (and rebuilt from labels/
+        # on resume), the others are kept
+        for line in self.events_path.read_text(errors="replace").splitlines():
             try:
                 out.append(json.loads(line))
             except ValueError:

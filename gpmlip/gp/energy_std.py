@@ -1,5 +1,5 @@
 """Error bars on what users publish: the posterior covariance of total energies, so the std of a
-structure's energy and of an energy difference between structures (docs/theory.md §5).
+structure's energy and of an energy difference between structures (docs/theory.md §6).
 
 A total energy is the sum of its local energies, a linear observation of the GP, so its
 predictive variance is that of one observation with rows ``r_A = sum_{i in A} k(q_i, X)`` and

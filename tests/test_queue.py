@@ -415,3 +415,36 @@ def test_a_killed_coordinator_leaves_no_worker_running(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_killed_parsl_coordinator_leaves_no_interchange(tmp_path):
+    """SIGKILL to a coordinator running Parsl: its interchange (a child that does not notice
+    its parent's death) is ended by gpmlip's watchdog, and with it the worker pool's heartbeats
+    (issue 31: both ran on)."""
+    script = tmp_path / "coordinator.py"
+    script.write_text(
+        "import sys, time\n"
+        "from gpmlip.labelling.parsl import ParslExecutor, local_config\n"
+        f"cfg = local_config(1, run_dir={str(tmp_path / 'runinfo')!r})\n"
+        "ex = ParslExecutor(cfg)\n"
+        "print(cfg.executors[0].interchange_proc.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        interchange = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+        def gone():
+            try:
+                os.kill(interchange, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{interchange}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] == "Z"
+
+        wait_for(gone, timeout=20.0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -50,6 +50,7 @@ class ParslExecutor(cf.Executor):
         self._dfk = DataFlowKernel(config)
         self._apps: dict = {}
         self._closed = False
+        self._watchdog = _watch_interchanges(config)
 
     def submit(self, fn, /, *args, **kwargs) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` on a Parsl worker; ``fn`` must be importable there."""
@@ -67,6 +68,43 @@ class ParslExecutor(cf.Executor):
         if not self._closed:
             self._closed = True
             self._dfk.cleanup()
+            if self._watchdog is not None:
+                self._watchdog.kill()
+                self._watchdog.wait()
+
+
+WATCHDOG = """
+import os, signal, sys, time
+coordinator, targets = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+while True:
+    try:
+        os.kill(coordinator, 0)
+    except ProcessLookupError:
+        break
+    time.sleep(1.0)
+for pid in targets:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+"""
+"""A process of its own session that outlives a coordinator killed with SIGKILL and then ends
+its Parsl interchanges: Parsl starts each as a child that does not notice its parent's death,
+and its workers stop only when the interchange's heartbeats do (10 s in :func:`local_config`)."""
+
+
+def _watch_interchanges(config):
+    """Start :data:`WATCHDOG` for the interchange processes of ``config``'s executors (None
+    when there are none, e.g. a thread pool)."""
+    import subprocess
+
+    pids = [ex.interchange_proc.pid for ex in config.executors
+            if getattr(ex, "interchange_proc", None) is not None]
+    if not pids:
+        return None
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), *map(str, pids)],
+                            start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _bin(name: str) -> str:

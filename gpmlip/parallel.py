@@ -54,7 +54,6 @@ def die_with_parent(coordinator: int | None = None, poll_seconds: float = 1.0) -
     """
     import signal
     import threading
-    import time
 
     if sys.platform.startswith("linux"):
         import ctypes
@@ -63,21 +62,31 @@ def die_with_parent(coordinator: int | None = None, poll_seconds: float = 1.0) -
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
         except (OSError, AttributeError):     # 1 = PR_SET_PDEATHSIG
             pass
-    if coordinator is None:
-        return
+    if coordinator is not None:
+        threading.Thread(target=end_when_gone, args=(coordinator, [os.getpid()], poll_seconds),
+                         name="gpmlip-coordinator-watch", daemon=True).start()
 
-    def watch() -> None:
-        while True:
-            try:
-                os.kill(coordinator, 0)
-            except ProcessLookupError:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            except PermissionError:       # alive, another user's: cannot happen for a parent
-                pass
-            time.sleep(poll_seconds)
 
-    threading.Thread(target=watch, name="gpmlip-coordinator-watch", daemon=True).start()
+def end_when_gone(coordinator: int, targets: list[int], poll_seconds: float = 1.0) -> None:
+    """Wait until process ``coordinator`` is gone, then send SIGTERM to ``targets``: the watch
+    of :func:`die_with_parent` (its own process) and of the Parsl interchange's watchdog
+    (:mod:`gpmlip.labelling.parsl`)."""
+    import signal
+    import time
+
+    while True:
+        try:
+            os.kill(coordinator, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:       # alive, another user's: cannot happen for a parent
+            pass
+        time.sleep(poll_seconds)
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def mp_context(kind: str = "compute") -> BaseContext:

@@ -388,6 +388,16 @@ def test_a_queue_locked_by_another_process_is_called_locked_not_damaged(tmp_path
     assert LabelQueue(tmp_path / "q.db").counts()["queued"] == 1
 
 
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (gone, or a zombie waiting for its parent's wait)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(")")[-1].split()[0] == "Z"
+
+
 def test_a_killed_coordinator_leaves_no_worker_running(tmp_path):
     """SIGKILL to the coordinator alone: its pool worker, in the middle of a 60 s labeller
     call, ends within seconds instead of labelling on for nobody (issue 31)."""
@@ -403,15 +413,7 @@ def test_a_killed_coordinator_leaves_no_worker_running(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)                 # the coordinator only
         proc.wait()
 
-        def gone():
-            try:
-                os.kill(worker, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{worker}/stat") as fh:      # a zombie has ended too
-                return fh.read().split(")")[-1].split()[0] == "Z"
-
-        wait_for(gone, timeout=20.0)
+        wait_for(lambda: _ended(worker), timeout=20.0)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -436,15 +438,7 @@ def test_a_killed_parsl_coordinator_leaves_no_interchange(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
 
-        def gone():
-            try:
-                os.kill(interchange, 0)
-            except ProcessLookupError:
-                return True
-            with open(f"/proc/{interchange}/stat") as fh:
-                return fh.read().split(")")[-1].split()[0] == "Z"
-
-        wait_for(gone, timeout=20.0)
+        wait_for(lambda: _ended(interchange), timeout=20.0)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

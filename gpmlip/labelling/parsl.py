@@ -73,24 +73,12 @@ class ParslExecutor(cf.Executor):
                 self._watchdog.wait()
 
 
-WATCHDOG = """
-import os, signal, sys, time
-coordinator, targets = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-while True:
-    try:
-        os.kill(coordinator, 0)
-    except ProcessLookupError:
-        break
-    time.sleep(1.0)
-for pid in targets:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-"""
+WATCHDOG = ("import sys\nfrom gpmlip.parallel import end_when_gone\n"
+            "end_when_gone(int(sys.argv[1]), [int(p) for p in sys.argv[2:]])\n")
 """A process of its own session that outlives a coordinator killed with SIGKILL and then ends
-its Parsl interchanges: Parsl starts each as a child that does not notice its parent's death,
-and its workers stop only when the interchange's heartbeats do (10 s in :func:`local_config`)."""
+its Parsl interchanges (:func:`gpmlip.parallel.end_when_gone`): Parsl starts each as a child
+that does not notice its parent's death, and its workers stop only when the interchange's
+heartbeats do (10 s in :func:`local_config`)."""
 
 
 def _watch_interchanges(config):

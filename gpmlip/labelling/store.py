@@ -68,15 +68,6 @@ def database_error(path: Path, err: Exception) -> QueueError:
                       "and add the structures again.")
 
 
-@contextlib.contextmanager
-def translated(path: Path) -> Iterator:
-    """SQLite errors inside the block raised as :func:`database_error`'s QueueError."""
-    try:
-        yield
-    except (sqlite3.DatabaseError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise database_error(path, err) from err
-
-
 def check_file(path: Path) -> None:
     """Refuse files that are not a gpmlip queue, reading them without any change."""
     head = b""

@@ -414,9 +414,10 @@ class OnTheFlyLearner:
 
     def _resume(self) -> None:
         ck = records.read_checkpoint(self.rundir)
+        labels = self.rundir.labels()          # read once: every label file, numbering checked
         md = None
         if ck is not None:
-            records.check_checkpoint(self.rundir, ck, self.rundir.labels())
+            records.check_checkpoint(self.rundir, ck, labels)
             if ck.get("model"):
                 self.model = load_model(self.rundir.path / ck["model"],
                                         baseline=self.model.baseline)
@@ -428,13 +429,13 @@ class OnTheFlyLearner:
             self._wall_before = ck.get("wall_seconds", 0.0)
             self.extra_state.update(ck.get("extra", {}))
             md = ck["md"]
-            for record in self.rundir.labels()[:self.n_applied]:   # the calibration's residuals
+            for record in labels[:self.n_applied]:   # the calibration's residuals
                 self._label_steps.add(int(record["step"]))
                 if record.get("residuals"):
                     self.trigger.history.append((np.asarray(record["residuals"]["force_error"]),
                                                  np.asarray(record["residuals"]["parts"])))
         checkpointed = self.n_applied
-        pending = self.rundir.labels(after=checkpointed)
+        pending = labels[checkpointed:]
         for record in pending:
             self._label_steps.add(int(record["step"]))
             log.info("applying label %d (on disk, not yet learnt from)", record["index"])
@@ -448,7 +449,7 @@ class OnTheFlyLearner:
         # Events of labels after the checkpoint may or may not have reached the disk before the
         # kill: drop them and write them again, then checkpoint (a kill in between repeats this).
         self.rundir.rewind(int(self._dyn.nsteps), checkpointed)
-        lost = records.missing_events(self.rundir, self.rundir.labels(), checkpointed)
+        lost = records.missing_events(self.rundir, labels, checkpointed)
         if lost:
             log.warning("%s lacks the events of labels %s (truncated or damaged): rebuilt from "
                         "labels/ without the model size after each", self.rundir.events_path,

@@ -91,21 +91,24 @@ def label_record(*, index: int, step: int, attempt: int, config_type: str, atoms
     return record
 
 
+def record_event(record: dict) -> dict:
+    """The ``events.jsonl`` fields a label record holds by itself (all but the model's size
+    after the label): what :func:`label_event` writes and :func:`missing_events` rebuilds."""
+    result, reason = record["result"], record.get("reason", {})
+    return {"label": record["index"], "step": record["step"], "ok": result["ok"],
+            "error": result["error"], "max_std": record["max_std"],
+            "label_seconds": result["seconds"], "sparse_added": len(record["sparse_atoms"]),
+            "reason": reason.get("text", ""), "trigger": reason.get("trigger", "other"),
+            **({"force_threshold": reason["threshold"]} if "threshold" in reason else {}),
+            **record.get("before", {})}
+
+
 def label_event(record: dict, model: SparseGP) -> dict:
     """The ``events.jsonl`` line of a label record once the model has learnt from it (logged)."""
     result = record["result"]
     sigma = float(np.sqrt(max(model.signal_variances.values()))) if model.is_fitted else None
-    event = {"label": record["index"], "step": record["step"], "ok": result["ok"],
-             "error": result["error"], "max_std": record["max_std"],
-             "label_seconds": result["seconds"],
-             "update_seconds": record.get("update_seconds", 0.0),
-             "sparse_added": len(record["sparse_atoms"]),
-             "sparse_points": model.n_sparse_points, "signal_std": sigma,
-             "reason": record.get("reason", {}).get("text", ""),
-             "trigger": record.get("reason", {}).get("trigger", "other"),
-             **({"force_threshold": record["reason"]["threshold"]}
-                if "threshold" in record.get("reason", {}) else {}),
-             **record.get("before", {})}
+    event = {**record_event(record), "update_seconds": record.get("update_seconds", 0.0),
+             "sparse_points": model.n_sparse_points, "signal_std": sigma}
     log.info("step %d: label %d %s (%s; labeller %.2f s, update %.2f s)%s; "
              "%d sparse points", record["step"], record["index"],
              "done" if result["ok"] else f"FAILED: {result['error']}",
@@ -194,19 +197,8 @@ def missing_events(rundir: RunDirectory, labels: list[dict], n_labels: int) -> l
     or damaged file), rebuilt from the label records: everything but the model's size after
     the label (``sparse_points``, ``signal_std``, ``update_seconds``), marked ``rebuilt``."""
     have = {e.get("label") for e in rundir.events()}
-    out = []
-    for record in labels[:n_labels]:
-        if record["index"] in have:
-            continue
-        result = record["result"]
-        out.append({"label": record["index"], "step": record["step"], "ok": result["ok"],
-                    "error": result["error"], "max_std": record["max_std"],
-                    "label_seconds": result["seconds"],
-                    "sparse_added": len(record["sparse_atoms"]),
-                    "reason": record.get("reason", {}).get("text", ""),
-                    "trigger": record.get("reason", {}).get("trigger", "other"),
-                    **record.get("before", {}), "rebuilt": True})
-    return out
+    return [{**record_event(record), "rebuilt": True} for record in labels[:n_labels]
+            if record["index"] not in have]
 
 
 def merge_events(events: list[dict], rebuilt: list[dict]) -> list[dict]:

@@ -678,8 +678,9 @@ class SparseGP:
 
         The std of an energy difference ``E_a - E_b`` (a formation or surface energy, a barrier)
         is ``sqrt(C[a, a] + C[b, b] - 2 C[a, b])``: errors shared by similar environments cancel
-        in it.  With ``calibrated`` (default) it is scaled like the force std when the model is
-        calibrated (see :mod:`gpmlip.gp.energy_std`); else the raw DTC covariance.
+        in it.  With ``calibrated`` (default) it is scaled by the model's energy calibration
+        when it has one (:attr:`energy_calibration`, fitted by :meth:`calibrate`; see
+        :mod:`gpmlip.gp.energy_std`); else the raw DTC covariance.
         """
         cov = energy_std_module.energy_covariance(self, list(structures))
         return energy_std_module.calibrated(self, cov) if calibrated else cov
@@ -702,7 +703,7 @@ class SparseGP:
         energy_std : bool
             Also the std of the total energy (:meth:`energy_covariance`, with the covariance
             between the atoms' local energies; costs a kernel between all pairs of atoms):
-            ``energy_std`` (calibrated like the force std when the model is) and
+            ``energy_std`` (calibrated when the model has an :attr:`energy_calibration`) and
             ``energy_std_raw``.
         variance : bool, default True
             Compute the local-energy variances (plain MD does not need them); without them the

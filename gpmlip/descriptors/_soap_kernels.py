@@ -10,8 +10,11 @@ Index conventions
 - ``lm = l * l + l + m`` for the real solid harmonics, ``m = -l..l`` (sine parts for ``m < 0``).
 - Per centre: ``T[s, k, lm] = sum_j w_j exp(-b_lk r_j^2) S_lm(r_j)`` over neighbours of species
   channel ``s``; ``c[s, n, lm] = sum_k B[l, n, k] T[s, k, lm]``.
+- Species weights ``sw[s]`` scale every channel's coefficients (dscribe's ``species_weighting``).
+- Channels ``0..n_species-1`` are the species; with a compression that needs it, channel
+  ``n_species`` is the mixed density ``c[mix] = sum_s c[s]`` (dscribe's ``mu2`` / ``mu1nu1``).
 - Feature ``f`` is ``pref[l] sum_m c[s1, n, lm] c[s2, n2, lm]`` with
-  ``(s1, s2, n, n2, l) = fs1[f], fs2[f], fn[f], fn2[f], fl[f]``.
+  ``(s1, s2, n, n2, l) = fs1[f], fs2[f], fn[f], fn2[f], fl[f]`` (channel indices).
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ def _weight(r, wtype, r0, wc, wm):
 
 @njit(cache=True)
 def _centre_coefficients(i, start, vec, nbr_s, centre_s, l_max, n_max, n_species, b, B, norm,
-                         r_max2, wtype, r0, wc, wm, w0, T, c, S, dS, P, Pz, Pr, Cm, Sm):
-    """Fill ``c`` (n_species, n_max, L2) for centre ``i``; ``T`` is workspace."""
+                         r_max2, wtype, r0, wc, wm, w0, sw, T, c, S, dS, P, Pz, Pr, Cm, Sm):
+    """Fill ``c`` (n_channels, n_max, L2) for centre ``i``; ``T`` is workspace."""
     T[:] = 0.0
     for p in range(start[i], start[i + 1]):
         x, y, z = vec[p, 0], vec[p, 1], vec[p, 2]
@@ -123,14 +126,21 @@ def _centre_coefficients(i, start, vec, nbr_s, centre_s, l_max, n_max, n_species
                     acc = 0.0
                     for k in range(n_max):
                         acc += B[l, n, k] * T[s, k, lm]
-                    c[s, n, lm] = acc
+                    c[s, n, lm] = sw[s] * acc
+    if c.shape[0] > n_species:
+        for n in range(n_max):
+            for lm in range(c.shape[2]):
+                acc = 0.0
+                for s in range(n_species):
+                    acc += c[s, n, lm]
+                c[n_species, n, lm] = acc
 
 
 @njit(cache=True)
-def _alloc(l_max, n_max, n_species):
+def _alloc(l_max, n_max, n_species, n_channels):
     L2 = (l_max + 1) * (l_max + 1)
-    T = np.zeros((n_species, n_max, L2))
-    c = np.zeros((n_species, n_max, L2))
+    T = np.zeros((n_channels, n_max, L2))
+    c = np.zeros((n_channels, n_max, L2))
     S = np.zeros(L2)
     dS = np.zeros((3, L2))
     P = np.zeros((l_max + 2, l_max + 2))
@@ -145,11 +155,11 @@ def _alloc(l_max, n_max, n_species):
 def _forward_centre(i, start, vec, nbr_s, centre_s, prm, out):
     """Power spectrum of centre ``i`` into ``out[i]``."""
     (l_max, n_max, n_species, b, B, norm, pref, fs1, fs2, fn, fn2, fl, r_max2, wtype, r0, wc,
-     wm, w0) = prm
+     wm, w0, sw, n_channels) = prm
     n_feat = len(fl)
-    T, c, S, dS, P, Pz, Pr, Cm, Sm = _alloc(l_max, n_max, n_species)
+    T, c, S, dS, P, Pz, Pr, Cm, Sm = _alloc(l_max, n_max, n_species, n_channels)
     _centre_coefficients(i, start, vec, nbr_s, centre_s, l_max, n_max, n_species, b, B,
-                         norm, r_max2, wtype, r0, wc, wm, w0, T, c, S, dS, P, Pz, Pr, Cm, Sm)
+                         norm, r_max2, wtype, r0, wc, wm, w0, sw, T, c, S, dS, P, Pz, Pr, Cm, Sm)
     for f in range(n_feat):
         l = fl[f]
         s1, s2, n, n2 = fs1[f], fs2[f], fn[f], fn2[f]
@@ -167,11 +177,11 @@ def _backward_centre(i, start, vec, nbr_s, centre_s, prm, grad, out):
     contribution; no Jacobian is formed.
     """
     (l_max, n_max, n_species, b, B, norm, pref, fs1, fs2, fn, fn2, fl, r_max2, wtype, r0, wc,
-     wm, w0) = prm
+     wm, w0, sw, n_channels) = prm
     n_feat = len(fl)
-    T, c, S, dS, P, Pz, Pr, Cm, Sm = _alloc(l_max, n_max, n_species)
+    T, c, S, dS, P, Pz, Pr, Cm, Sm = _alloc(l_max, n_max, n_species, n_channels)
     _centre_coefficients(i, start, vec, nbr_s, centre_s, l_max, n_max, n_species, b, B,
-                         norm, r_max2, wtype, r0, wc, wm, w0, T, c, S, dS, P, Pz, Pr, Cm, Sm)
+                         norm, r_max2, wtype, r0, wc, wm, w0, sw, T, c, S, dS, P, Pz, Pr, Cm, Sm)
     # dE/dc: the same expression for equal and different species channels.
     dc = np.zeros_like(c)
     for f in range(n_feat):
@@ -184,7 +194,13 @@ def _backward_centre(i, start, vec, nbr_s, centre_s, prm, grad, out):
         for lm in range(l * l, (l + 1) * (l + 1)):
             dc[s1, n, lm] += gp * c[s2, n2, lm]
             dc[s2, n2, lm] += gp * c[s1, n, lm]
-    # H[s, k, lm] = sum_n B[l, n, k] dE/dc[s, n, lm]  (reuse T as H)
+    # the mixed channel is the sum of the (weighted) species channels
+    if n_channels > n_species:
+        for s in range(n_species):
+            for n in range(n_max):
+                for lm in range(c.shape[2]):
+                    dc[s, n, lm] += dc[n_species, n, lm]
+    # H[s, k, lm] = sw[s] sum_n B[l, n, k] dE/dc[s, n, lm]  (reuse T as H)
     H = T
     for s in range(n_species):
         for l in range(l_max + 1):
@@ -193,7 +209,7 @@ def _backward_centre(i, start, vec, nbr_s, centre_s, prm, grad, out):
                     acc = 0.0
                     for n in range(n_max):
                         acc += B[l, n, k] * dc[s, n, lm]
-                    H[s, k, lm] = acc
+                    H[s, k, lm] = sw[s] * acc
     for p in range(start[i], start[i + 1]):
         x, y, z = vec[p, 0], vec[p, 1], vec[p, 2]
         r2 = x * x + y * y + z * z
@@ -244,11 +260,11 @@ def _jacobian_centre(i, start, vec, nbr_s, centre_s, prm, features, out):
     What training rows need.  Memory is (n_pairs, 3, n_features): per structure, never for MD.
     """
     (l_max, n_max, n_species, b, B, norm, pref, fs1, fs2, fn, fn2, fl, r_max2, wtype, r0, wc,
-     wm, w0) = prm
+     wm, w0, sw, n_channels) = prm
     n_feat = len(fl)
-    T, c, S, dS, P, Pz, Pr, Cm, Sm = _alloc(l_max, n_max, n_species)
+    T, c, S, dS, P, Pz, Pr, Cm, Sm = _alloc(l_max, n_max, n_species, n_channels)
     _centre_coefficients(i, start, vec, nbr_s, centre_s, l_max, n_max, n_species, b, B,
-                         norm, r_max2, wtype, r0, wc, wm, w0, T, c, S, dS, P, Pz, Pr, Cm, Sm)
+                         norm, r_max2, wtype, r0, wc, wm, w0, sw, T, c, S, dS, P, Pz, Pr, Cm, Sm)
     for f in range(n_feat):
         l = fl[f]
         acc = 0.0
@@ -256,6 +272,7 @@ def _jacobian_centre(i, start, vec, nbr_s, centre_s, prm, features, out):
             acc += c[fs1[f], fn[f], lm] * c[fs2[f], fn2[f], lm]
         features[i, f] = pref[l] * acc
     L2 = (l_max + 1) * (l_max + 1)
+    mix = n_species if n_channels > n_species else -1
     dT = np.zeros((3, n_max, L2))
     dcj = np.zeros((3, n_max, L2))
     for p in range(start[i], start[i + 1]):
@@ -287,19 +304,22 @@ def _jacobian_centre(i, start, vec, nbr_s, centre_s, prm, features, out):
                         acc = 0.0
                         for k in range(n_max):
                             acc += B[l, n, k] * dT[a, k, lm]
-                        dcj[a, n, lm] = acc
+                        dcj[a, n, lm] = sw[s] * acc
         for f in range(n_feat):
             s1, s2 = fs1[f], fs2[f]
-            if s1 != s and s2 != s:
+            # this pair moves channel s and the mixed channel (if any)
+            m1 = s1 == s or s1 == mix
+            m2 = s2 == s or s2 == mix
+            if not (m1 or m2):
                 continue
             l = fl[f]
             n, n2 = fn[f], fn2[f]
             for a in range(3):
                 acc = 0.0
                 for lm in range(l * l, (l + 1) * (l + 1)):
-                    if s1 == s:
+                    if m1:
                         acc += dcj[a, n, lm] * c[s2, n2, lm]
-                    if s2 == s:
+                    if m2:
                         acc += c[s1, n, lm] * dcj[a, n2, lm]
                 out[p, a, f] = pref[l] * acc
 

@@ -112,19 +112,46 @@ def _harmonic_norms(l_max: int) -> np.ndarray:
     return out
 
 
+COMPRESSIONS = ("off", "crossover", "mu1nu1", "mu2")
+"""dscribe's compression modes (Darby, Kermode and Csányi, npj Comput. Mater. 8, 166 (2022)):
+
+- ``"off"``: every species pair (features grow with the square of the species count);
+- ``"crossover"``: equal species only, ``p^{ZZ}_{nn'l}`` (linear in the species count);
+- ``"mu1nu1"``: each species against the summed density, ``sum_m c^Z_{nlm} sum_z c^z_{n'lm}``
+  (linear in the species count, every ``(n, n')``);
+- ``"mu2"``: the summed density alone (independent of the species count).
+"""
+
+
 @lru_cache(maxsize=32)
-def _feature_map(n_species: int, n_max: int, l_max: int):
-    """(s1, s2, n, n2, l) of every feature in dscribe's order: species pairs s1 <= s2, then l,
-    then n <= n2 for equal species or every (n, n2) for different ones."""
+def _feature_map(n_species: int, n_max: int, l_max: int, compression: str = "off"):
+    """(s1, s2, n, n2, l) of every feature in dscribe's order for a compression mode, and the
+    number of coefficient channels (the species, plus the mixed density at index ``n_species``
+    for ``mu1nu1`` and ``mu2``).
+
+    Species blocks first (pairs s1 <= s2 for "off"), then l, then n <= n2 within a channel or
+    every (n, n2) across two channels.
+    """
+    mix = n_species
+    if compression == "off":
+        blocks = [(s1, s2) for s1 in range(n_species) for s2 in range(s1, n_species)]
+    elif compression == "crossover":
+        blocks = [(s, s) for s in range(n_species)]
+    elif compression == "mu1nu1":
+        blocks = [(s, mix) for s in range(n_species)]
+    elif compression == "mu2":
+        blocks = [(mix, mix)]
+    else:
+        raise SettingsError(f"compression={compression!r}: use one of {COMPRESSIONS}")
     rows = []
-    for s1 in range(n_species):
-        for s2 in range(s1, n_species):
-            for l in range(l_max + 1):
-                for n in range(n_max):
-                    for n2 in range(n if s1 == s2 else 0, n_max):
-                        rows.append((s1, s2, n, n2, l))
+    for s1, s2 in blocks:
+        for l in range(l_max + 1):
+            for n in range(n_max):
+                for n2 in range(n if s1 == s2 else 0, n_max):
+                    rows.append((s1, s2, n, n2, l))
     arr = np.array(rows, dtype=np.int64).reshape(-1, 5)
-    return tuple(np.ascontiguousarray(arr[:, k]) for k in range(5))
+    n_channels = n_species + (compression in ("mu1nu1", "mu2"))
+    return tuple(np.ascontiguousarray(arr[:, k]) for k in range(5)) + (n_channels,)
 
 
 def poly_weight(r: np.ndarray, r0: float, c: float = 1.0, m: float = 2.0) -> np.ndarray:
@@ -146,10 +173,16 @@ class SOAPEngine:
         dscribe's weighting dictionary; only ``{"function": "poly", "r0", "c", "m"}`` (and an
         optional ``"w0"`` for the centre's own density) is supported.  Without it neighbours are
         visited to ``r_cut + sigma sqrt(-2 ln 0.001)``, as dscribe does.
+    compression : str
+        dscribe's compression mode (:data:`COMPRESSIONS`); "off" by default.
+    species_weighting : dict, optional
+        Atomic number -> weight of that species' density (dscribe's ``species_weighting``);
+        every species must be given.  None: all 1.
     """
 
     def __init__(self, species, r_cut: float, n_max: int, l_max: int, sigma: float,
-                 weighting: dict | None = None) -> None:
+                 weighting: dict | None = None, compression: str = "off",
+                 species_weighting: dict | None = None) -> None:
         self.species = tuple(sorted(int(z) for z in species))
         self.r_cut, self.n_max, self.l_max, self.sigma = float(r_cut), int(n_max), int(l_max), \
             float(sigma)
@@ -157,7 +190,19 @@ class SOAPEngine:
         self._b, self._B = _basis(self.r_cut, self.n_max, self.l_max, self.sigma)
         self._norm = _harmonic_norms(self.l_max)
         self._pref = np.array([pi * sqrt(8.0 / (2 * l + 1)) for l in range(self.l_max + 1)])
-        self._fmap = _feature_map(len(self.species), self.n_max, self.l_max)
+        self.compression = str(compression)
+        *fmap, self._n_channels = _feature_map(len(self.species), self.n_max, self.l_max,
+                                               self.compression)
+        self._fmap = tuple(fmap)
+        self._species_weights = np.ones(len(self.species))
+        if species_weighting is not None:
+            given = {int(z): float(w) for z, w in dict(species_weighting).items()}
+            if set(given) != set(self.species):
+                raise SettingsError(f"species_weighting has species {sorted(given)}; give a weight "
+                                    f"for each of {list(self.species)} and no other")
+            if not all(np.isfinite(w) for w in given.values()):
+                raise SettingsError(f"species_weighting {given}: weights must be finite")
+            self._species_weights = np.array([given[z] for z in self.species])
         self.weighting = dict(weighting) if weighting else None
         self.cutoff = self.r_cut + self.padding
         self._wtype, self._r0, self._wc, self._wm, self._w0 = 0, 1.0, 1.0, 1.0, 1.0
@@ -223,7 +268,8 @@ class SOAPEngine:
     def _params(self) -> tuple:
         return (int(self.l_max), int(self.n_max), int(len(self.species)), self._b, self._B,
                 self._norm, self._pref, *self._fmap, float(self.cutoff ** 2), int(self._wtype),
-                float(self._r0), float(self._wc), float(self._wm), float(self._w0))
+                float(self._r0), float(self._wc), float(self._wm), float(self._w0),
+                self._species_weights, int(self._n_channels))
 
     @staticmethod
     def _run(name: str, *args) -> None:

@@ -24,14 +24,14 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from gpmlip.descriptors.engine import PairList, SOAPEngine
+from gpmlip.descriptors.engine import COMPRESSIONS, PairList, SOAPEngine
 from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import (check_separation, find_neighbours,
                                           has_coincident_atoms, wrap)
 from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.parallel import mp_context
-from gpmlip.species import atomic_number_set
+from gpmlip.species import atomic_number_set, by_atomic_number
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,37 @@ class SOAPSettings:
     rbf: str = "gto"
     weighting: tuple | None = None
     """dscribe's weighting dictionary as sorted (key, value) items (hashable), or None."""
+    compression: str = "off"
+    """dscribe's compression mode (see :data:`gpmlip.descriptors.engine.COMPRESSIONS`)."""
+    species_weighting: tuple | None = None
+    """dscribe's species weighting as sorted (atomic number, weight) items, or None (all 1)."""
 
     @property
     def weighting_dict(self) -> dict | None:
         """The weighting as dscribe takes it."""
         return dict(self.weighting) if self.weighting else None
 
+    @property
+    def species_weighting_dict(self) -> dict | None:
+        """The species weighting as dscribe takes it (atomic number -> weight)."""
+        return dict(self.species_weighting) if self.species_weighting else None
+
+    @property
+    def compression_dict(self) -> dict:
+        """dscribe's ``compression`` argument."""
+        return {"mode": self.compression, "species_weighting": self.species_weighting_dict}
+
     def to_dict(self) -> dict:
-        """JSON-ready dictionary."""
-        return {**asdict(self), "species": list(self.species), "weighting": self.weighting_dict}
+        """JSON-ready dictionary (the compression keys only when they are not the default, so
+        that files of uncompressed models read by earlier versions stay the same)."""
+        out = {**asdict(self), "species": list(self.species), "weighting": self.weighting_dict}
+        out.pop("compression")
+        out.pop("species_weighting")
+        if self.compression != "off":
+            out["compression"] = self.compression
+        if self.species_weighting is not None:
+            out["species_weighting"] = {str(z): w for z, w in self.species_weighting}
+        return out
 
 
 def _species_numbers(species) -> tuple[int, ...]:
@@ -78,6 +100,9 @@ def _validate_settings(settings: SOAPSettings) -> None:
         raise SettingsError(f"l_max={settings.l_max}: use an integer from 0 to 20 (typical 4-8)")
     if not np.isfinite(settings.sigma) or settings.sigma <= 0:
         raise SettingsError(f"sigma={settings.sigma} Å: use a positive width (typical 0.3-0.7)")
+    if settings.compression not in COMPRESSIONS:
+        raise SettingsError(f"compression={settings.compression!r}: use one of {COMPRESSIONS} "
+                            "(dscribe's modes; 'off' keeps every species pair)")
     if settings.rbf != "gto":
         raise SettingsError(f"rbf={settings.rbf!r}: only the 'gto' radial basis is supported")
     w = settings.weighting_dict
@@ -122,6 +147,21 @@ def _weighting_items(weighting, r_cut: float) -> tuple | None:
     return tuple(sorted(out.items()))
 
 
+def _species_weighting_items(weights, species: tuple[int, ...]) -> tuple | None:
+    if weights is None:
+        return None
+    if not isinstance(weights, dict):
+        raise SettingsError(f"species_weighting={weights!r}: give a dict species -> weight")
+    out = {z: float(w) for z, w in by_atomic_number(weights, "species_weighting").items()}
+    if not all(np.isfinite(w) for w in out.values()):
+        raise SettingsError(f"species_weighting={weights}: use finite weights")
+    if set(out) != set(species):
+        names = [chemical_symbols[z] for z in species]
+        raise SettingsError(f"species_weighting gives {sorted(chemical_symbols[z] for z in out)}; "
+                            f"give a weight for each of {names} and no other")
+    return tuple(sorted(out.items()))
+
+
 @lru_cache(maxsize=16)
 def _dscribe(settings: SOAPSettings, periodic: bool):
     """One dscribe SOAP object per settings (cached: building the GTO basis costs time)."""
@@ -136,6 +176,7 @@ def _dscribe(settings: SOAPSettings, periodic: bool):
         rbf=settings.rbf,
         periodic=periodic,
         weighting=settings.weighting_dict,
+        compression=settings.compression_dict,
     )
 
 
@@ -218,6 +259,14 @@ class SOAP:
         are smooth through the cutoff and only neighbours within ``r0`` are visited.  A dict is
         dscribe's weighting dictionary (``poly`` only).  None: no weighting, dscribe's hard
         density cutoff at ``r_cut + 3.7 sigma`` (what models before format 2 used).
+    compression : {"off", "crossover", "mu1nu1", "mu2"}, default "off"
+        dscribe's species compression (Darby et al. 2022): "off" keeps every species pair
+        (features grow with the square of the species count), "crossover" only equal species,
+        "mu1nu1" each species against the summed density (both linear in the species count),
+        "mu2" the summed density alone.  See docs/guide/descriptors.md for accuracy and cost.
+    species_weighting : dict, optional
+        Species -> weight of its density (dscribe's ``species_weighting``); every species must
+        be given.  None: all 1.
     rbf : {"gto"}
         Radial basis (the engine implements dscribe's GTO basis).
     n_jobs : int, default 1
@@ -245,17 +294,22 @@ class SOAP:
         sigma: float = 0.5,
         *,
         weighting: str | dict | None = "smooth",
+        compression: str = "off",
+        species_weighting: dict | None = None,
         rbf: str = "gto",
         n_jobs: int = 1,
     ) -> None:
+        numbers = _species_numbers(species)
         self.settings = SOAPSettings(
-            species=_species_numbers(species),
+            species=numbers,
             r_cut=float(r_cut),
             n_max=n_max,
             l_max=l_max,
             sigma=float(sigma),
             rbf=rbf,
             weighting=_weighting_items(weighting, float(r_cut)),
+            compression=str(compression),
+            species_weighting=_species_weighting_items(species_weighting, numbers),
         )
         _validate_settings(self.settings)
         if int(n_jobs) < 1:
@@ -276,7 +330,8 @@ class SOAP:
         if self._engine is None:
             s = self.settings
             self._engine = SOAPEngine(s.species, s.r_cut, s.n_max, s.l_max, s.sigma,
-                                      s.weighting_dict)
+                                      s.weighting_dict, compression=s.compression,
+                                      species_weighting=s.species_weighting_dict)
         return self._engine
 
     @property
@@ -316,8 +371,11 @@ class SOAP:
     def __repr__(self) -> str:
         s = self.settings
         sym = [chemical_symbols[z] for z in s.species]
+        extra = "" if s.compression == "off" else f", compression={s.compression!r}"
+        if s.species_weighting:
+            extra += f", species_weighting={s.species_weighting_dict}"
         return (f"SOAP(species={sym}, r_cut={s.r_cut}, n_max={s.n_max}, l_max={s.l_max}, "
-                f"sigma={s.sigma}, weighting={s.weighting_dict})")
+                f"sigma={s.sigma}, weighting={s.weighting_dict}{extra})")
 
     # -- validation ------------------------------------------------------------------------
     def check_structure(self, atoms: Atoms) -> None:
@@ -413,6 +471,11 @@ class SOAP:
         if self.settings.weighting is not None:
             raise SettingsError("dscribe computes no derivatives with a weighting; the "
                                 "reference Jacobian needs SOAP(..., weighting=None)")
+        if self.settings.compression not in ("off", "crossover"):
+            raise SettingsError(f"dscribe computes no derivatives with compression "
+                                f"{self.settings.compression!r}; the reference Jacobian needs "
+                                "'off' or 'crossover' (the engine's are checked against finite "
+                                "differences)")
         self.check_structure(atoms)
         return self._describe_with_gradients(atoms, executor)
 

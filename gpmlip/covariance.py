@@ -84,26 +84,46 @@ def _prefactor(env: Environments, sparse: SparseSet, zeta: int):
     return pref / qn, c, qh
 
 
+def _species_blocks(species: np.ndarray, wanted: np.ndarray):
+    """``(z, columns)`` for every species of ``wanted``; ``columns`` is a slice when the
+    species' sparse points are contiguous (they are, as the model sorts them), else indices."""
+    for z in np.unique(wanted):
+        cols = np.flatnonzero(species == z)
+        if len(cols) and cols[-1] - cols[0] + 1 == len(cols):
+            yield int(z), slice(int(cols[0]), int(cols[-1]) + 1)
+        elif len(cols):
+            yield int(z), cols
+
+
 def force_rows(env: Environments, sparse: SparseSet, zeta: int) -> np.ndarray:
-    """Covariance of every force component with every sparse point, shape (n_atoms, 3, m)."""
+    """Covariance of every force component with every sparse point, shape (n_atoms, 3, m).
+
+    A centre covaries only with the sparse points of its own species, so each species' Jacobian
+    pairs are contracted with that species' sparse points alone (the cost of a multi-species
+    model falls by the number of species).
+    """
     pref, c, qh = _prefactor(env, sparse, zeta)
     n, m = env.n_atoms, len(sparse)
-    n_pairs = len(env.pair_centre)
     # dE/dr_j = sum_p pref[i_p] * (J_p . x_hat) - sum_p (J_p . q_hat_i) * (pref * c)[i_p]
     own = np.einsum("paf,pf->pa", env.jacobian, qh[env.pair_centre])             # (P, 3)
     out = np.empty((n, 3, m))
     for a in range(3):
         mix = sp.csr_matrix((own[:, a], (env.pair_atom, env.pair_centre)), shape=(n, n))
         out[:, a, :] = mix @ (pref * c)
-    for start in range(0, n_pairs, PAIR_BLOCK):
-        stop = min(start + PAIR_BLOCK, n_pairs)
-        jac = env.jacobian[start:stop]
-        block = (jac.reshape(-1, jac.shape[2]) @ sparse.features.T).reshape(stop - start, 3, m)
-        block *= pref[env.pair_centre[start:stop]][:, None, :]
-        scatter = sp.csr_matrix((np.ones(stop - start), (env.pair_atom[start:stop],
-                                                         np.arange(stop - start))),
-                                shape=(n, stop - start))
-        out -= (scatter @ block.reshape(stop - start, 3 * m)).reshape(n, 3, m)
+    centre_species = env.species[env.pair_centre]
+    for z, cols in _species_blocks(sparse.species, centre_species):
+        pairs = np.flatnonzero(centre_species == z)
+        x = sparse.features[cols].T                                              # (F, m_z)
+        m_z = x.shape[1]
+        for start in range(0, len(pairs), PAIR_BLOCK):
+            idx = pairs[start:start + PAIR_BLOCK]
+            jac = env.jacobian[idx]
+            block = (jac.reshape(-1, jac.shape[2]) @ x).reshape(len(idx), 3, m_z)
+            block *= pref[env.pair_centre[idx]][:, None, cols]
+            scatter = sp.csr_matrix((np.ones(len(idx)), (env.pair_atom[idx],
+                                                         np.arange(len(idx)))),
+                                    shape=(n, len(idx)))
+            out[:, :, cols] -= (scatter @ block.reshape(len(idx), 3 * m_z)).reshape(n, 3, m_z)
     return out
 
 
@@ -152,24 +172,25 @@ def force_prior_variance(env: Environments, zeta: int,
     qh, qn = normalise(env.features), np.linalg.norm(env.features, axis=1)
     sig = np.array([signal_variance[int(z)] for z in env.species])
     out = np.zeros((env.n_atoms, 3))
-    order = np.argsort(env.pair_atom, kind="stable")
-    bounds = np.searchsorted(env.pair_atom[order], np.arange(env.n_atoms + 1))
-    for a in range(env.n_atoms):
-        pairs = order[bounds[a]:bounds[a + 1]]
-        if len(pairs) == 0:
-            continue
+    # pairs grouped by moved atom, then by centre species (centres of different species do
+    # not covary): one dense block per (atom, species)
+    key = env.pair_atom * (int(env.species.max()) + 1) + env.species[env.pair_centre]
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(key[order]) != 0, True])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        pairs = order[lo:hi]
+        a = env.pair_atom[pairs[0]]
         centre = env.pair_centre[pairs]
         q = qh[centre]                                                   # (P, F)
-        same = env.species[centre][:, None] == env.species[centre][None, :]
-        weight = np.where(same, sig[centre][:, None], 0.0)
         c = np.clip(q @ q.T, -1.0, 1.0)
+        jac = env.jacobian[pairs]                                        # (P, 3, F)
+        u = (jac - np.einsum("paf,pf->pa", jac, q)[:, :, None] * q[:, None, :]) \
+            / qn[centre][:, None, None]
         for alpha in range(3):
-            jac = env.jacobian[pairs, alpha, :]                         # (P, F)
-            u = (jac - np.einsum("pf,pf->p", jac, q)[:, None] * q) / qn[centre][:, None]
-            b = u @ u.T
-            total = zeta * c ** (zeta - 1) * b
+            ua = u[:, alpha, :]
+            total = zeta * c ** (zeta - 1) * (ua @ ua.T)
             if zeta > 1:
-                cross = u @ q.T                                          # A_pq = u_p . q_hat_q
+                cross = ua @ q.T                                         # A_pq = u_p . q_hat_q
                 total += zeta * (zeta - 1) * c ** (zeta - 2) * cross * cross.T
-            out[a, alpha] = float((weight * total).sum())
+            out[a, alpha] += sig[centre[0]] * float(total.sum())
     return np.clip(out, 0.0, None)

@@ -230,3 +230,36 @@ def test_the_runner_up_is_confirmed_beside_the_winner_only_when_close():
     won = [Row("defaults", d, 4, 8, criterion=1.0), Row("zeta", a, 4, 8, criterion=1.05),
            Row("radial", c, 4, 8, criterion=1.02)]
     assert screen.runner_up(won, d, won[0], d) is won[2]
+
+
+def _alloy_frames(symbols, n: int = 3):
+    """Rattled fcc cells with ``symbols`` spread over the sites, labelled with EMT."""
+    import numpy as np
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.8, cubic=True).repeat(2)
+        atoms.symbols = [symbols[k % len(symbols)] for k in range(len(atoms))]
+        atoms.rattle(0.05, seed=int(rng.integers(1000)))
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces())
+        out.append(atoms)
+    return out
+
+
+def test_three_species_get_the_compressed_soap_by_default():
+    """From three species the plain defaults use dscribe's mu1nu1 compression (features linear
+    in the species count); a setting given by hand wins; two species stay uncompressed."""
+    kw = dict(tune=False, noise=False, calibrate=False, n_sparse=4, settings=SMALL, n_jobs=1)
+    three = _alloy_frames(["Cu", "Ag", "Au"])
+    model = build_model(three, **kw)
+    assert model.descriptor.settings.compression == "mu1nu1"
+    assert model.build_report_["chosen"]["compression"] == "mu1nu1"
+    kept = build_model(three, **{**kw, "settings": {**SMALL, "compression": "off"}})
+    assert kept.descriptor.settings.compression == "off"
+    two = build_model(_alloy_frames(["Cu", "Au"]), **kw)
+    assert two.descriptor.settings.compression == "off"

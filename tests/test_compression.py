@@ -124,3 +124,20 @@ def test_bad_compression_settings_are_clear_errors():
         _soap("mu2", "smooth", {**WEIGHTS, "O": float("nan")})
     with pytest.raises(SettingsError, match="no derivatives with compression"):
         _soap("mu1nu1", None).reference_environments(ethanol())
+
+
+def test_settings_files_choose_the_compression():
+    """``[descriptor] compression`` and ``species_weighting`` reach the SOAP; without them three
+    species get the builder's default (mu1nu1) and one species none."""
+    from gpmlip.cli import build, config
+
+    desc = {"species": ["H", "C", "O"], "r_cut": 4.0, "compression": "crossover",
+            "species_weighting": {"H": 0.5, "C": 1.0, "O": 1.0}}
+    config.check({"descriptor": desc}, "test")
+    soap = build.soap(desc)
+    assert soap.settings.compression == "crossover"
+    assert soap.settings.species_weighting_dict == {1: 0.5, 6: 1.0, 8: 1.0}
+    assert build.soap({"species": ["H", "C", "O"], "r_cut": 4.0}).settings.compression == "mu1nu1"
+    assert build.soap({"species": ["Cu"], "r_cut": 4.0}).settings.compression == "off"
+    with pytest.raises(SettingsError, match="compression"):
+        config.check({"descriptor": {"compression": 2}}, "test")

@@ -16,8 +16,15 @@ NEIGHBOURS_IN_CUTOFF = 30
 """Mean neighbour count the default cutoff holds: on Zuo 2020 it gives Mo 5.1, Si 5.4, Li 5.4 Å
 against the paper's hand-chosen 5.2, 5.4, 4.8."""
 R_CUT_RANGE = (3.0, 6.5)
-DESCRIPTOR_FIELDS = ("r_cut", "r0", "m", "n_max", "l_max", "sigma", "second")
+DESCRIPTOR_FIELDS = ("r_cut", "r0", "m", "n_max", "l_max", "sigma", "second", "compression")
 """The :class:`Settings` fields of the descriptor (fixed when a descriptor is given)."""
+MANY_SPECIES = 3
+"""From this many species the builder's default SOAP is compressed (:data:`MANY_SPECIES_COMPRESSION`)."""
+MANY_SPECIES_COMPRESSION = "mu1nu1"
+"""dscribe's ``mu1nu1`` (each species against the summed density): features linear in the species
+count.  On GFN2-xTB molecular MD (benchmarks/compression.py) its test errors were within 3-10 % of
+the uncompressed SOAP's with 0.64x (3 species) and 0.39x (5 species) the features; ``crossover``
+and ``mu2`` lost 50-130 % (docs/guide/descriptors.md)."""
 START_NOISE = {"energy_sigma": 0.002, "force_sigma": 0.05, "virial_sigma": 0.5}
 """Starting noise levels (eV/atom, eV/Å, eV/atom of virial); the noise stage chooses them."""
 
@@ -28,7 +35,8 @@ class Settings:
 
     ``r0`` is the distance past ``r_cut`` (Å) at which the smooth weighting reaches zero and
     ``m`` its exponent (``r0=None``: no weighting, dscribe's hard cutoff); ``second`` is
-    ``(r_cut, weight)`` of a second SOAP at a short cutoff (:class:`gpmlip.Stacked`) or None.
+    ``(r_cut, weight)`` of a second SOAP at a short cutoff (:class:`gpmlip.Stacked`) or None;
+    ``compression`` dscribe's species compression of both SOAPs.
     """
 
     r_cut: float
@@ -40,6 +48,7 @@ class Settings:
     zeta: int = 4
     second: tuple[float, float] | None = None
     sparse_method: str = "cur"
+    compression: str = "off"
 
     def descriptor(self, species: Sequence[str], n_jobs: int = 1):
         """The SOAP (or two stacked) of these settings."""
@@ -48,12 +57,12 @@ class Settings:
         weighting = None if self.r0 is None else {"function": "poly", "r0": self.r_cut + self.r0,
                                                   "c": 1.0, "m": self.m}
         first = SOAP(list(species), self.r_cut, self.n_max, self.l_max, self.sigma,
-                     weighting=weighting, n_jobs=n_jobs)
+                     weighting=weighting, compression=self.compression, n_jobs=n_jobs)
         if self.second is None:
             return first
         r_short, weight = self.second
         other = SOAP(list(species), r_short, self.n_max, self.l_max, self.sigma,
-                     weighting="smooth", n_jobs=n_jobs)
+                     weighting="smooth", compression=self.compression, n_jobs=n_jobs)
         return Stacked([first, other], [1.0, weight], n_jobs=n_jobs)
 
     def changes(self, reference: Settings) -> str:

@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--l-max", type=int, help="angular basis size (default 6; 8 screened)")
     p.add_argument("--sigma", type=float, help="atom Gaussian width, Å (default 0.5; 0.4 "
                                                "screened)")
+    p.add_argument("--compression", choices=["off", "crossover", "mu1nu1", "mu2"],
+                   help="dscribe's species compression of the SOAP (default mu1nu1 from 3 "
+                        "species, features linear in the species count; off below)")
     p.add_argument("--n-sparse", type=int,
                    help="sparse points per species (default 1000, at most a quarter of that "
                         "species' atoms)")

@@ -25,8 +25,10 @@ def _weighting(value):
 def soap(desc: dict):
     """The SOAP descriptor of a ``[descriptor]`` table (species and r_cut required); with
     ``second = {r_cut = ..., ...}`` a :class:`gpmlip.Stacked` of the two (the table is checked
-    by :func:`gpmlip.cli.config.check`)."""
+    by :func:`gpmlip.cli.config.check`).  Compression defaults to the model builder's choice:
+    ``mu1nu1`` from :data:`~gpmlip.builder.settings.MANY_SPECIES` species, else off."""
     import gpmlip
+    from gpmlip.builder.settings import MANY_SPECIES, MANY_SPECIES_COMPRESSION
 
     missing = [k for k in ("species", "r_cut") if k not in desc]
     if missing:
@@ -35,6 +37,10 @@ def soap(desc: dict):
     first = gpmlip.SOAP(desc["species"], desc["r_cut"], desc.get("n_max", 6),
                         desc.get("l_max", 4), desc.get("sigma", 0.5),
                         weighting=_weighting(desc.get("weighting", "smooth")),
+                        compression=desc.get("compression", MANY_SPECIES_COMPRESSION
+                                             if len(desc["species"]) >= MANY_SPECIES
+                                             else "off"),
+                        species_weighting=desc.get("species_weighting"),
                         n_jobs=desc.get("n_jobs", 1))
     second = desc.get("second")
     if second is None:
@@ -43,7 +49,8 @@ def soap(desc: dict):
     other = gpmlip.SOAP(desc["species"], second["r_cut"], second.get("n_max", base.n_max),
                         second.get("l_max", base.l_max), second.get("sigma", base.sigma),
                         weighting=_weighting(second.get("weighting", "smooth")),
-                        n_jobs=first.n_jobs)
+                        compression=base.compression,
+                        species_weighting=base.species_weighting_dict, n_jobs=first.n_jobs)
     return gpmlip.Stacked([first, other], [1.0, second.get("weight", 1.0)], n_jobs=first.n_jobs)
 
 
@@ -58,7 +65,7 @@ def model(desc: dict, settings: dict):
     return gpmlip.SparseGP(soap(desc), **kwargs)
 
 
-BUILDER_KEYS = ("r_cut", "n_max", "l_max", "sigma")
+BUILDER_KEYS = ("r_cut", "n_max", "l_max", "sigma", "compression")
 """``[descriptor]`` keys the model builder takes as fixed settings (with weighting, second)."""
 
 
@@ -86,8 +93,10 @@ def builder_settings(desc: dict, settings: dict) -> dict:
 
 def by_hand(desc: dict) -> bool:
     """Whether ``[descriptor]`` is more than the model builder's settings express (a second SOAP
-    with its own basis or weighting): then it is built as written and not screened."""
-    return bool(set(desc.get("second") or {}) - {"r_cut", "weight"})
+    with its own basis or weighting, species weights): then it is built as written and not
+    screened."""
+    return bool(set(desc.get("second") or {}) - {"r_cut", "weight"}) or \
+        "species_weighting" in desc
 
 
 def builder_model_kwargs(settings: dict) -> dict:

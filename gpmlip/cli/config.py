@@ -10,6 +10,9 @@ allowed::
     n_max = 6
     l_max = 4
     weighting = "smooth"    # default; "hard", or a dscribe poly table {r0 = 5.5, m = 1}
+    compression = "mu1nu1"  # dscribe's species compression: "off", "crossover", "mu1nu1", "mu2"
+                            # (gpmlip train: "mu1nu1" from 3 species, else "off")
+    species_weighting = {H = 0.5, O = 1.0}   # optional: weight of each species' density
     second = {r_cut = 3.2}  # optional: a second SOAP joined to the first (gpmlip.Stacked);
                             # keys r_cut, n_max, l_max, sigma, weighting, weight
 
@@ -62,7 +65,7 @@ NUMBER = (int, float)
 SCHEMA: dict[str, dict[str, tuple]] = {
     "descriptor": {"species": (list,), "r_cut": NUMBER, "n_max": (int,), "l_max": (int,),
                    "sigma": NUMBER, "weighting": (str, dict), "n_jobs": (int,),
-                   "second": (dict,)},
+                   "second": (dict,), "compression": (str,), "species_weighting": (dict,)},
     "model": {"zeta": (int,), "n_sparse": (int, dict), "sparse_method": (str,),
               "energy_sigma": NUMBER, "force_sigma": NUMBER, "stress_sigma": NUMBER,
               "stress_noise": (str,), "virial_sigma": NUMBER, "e0": (str, dict),

@@ -22,7 +22,8 @@ def train(args) -> int:
 
     cfg = config.load(args.config) if args.config else {}
     desc = config.merge(cfg, "descriptor", species=args.species, r_cut=args.r_cut,
-                        n_max=args.n_max, l_max=args.l_max, sigma=args.sigma, n_jobs=args.jobs)
+                        n_max=args.n_max, l_max=args.l_max, sigma=args.sigma, n_jobs=args.jobs,
+                        compression=args.compression)
     settings = config.merge(cfg, "model", n_sparse=args.n_sparse, zeta=args.zeta,
                             optimise={"none": False}.get(args.optimise, args.optimise),
                             budget=args.budget, tune=False if args.no_tune else None)

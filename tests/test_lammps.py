@@ -146,25 +146,37 @@ def test_lmp_matches_ase_reference(pair_model, cell, tmp_path):
     assert_close(frame.arrays["std"], pair_model.std(ref), what="std")
 
 
-def test_stacked_descriptor_model_matches_ase(tmp_path):
-    """A model on two SOAPs side by side (gpmlip.Stacked) runs in LAMMPS as in ASE."""
+def _runs_in_lammps_as_in_ase(descriptor, tmp_path):
+    """Fit a tiny CuAu model on ``descriptor``; LAMMPS's energy, forces and stress equal ASE's."""
     from conftest import emt_frames
 
-    parts = [gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5),
-             gpmlip.SOAP(["Cu", "Au"], r_cut=3.0, n_max=3, l_max=3, sigma=0.4)]
-    model = gpmlip.SparseGP(gpmlip.Stacked(parts, [1.0, 0.5]), n_sparse=20,
-                            e0={"Cu": 0.0, "Au": 0.0})
+    model = gpmlip.SparseGP(descriptor, n_sparse=20, e0={"Cu": 0.0, "Au": 0.0})
     model.fit(emt_frames(4, seed=3, alloy=True))
-    model.save(tmp_path / "stacked.npz")
+    model.save(tmp_path / "model.npz")
     atoms = cuau_cell()
-    res = gl.run_md(atoms, str(tmp_path / "stacked.npz"), steps=0, interval=1, std_every=1,
+    res = gl.run_md(atoms, str(tmp_path / "model.npz"), steps=0, interval=1, std_every=1,
                     ensemble="nve", temperature=0.0, species=["Cu", "Au"], directory=tmp_path)
     (frame,) = res.frames
     ref = frame.copy()
-    ref.calc = gpmlip.GPCalculator(gpmlip.load_model(tmp_path / "stacked.npz"))
+    ref.calc = gpmlip.GPCalculator(gpmlip.load_model(tmp_path / "model.npz"))
     assert_close(frame.get_potential_energy(), ref.get_potential_energy(), what="energy")
     assert_close(frame.get_forces(), ref.get_forces(), what="forces")
     assert_close(frame.get_stress(), ref.get_stress(), what="stress")
+
+
+def test_stacked_descriptor_model_matches_ase(tmp_path):
+    """A model on two SOAPs side by side (gpmlip.Stacked) runs in LAMMPS as in ASE."""
+    parts = [gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2, sigma=0.5),
+             gpmlip.SOAP(["Cu", "Au"], r_cut=3.0, n_max=3, l_max=3, sigma=0.4)]
+    _runs_in_lammps_as_in_ase(gpmlip.Stacked(parts, [1.0, 0.5]), tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["mu1nu1", "mu2"])
+def test_compressed_descriptor_model_matches_ase(mode, tmp_path):
+    """A model on a compressed, species-weighted SOAP runs in LAMMPS as in ASE."""
+    _runs_in_lammps_as_in_ase(gpmlip.SOAP(["Cu", "Au"], r_cut=4.0, n_max=3, l_max=2,
+                                          compression=mode,
+                                          species_weighting={"Cu": 1.0, "Au": 0.6}), tmp_path)
 
 
 def _in_process(commands):

@@ -37,7 +37,7 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
                 settings: dict | None = None, screen_frames: int = SCREEN_FRAMES,
                 screen_sparse: int = SCREEN_SPARSE, noise: bool = True, calibrate: bool = True,
                 seed: int = 0, n_jobs: int | None = None, model_kwargs: dict | None = None,
-                descriptor=None):
+                descriptor=None, executor=None):
     """Build a model the way a GAP expert would: settings chosen by leave-one-out, in a budget.
 
     Parameters
@@ -78,6 +78,10 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     descriptor : Descriptor, optional
         A descriptor built by hand: used as it is (the descriptor stages are not screened; the
         kernel, sparse and noise stages are).
+    executor : concurrent.futures.Executor, optional
+        Where the final fit's training statistics are computed, chunk by chunk (e.g. a Parsl
+        executor on a cluster: :mod:`gpmlip.gp.distributed`); default ``n_jobs`` local
+        processes.  The screen and the noise stage run locally.
 
     Returns
     -------
@@ -147,7 +151,7 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
     t = time.perf_counter()
     model = SparseGP(descriptor or chosen.descriptor(symbols, n_jobs), zeta=chosen.zeta,
                      n_sparse=final_sparse, sparse_method=chosen.sparse_method, seed=seed,
-                     **kwargs).fit(data)
+                     **kwargs).fit(data, executor=executor)
     fit_s = time.perf_counter() - t
     report.stages["final fit"] = f"{model.n_sparse_points} sparse points in {fit_s:.0f} s"
     log.info("model builder: final fit (%s), %d sparse points, %.0f s",

@@ -80,8 +80,10 @@ def parser() -> argparse.ArgumentParser:
                    help="after the build, choose noise and signal levels again: by the marginal "
                         "likelihood (the default when the flag is given alone) or by "
                         "leave-one-structure-out error (loo)")
-    p.add_argument("-j", "--jobs", type=int, help="worker processes for descriptors "
-                                                  "(default: cores, at most 2)")
+    p.add_argument("-j", "--workers", "--jobs", dest="jobs", type=int,
+                   help="local worker processes for descriptors and the training statistics, "
+                        "which are computed in chunks of structures and joined exactly "
+                        "(default: cores, at most 2); a cluster: the [cluster] table")
     p.set_defaults(func=models.train)
 
     p = sub.add_parser("eval", help="error table of a model on labelled data",

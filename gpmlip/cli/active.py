@@ -121,12 +121,13 @@ def learn(args) -> int:
     model = gpmlip.load_model(model_file) if model_file else \
         build.model(cfg.get("descriptor", {}), cfg.get("model", {}))
     try:
-        out = run_loop(model, directory / "loop", queue, pool=_read_pool(loop["pool"]),
-                       batch=loop.get("batch", 5), method=loop.get("method", "greedy"),
-                       max_labels=loop.get("max_labels", 50),
-                       target_std=loop.get("target_std", 0.01),
-                       max_workers=loop.get("workers", 1),
-                       lease_seconds=loop.get("lease_seconds", 600.0))
+        with build.cluster_for(model, cfg):
+            out = run_loop(model, directory / "loop", queue, pool=_read_pool(loop["pool"]),
+                           batch=loop.get("batch", 5), method=loop.get("method", "greedy"),
+                           max_labels=loop.get("max_labels", 50),
+                           target_std=loop.get("target_std", 0.01),
+                           max_workers=loop.get("workers", 1),
+                           lease_seconds=loop.get("lease_seconds", 600.0))
     except KeyboardInterrupt:
         log.error("interrupted: the queue and %s hold everything so far; run the same command "
                   "again to continue", directory)

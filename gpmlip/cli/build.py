@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,51 @@ def model(desc: dict, settings: dict):
 
 BUILDER_KEYS = ("r_cut", "n_max", "l_max", "sigma", "compression")
 """``[descriptor]`` keys the model builder takes as fixed settings (with weighting, second)."""
+
+
+def cluster(cfg: dict, workers: int | None = None):
+    """``(executor, workers)`` of the ``[cluster]`` table and ``--workers``: a Parsl executor
+    (``parsl = "local"`` or ``"slurm"`` with :func:`gpmlip.labelling.parsl.slurm_config`'s keys)
+    or None for local worker processes; ``workers`` None when neither gives a count."""
+    table = dict(cfg.get("cluster", {}))
+    count = workers if workers is not None else table.pop("workers", None)
+    table.pop("workers", None)
+    kind = table.pop("parsl", None)
+    if kind is None:
+        if table:
+            raise SettingsError(f"[cluster] {sorted(table)} need parsl = \"slurm\" (or "
+                                "\"local\"); for local processes give only workers = N")
+        return None, count
+    from gpmlip.labelling.parsl import local_config, parsl_executor, slurm_config
+
+    if kind == "local":
+        unknown = set(table) - {"run_dir"}
+        if unknown:
+            raise SettingsError(f"[cluster] parsl = \"local\" takes workers and run_dir, not "
+                                f"{sorted(unknown)}")
+        return parsl_executor(local_config(count or 2, run_dir=table.get("run_dir"))), count
+    if kind == "slurm":
+        if "partition" not in table:
+            raise SettingsError("[cluster] parsl = \"slurm\" needs partition = \"...\"")
+        return parsl_executor(slurm_config(**table)), count
+    raise SettingsError(f"[cluster] parsl = {kind!r}: use \"local\" or \"slurm\"")
+
+
+@contextmanager
+def cluster_for(model, cfg: dict):
+    """Within the block, ``model``'s refits (:meth:`gpmlip.SparseGP.fit` and ``update``, as the
+    on-the-fly learner and the loop make them) compute their statistics where ``[cluster]``
+    says; the executor is shut down after."""
+    executor, workers = cluster(cfg)
+    model.executor = executor
+    if workers is not None:
+        model.n_jobs = workers
+    try:
+        yield model
+    finally:
+        model.executor = None
+        if executor is not None:
+            executor.shutdown()
 
 
 def builder_settings(desc: dict, settings: dict) -> dict:

@@ -42,6 +42,12 @@ allowed::
     timestep_fs = 5.0
     steps = 1000
 
+    [cluster]               # where training statistics are computed (gpmlip.gp.distributed)
+    workers = 2             # local worker processes (the same as --workers)
+    parsl = "slurm"         # or "local": Parsl workers; "slurm" takes the keys of
+    partition = "cpu"       # gpmlip.labelling.parsl.slurm_config (walltime, nodes_per_block,
+    worker_init = "source ~/venvs/gpmlip/bin/activate"   # max_blocks, account, ...)
+
     [otf]                   # gpmlip.active.OTFSettings keys, plus:
     labeller = "emt"        # or a table: {name = "gpaw", ecut = 300, kpts = [2, 2, 2]}
     directory = "runs/otf"
@@ -83,6 +89,11 @@ SCHEMA: dict[str, dict[str, tuple]] = {
             "directory": (str,)},
     "gate": {"threshold": NUMBER, "force_threshold": NUMBER, "policy": (str,), "queue": (str,), "labeller": (str, dict),
              "directory": (str,)},
+    "cluster": {"workers": (int,), "parsl": (str,), "partition": (str,), "walltime": (str,),
+                "nodes_per_block": (int,), "max_blocks": (int,), "cores_per_node": (int,),
+                "cores_per_worker": NUMBER, "max_workers_per_node": (int,), "account": (str,),
+                "qos": (str,), "worker_init": (str,), "scheduler_options": (str,),
+                "address": (str,), "run_dir": (str,)},
     "learn": {"pool": (str, list), "queue": (str,), "labeller": (str, dict),
               "directory": (str,), "batch": (int,), "method": (str,), "max_labels": (int,),
               "target_std": NUMBER, "workers": (int,), "lease_seconds": NUMBER,

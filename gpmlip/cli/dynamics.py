@@ -237,7 +237,9 @@ def otf(args) -> int:
     atoms.calc = learner.calculator
     dyn = build.dynamics(atoms, md_cfg)
     try:
-        summary = learner.run(dyn, int(md_cfg.get("steps", 1000)), resume=args.resume is not None)
+        with build.cluster_for(model, cfg):
+            summary = learner.run(dyn, int(md_cfg.get("steps", 1000)),
+                                  resume=args.resume is not None)
     except KeyboardInterrupt:
         log.error("interrupted: every label so far is on disk in %s; continue with "
                   "`gpmlip otf %s --resume %s`", directory, args.config, directory)

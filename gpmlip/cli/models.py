@@ -17,12 +17,21 @@ BUDGET = 480.0
 def train(args) -> int:
     """Build a model from labelled files (settings chosen by leave-one-out unless --no-tune);
     write it and print the training (and test) errors."""
+    cfg = config.load(args.config) if args.config else {}
+    executor, workers = build.cluster(cfg, args.jobs)
+    try:
+        return _train(args, cfg, executor, workers)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+def _train(args, cfg: dict, executor, workers: int | None) -> int:
     from gpmlip.builder import build_model
     from gpmlip.evaluate import error_table, format_table, predictions
 
-    cfg = config.load(args.config) if args.config else {}
     desc = config.merge(cfg, "descriptor", species=args.species, r_cut=args.r_cut,
-                        n_max=args.n_max, l_max=args.l_max, sigma=args.sigma, n_jobs=args.jobs,
+                        n_max=args.n_max, l_max=args.l_max, sigma=args.sigma, n_jobs=workers,
                         compression=args.compression)
     settings = config.merge(cfg, "model", n_sparse=args.n_sparse, zeta=args.zeta,
                             optimise={"none": False}.get(args.optimise, args.optimise),
@@ -38,7 +47,8 @@ def train(args) -> int:
                         settings=build.builder_settings(desc, settings),
                         seed=settings.get("seed", 0), n_jobs=desc.get("n_jobs"),
                         model_kwargs=build.builder_model_kwargs(settings),
-                        descriptor=build.soap(desc) if build.by_hand(desc) else None)
+                        descriptor=build.soap(desc) if build.by_hand(desc) else None,
+                        executor=executor)
     chosen = build.optimise(model, settings.get("optimise", False))
     if chosen:
         log.info("hyper-parameters (%s): %s", settings["optimise"],

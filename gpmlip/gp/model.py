@@ -10,7 +10,6 @@ from concurrent.futures import Executor
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
-from threadpoolctl import threadpool_limits
 
 from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_baseline
 from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
@@ -26,6 +25,7 @@ from gpmlip.gp import hyper, selection
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
                                     held_out_residuals, leave_one_out_residuals, loo_subset)
 from gpmlip.gp import report as fit_report
+from gpmlip.gp import distributed
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
 from gpmlip.gp.solver import GramStats, Hyper, solve
@@ -166,6 +166,10 @@ class SparseGP:
         self.fit_report_ = None   # a gpmlip.gp.report.FitReport after fit
         self.build_report_: dict | None = None   # how gpmlip.build_model chose the settings
         self._version = 0   # of the last state, so that a refit keeps counting up
+        self.executor: Executor | None = None
+        """Where :meth:`fit` and :meth:`update` compute the training statistics when given no
+        executor (e.g. a Parsl executor on a cluster, :mod:`gpmlip.gp.distributed`; what the
+        on-the-fly learner's refits use); a run-time setting, never saved."""
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -336,7 +340,8 @@ class SparseGP:
             origin = self._select(empty, frames, features, self.n_sparse, self.sparse_method)
         else:
             origin = _sparse_pairs(sparse_atoms, frames)
-        self.state_ = self._grown(empty, frames, features, origin, executor, report=True)
+        self.state_ = self._grown(empty, frames, features, origin, executor or self.executor,
+                                  report=True)
         return self
 
     def _select(self, state: FittedState, frames, features, n_sparse, method,
@@ -389,34 +394,47 @@ class SparseGP:
         else:
             stats = state.copied_stats()
             todo = list(new_frames)
-        rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, sparse,
-                            executor=executor, n_jobs=self.n_jobs)
-        if state.two_body is not None:
-            rows = twobody.with_rows(rows, todo, state.two_body, self.descriptor.pair_list)
         noise = NoiseModel(self.config_sigmas, self.stress_noise == "per_atom")
-        # While worker processes use the cores, this process's BLAS gets one thread: OpenBLAS
-        # threads spin-wait, and oversubscribed they made the QR updates 50x slower (measured).
-        parallel = executor is not None or self.n_jobs > 1
+        learnt = self.learnt_labels(todo)
+        e0_totals = [state.e0.of(f.atoms.numbers) for f in todo]
         bar = progress_bar(total=len(todo), desc="kernel rows", unit="frame")
-        pressure = ([], [], [])   # rows, labels, frame indices: for the fit report
-        with threadpool_limits(1 if parallel else None), bar:
-            for k, (frame, frame_rows) in enumerate(zip(todo, rows)):
-                bar.update(1)
-                e0 = state.e0.of(frame.atoms.numbers)
-                for group, kr, y, scale in observations(self.learnt_labels([frame])[0], frame_rows,
-                                                        e0, noise):
-                    stats[group].add(kr, y, scale)
-                if report and frame.stress is not None and frame_rows.stress is not None:
-                    pressure[0].append(fit_report.pressure_row(frame_rows.stress))
-                    pressure[1].append(-float(np.trace(frame.stress)) / 3.0)
-                    pressure[2].append(k)
-                if (k + 1) % 10 == 0 or k + 1 == len(todo):
-                    log.info("kernel rows: %d/%d frames", k + 1, len(todo))
+        if executor is not None or (self.n_jobs > 1 and len(todo) > 1):
+            # chunks of structures on workers, their statistics joined exactly (TSQR)
+            job = distributed.ChunkJob(self.descriptor.to_dict(), self.zeta, sparse,
+                                       state.two_body, noise, tuple(stats))
+            with bar:
+                found = distributed.statistics(job, learnt, e0_totals, stats,
+                                               executor=executor, n_jobs=self.n_jobs,
+                                               progress=bar.update)
+            pressure = ([p[1] for p in found], [p[2] for p in found], [p[0] for p in found])
+        else:
+            pressure = self._streamed(todo, learnt, e0_totals, sparse, state.two_body, noise,
+                                      stats, bar)
         solved = self._solved(state.replace(frames=frames, features=features, sparse=sparse,
                                             sparse_origin=sparse_origin, kmm=kmm, stats=stats))
         if report:
             self.fit_report_ = fit_report.fit_report(solved, *pressure)
         return solved
+
+    def _streamed(self, todo, learnt, e0_totals, sparse, two_body, noise, stats, bar):
+        """Rows of every structure in this process, folded into ``stats`` one at a time;
+        returns the pressure rows, labels and structure indices (for the fit report)."""
+        rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, sparse)
+        if two_body is not None:
+            rows = twobody.with_rows(rows, todo, two_body, self.descriptor.pair_list)
+        pressure = ([], [], [])
+        with bar:
+            for k, (frame, frame_rows) in enumerate(zip(learnt, rows)):
+                bar.update(1)
+                for group, kr, y, scale in observations(frame, frame_rows, e0_totals[k], noise):
+                    stats[group].add(kr, y, scale)
+                if frame.stress is not None and frame_rows.stress is not None:
+                    pressure[0].append(fit_report.pressure_row(frame_rows.stress))
+                    pressure[1].append(-float(np.trace(frame.stress)) / 3.0)
+                    pressure[2].append(k)
+                if (k + 1) % 10 == 0 or k + 1 == len(todo):
+                    log.info("kernel rows: %d/%d frames", k + 1, len(todo))
+        return pressure
 
     def _grown_kmm(self, kmm_old: np.ndarray, sparse: SparseSet, m_old: int) -> np.ndarray:
         x, z = sparse.features, sparse.species
@@ -488,7 +506,7 @@ class SparseGP:
         e0 = self._grown_e0(state, frames)
         base = state if e0 is None else state.replace(e0=e0)
         # a new state, swapped in only when complete: a failed update leaves the model as it was
-        self.state_ = self._grown(base, frames, features, origin, executor,
+        self.state_ = self._grown(base, frames, features, origin, executor or self.executor,
                                   rebuild=e0 is not None)
         return self
 
@@ -818,7 +836,6 @@ class SparseGP:
     def _file_settings(self) -> dict:
         """The settings a model file stores beside the state (what
         :func:`gpmlip.gp.files.load_model` reads)."""
-        state = self.state
         return {
             "descriptor": self.descriptor.to_dict(),
             "kernel": NormalizedDotProduct(self.zeta, self.signal_variances).to_dict(),

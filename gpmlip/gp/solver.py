@@ -94,6 +94,23 @@ class GramStats:
                                                                                 m + 1))])
         self.r, self.z = np.ascontiguousarray(aug[:m, :m]), aug[:m, m].copy()
 
+    def merge(self, other: GramStats) -> None:
+        """Fold in the statistics of other observations of the same columns (a chunk of
+        structures computed elsewhere): ``other``'s R rows join as pending rows, so ``R'R`` and
+        ``R'z`` become the sums, a tall-skinny QR step (:mod:`gpmlip.gp.distributed`)."""
+        other.flush()
+        if len(other.z) != len(self.z):
+            raise ValueError(f"statistics of {len(other.z)} columns cannot join {len(self.z)}")
+        block = np.hstack([other.r, other.z[:, None]])
+        block = block[np.abs(block).max(axis=1) > 0] if len(block) else block
+        if len(block):
+            self._pending.append(block)
+        self.yy += other.yy
+        self.n += other.n
+        self.log_scale += other.log_scale
+        if sum(len(p) for p in self._pending) >= max(len(self.z), 256):
+            self.flush()
+
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Arrays for a model file."""
         self.flush()

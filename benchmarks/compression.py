@@ -195,7 +195,7 @@ def median_ms_per_atom(fn, n_atoms: int, repeats: int) -> float:
 
 def cost(n_species: int, mode: str, total_sparse: int, repeats: int) -> dict:
     species = METALS[:n_species]
-    train = [alloy(n_species, 3, seed) for seed in range(max(4, total_sparse // 100))]
+    train = [alloy(n_species, 3, seed) for seed in range(max(4, 2 * total_sparse // 108 + 1))]
     soap = gpmlip.SOAP(species, **SOAP_SETTINGS, compression=mode)
     model = gpmlip.SparseGP(soap, n_sparse=total_sparse // n_species, sparse_method="cur",
                             e0={s: 0.0 for s in species})

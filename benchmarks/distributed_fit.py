@@ -90,7 +90,7 @@ def mo_model(sparse: int, data: Path) -> tuple:
 def timed_fit(make, frames, sparse_atoms, workers: int) -> tuple:
     pool = ProcessPoolExecutor(workers, mp_context=mp_context("compute"), initializer=_one_thread)
     try:
-        model = make()
+        model = make(n_jobs=workers)    # with an executor, n_jobs sets the chunk count
         start = time.perf_counter()
         model.fit(frames, sparse_atoms=sparse_atoms, executor=pool)
         return model, time.perf_counter() - start

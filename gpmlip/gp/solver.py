@@ -96,20 +96,32 @@ class GramStats:
 
     def merge(self, other: GramStats) -> None:
         """Fold in the statistics of other observations of the same columns (a chunk of
-        structures computed elsewhere): ``other``'s R rows join as pending rows, so ``R'R`` and
-        ``R'z`` become the sums, a tall-skinny QR step (:mod:`gpmlip.gp.distributed`)."""
+        structures computed elsewhere), so that ``R'R`` and ``R'z`` become the sums: a
+        tall-skinny QR step on the two triangular factors (LAPACK ``dtpqrt``, which uses their
+        structure: about ``2/3 m^3`` flops against ``10/3 m^3`` for a dense QR of the pair);
+        see :mod:`gpmlip.gp.distributed`."""
+        from scipy.linalg import lapack
+
         other.flush()
-        if len(other.z) != len(self.z):
-            raise ValueError(f"statistics of {len(other.z)} columns cannot join {len(self.z)}")
+        self.flush()
+        m = len(self.z)
+        if len(other.z) != m:
+            raise ValueError(f"statistics of {len(other.z)} columns cannot join {m}")
         block = np.hstack([other.r, other.z[:, None]])
-        block = block[np.abs(block).max(axis=1) > 0] if len(block) else block
-        if len(block):
-            self._pending.append(block)
+        block = np.ascontiguousarray(block[np.abs(block).max(axis=1) > 0]) if m else block
+        if len(block) and self.n == 0 and not self.z.any() and not self.r.any():
+            self.r, self.z = other.r.copy(), other.z.copy()    # nothing to join yet
+        elif len(block):
+            top = np.zeros((m + 1, m + 1))
+            top[:m] = np.hstack([self.r, self.z[:, None]])
+            top, _, _, info = lapack.dtpqrt(len(block), max(1, min(m + 1, 64)), top, block)
+            if info != 0:
+                raise NumericalError(f"joining training statistics failed (LAPACK dtpqrt info "
+                                     f"{info})")
+            self.r, self.z = np.ascontiguousarray(np.triu(top[:m, :m])), top[:m, m].copy()
         self.yy += other.yy
         self.n += other.n
         self.log_scale += other.log_scale
-        if sum(len(p) for p in self._pending) >= max(len(self.z), 256):
-            self.flush()
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Arrays for a model file."""

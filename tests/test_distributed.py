@@ -68,10 +68,14 @@ def test_merged_statistics_equal_streamed_rows():
         (whole.n, whole.yy, whole.log_scale))
 
 
-def test_chunks_cover_every_structure_once():
+def test_chunks_cover_every_structure_once_with_even_weights():
     for n, k in ((10, 3), (3, 8), (1, 1), (100, 7)):
         parts = distributed.chunks(n, k)
         assert [i for p in parts for i in p] == list(range(n)) and all(parts)
+    sizes = [100] * 10 + [10] * 100       # ten big structures, then a hundred small ones
+    parts = distributed.chunks(sizes, 2)
+    assert [i for p in parts for i in p] == list(range(110))
+    assert [sum(sizes[i] for i in p) for p in parts] == [1000, 1000]
 
 
 def test_two_worker_processes_equal_one_process(frames, one_process):

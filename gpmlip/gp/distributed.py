@@ -37,8 +37,9 @@ from gpmlip.parallel import mp_context
 log = logging.getLogger(__name__)
 
 CHUNKS_PER_WORKER = 2
-"""Chunks per worker: enough to balance uneven structures, few enough that joining the chunks'
-``R`` factors (each join costs about ``3 m^3`` flops) stays small beside computing them."""
+"""Chunks per worker (of equal atom counts): enough to even out the workers, few enough that
+joining the chunks' ``R`` factors (about ``2/3 m^3`` flops each) stays small beside computing
+them."""
 RETRIES = 2
 """How many times a chunk whose worker was lost is computed again before the fit fails."""
 
@@ -75,9 +76,10 @@ class ChunkJob:
 
 @dataclass
 class ChunkResult:
-    """A chunk's statistics per noise group and its pressure rows (for the fit report)."""
+    """A chunk's statistics per noise group (:meth:`GramStats.compact`, what travels back) and
+    its pressure rows (for the fit report)."""
 
-    stats: dict[str, GramStats]
+    stats: dict[str, tuple]
     pressure: list[tuple[int, np.ndarray, float]]
 
 
@@ -114,9 +116,7 @@ def chunk_statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float],
             if frame.stress is not None and rows.stress is not None:
                 pressure.append((k, pressure_row(rows.stress),
                                  -float(np.trace(frame.stress)) / 3.0))
-        for st in stats.values():
-            st.flush()
-    return ChunkResult(stats, pressure)
+    return ChunkResult({g: st.compact() for g, st in stats.items()}, pressure)
 
 
 def _worker_lost(err: BaseException) -> bool:
@@ -126,11 +126,17 @@ def _worker_lost(err: BaseException) -> bool:
         "Lost" in type(err).__name__
 
 
-def chunks(n: int, n_chunks: int) -> list[range]:
-    """``n`` structure indices in ``n_chunks`` contiguous, nearly equal chunks (none empty)."""
+def chunks(weights, n_chunks: int) -> list[range]:
+    """Structure indices in at most ``n_chunks`` contiguous chunks of nearly equal total weight
+    (``weights``: each structure's cost, e.g. its atom count; an int ``n``: ``n`` equal
+    structures); none empty."""
+    w = np.ones(int(weights)) if np.ndim(weights) == 0 else np.asarray(weights, dtype=float)
+    n = len(w)
     n_chunks = max(1, min(n, n_chunks))
-    bounds = np.linspace(0, n, n_chunks + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    edges = np.concatenate([[0.0], np.cumsum(w)])
+    cuts = np.searchsorted(edges, np.linspace(0, edges[-1], n_chunks + 1)[1:-1])
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, n - 1) if n > 1 else [], [n]]))
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats: dict,
@@ -160,7 +166,8 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
     progress : callable, optional
         Called with the number of structures of each chunk that finishes.
     """
-    parts = chunks(len(frames), chunk_count or CHUNKS_PER_WORKER * max(1, n_jobs))
+    parts = chunks([f.n_atoms for f in frames],
+                   chunk_count or CHUNKS_PER_WORKER * max(1, n_jobs))
     own = executor is None
     pool = executor
     results: dict[int, ChunkResult] = {}

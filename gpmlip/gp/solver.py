@@ -100,25 +100,33 @@ class GramStats:
                                  f"dtpqrt info {info})")
         self.r, self.z = np.ascontiguousarray(np.triu(aug[:m, :m])), aug[:m, m].copy()
 
-    def merge(self, other: GramStats) -> None:
+    def compact(self) -> tuple[np.ndarray, float, int, float]:
+        """``([R z] without its all-zero rows, yy, n, log_scale)``: what :meth:`merge` needs,
+        small for a group of fewer observations than columns (what a worker sends back)."""
+        self.flush()
+        block = np.hstack([self.r, self.z[:, None]])
+        return (np.ascontiguousarray(block[np.abs(block).max(axis=1) > 0]), self.yy, self.n,
+                self.log_scale)
+
+    def merge(self, other: GramStats | tuple) -> None:
         """Fold in the statistics of other observations of the same columns (a chunk of
-        structures computed elsewhere), so that ``R'R`` and ``R'z`` become the sums: a
-        tall-skinny QR step on the two triangular factors (:func:`join_triangles`); see
-        :mod:`gpmlip.gp.distributed`."""
-        other.flush()
+        structures computed elsewhere; a :class:`GramStats` or its :meth:`compact` form), so
+        that ``R'R`` and ``R'z`` become the sums: a tall-skinny QR step on the two triangular
+        factors (:func:`join_triangles`); see :mod:`gpmlip.gp.distributed`."""
+        block, yy, n, log_scale = other.compact() if isinstance(other, GramStats) else other
         self.flush()
         m = len(self.z)
-        if len(other.z) != m:
-            raise ValueError(f"statistics of {len(other.z)} columns cannot join {m}")
-        if self.n == 0 and not self.z.any() and not self.r.any():
-            self.r, self.z = other.r.copy(), other.z.copy()    # nothing to join yet
+        if block.shape[1] != m + 1:
+            raise ValueError(f"statistics of {block.shape[1] - 1} columns cannot join {m}")
+        if self.n == 0 and not self.r.any() and not self.z.any():
+            aug = np.zeros((m + 1, m + 1))       # nothing to join yet: take the block as it is
+            aug[:min(len(block), m + 1)] = block[:m + 1]
         else:
-            aug = join_triangles([np.hstack([self.r, self.z[:, None]]),
-                                  np.hstack([other.r, other.z[:, None]])])
-            self.r, self.z = np.ascontiguousarray(aug[:m, :m]), aug[:m, m].copy()
-        self.yy += other.yy
-        self.n += other.n
-        self.log_scale += other.log_scale
+            aug = join_triangles([np.hstack([self.r, self.z[:, None]]), block])
+        self.r, self.z = np.ascontiguousarray(aug[:m, :m]), aug[:m, m].copy()
+        self.yy += yy
+        self.n += n
+        self.log_scale += log_scale
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """Arrays for a model file."""

@@ -115,6 +115,23 @@ def test_a_killed_worker_is_retried_and_the_model_is_the_same(frames, one_proces
     assert_same_model(one_process, model)
 
 
+def test_a_broken_pool_that_was_given_is_replaced(frames, one_process, monkeypatch, tmp_path,
+                                                   caplog):
+    """A ProcessPoolExecutor passed in is unusable once a worker dies: the remaining chunks run
+    on local processes and the model is still the same."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from gpmlip.parallel import mp_context
+
+    monkeypatch.setenv("GPMLIP_TEST_FLAG", str(tmp_path / "died"))
+    monkeypatch.setattr(distributed, "chunk_statistics", _dies_once)
+    with ProcessPoolExecutor(2, mp_context=mp_context("compute")) as pool, \
+            caplog.at_level(logging.WARNING, logger="gpmlip.gp.distributed"):
+        model = _model(2).fit(frames, executor=pool)
+    assert "cannot take work any more" in caplog.text
+    assert_same_model(one_process, model)
+
+
 def _always_dies(job, frames, e0_totals, indices):
     os._exit(9)
 

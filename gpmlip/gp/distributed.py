@@ -209,6 +209,12 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
             if broken and own:
                 pool.shutdown(cancel_futures=True)
                 pool = None
+            elif broken and isinstance(pool, ProcessPoolExecutor):
+                # a process pool that was given is unusable once a worker died: the rest runs
+                # on local processes of our own
+                log.warning("the process pool given lost a worker and cannot take work any "
+                            "more; the remaining chunks run on %d local processes", n_jobs)
+                own, pool = True, None
     finally:
         if own and pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -93,6 +93,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PREFIX",
                    help="write PREFIX_parity.png, PREFIX_errors.png, PREFIX_calibration.png "
                         "(needs matplotlib: pip install 'gpmlip[plots]')")
+    p.add_argument("--leave-out-config-types", nargs="*", metavar="TYPE",
+                   help="instead: hold out each config type of DATA (or the TYPEs given) in "
+                        "turn, refit the model's settings on the rest, calibrate it by "
+                        "leave-one-out and score the held-out type: is the std honest out of "
+                        "distribution? (one fit per type)")
     p.set_defaults(func=models.evaluate)
 
     p = sub.add_parser("calibrate", help="calibrate a model's force std",

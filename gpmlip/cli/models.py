@@ -81,6 +81,13 @@ def evaluate(args) -> int:
 
     model = gpmlip.load_model(args.model)
     data = build.data(args.data, {}, model.species)
+    if args.leave_out_config_types is not None:
+        from gpmlip.holdout import format_rows, leave_config_types_out
+
+        rows = leave_config_types_out(model, data, config_types=args.leave_out_config_types or None,
+                                      progress=True)
+        print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
+        return 0
     records = predictions(model, data, force_std=True, progress=True)
     table = error_table(records)
     calibration = calibration_report(records)

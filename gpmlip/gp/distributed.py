@@ -170,8 +170,22 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
                    chunk_count or CHUNKS_PER_WORKER * max(1, n_jobs))
     own = executor is None
     pool = executor
-    results: dict[int, ChunkResult] = {}
+    results: dict[int, ChunkResult] = {}     # finished, not yet joined (out of order)
+    done: set[int] = set()
+    joined = 0                               # chunks 0..joined-1 are in ``stats``
+    pressure = []
     failures = dict.fromkeys(range(len(parts)), 0)
+
+    def join_ready() -> None:
+        """Join the finished chunks that are next in order (the client holds O(m^2) plus the
+        chunks that finished early)."""
+        nonlocal joined
+        while joined in results:
+            found = results.pop(joined)
+            for group, st in found.stats.items():
+                stats[group].merge(st)
+            pressure.extend(found.pressure)
+            joined += 1
 
     def submit(c: int):
         idx = list(parts[c])
@@ -179,14 +193,16 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
                            [e0_totals[i] for i in idx], idx)
 
     try:
-        while len(results) < len(parts):
+        while len(done) < len(parts):
             if pool is None:
                 pool = ProcessPoolExecutor(max(1, n_jobs), mp_context=mp_context("compute"))
-            pending = {c: submit(c) for c in range(len(parts)) if c not in results}
+            pending = {c: submit(c) for c in range(len(parts)) if c not in done}
             broken = False
             for c, future in pending.items():
                 try:
                     results[c] = future.result()
+                    done.add(c)
+                    join_ready()
                 except GpmlipError:
                     raise
                 except Exception as err:   # noqa: BLE001 - a lost worker is retried, not others
@@ -218,11 +234,6 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
     finally:
         if own and pool is not None:
             pool.shutdown(cancel_futures=True)
-    pressure = []
-    for c in range(len(parts)):
-        for group, st in results[c].stats.items():
-            stats[group].merge(st)
-        pressure.extend(results[c].pressure)
     for st in stats.values():
         st.flush()
     log.info("training statistics: %d structures in %d chunks on %s", len(frames), len(parts),

@@ -112,7 +112,7 @@ def input_deck(model: str, species: list[str], s: MDSettings, *, data="data.lmp"
     record = " ".join(f"${{t_{k}}}" for k in THERMO)
     lines += [f"thermo {s.interval}", "thermo_style custom step temp pe etotal press vol",
               f"dump traj all custom {s.interval} {dump} {columns}",
-              f"dump_modify traj sort id format float %.17g",
+              "dump_modify traj sort id format float %.17g",
               f'fix record all print {s.interval} "{record}" file {thermo} screen no '
               f'title "# {" ".join(THERMO)}"',
               *s.extra, f"run {s.steps}"]

@@ -50,14 +50,15 @@ def refit_copy(model):
 
 def _capped_sparse(model, frames) -> dict[int, int]:
     """The model's sparse count per species, at most the environments ``frames`` hold."""
-    from gpmlip.gp.model import _per_species
+    from gpmlip.species import by_atomic_number
 
-    wanted = _per_species(model.n_sparse, model.species, "n_sparse")
+    wanted = by_atomic_number(model.n_sparse, "n_sparse") if isinstance(model.n_sparse, dict) \
+        else dict.fromkeys(model.species, model.n_sparse)
     counts = {z: 0 for z in model.species}
     for f in frames:
         for z in f.atoms.numbers:
             counts[int(z)] += 1
-    return {z: min(int(wanted[z]), counts[z]) for z in model.species}
+    return {z: min(int(wanted.get(z, 0)), counts[z]) for z in model.species}
 
 
 def leave_config_types_out(model, frames, *, config_types=None, calibrate: bool = True,

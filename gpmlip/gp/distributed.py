@@ -29,7 +29,7 @@ from gpmlip.covariance import SparseSet
 from gpmlip.data import Frame
 from gpmlip.errors import GpmlipError, NumericalError
 from gpmlip.gp import twobody
-from gpmlip.gp.observations import NoiseModel, frame_rows, observations
+from gpmlip.gp.observations import NoiseModel, descriptor_for, frame_rows, observations
 from gpmlip.gp.report import pressure_row
 from gpmlip.gp.solver import GramStats
 from gpmlip.parallel import mp_context
@@ -99,11 +99,9 @@ def chunk_statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float],
     """
     from threadpoolctl import threadpool_limits
 
-    from gpmlip.gp.observations import _descriptor
-
     stats = {g: GramStats.empty(job.n_columns) for g in job.groups}
     pressure = []
-    descriptor = _descriptor(job.settings)
+    descriptor = descriptor_for(job.settings)
     with threadpool_limits(1):
         for k, frame, e0 in zip(indices, frames, e0_totals):
             rows = frame_rows(job.settings, job.zeta, job.sparse, frame.atoms,

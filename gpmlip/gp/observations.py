@@ -100,7 +100,9 @@ def observations(frame: Frame, rows: FrameRows, e0_total: float, noise: NoiseMod
 _DESCRIPTORS: dict[str, object] = {}
 
 
-def _descriptor(settings: dict):
+def descriptor_for(settings: dict):
+    """The descriptor of ``settings`` (``descriptor.to_dict()``), built once per process: what
+    a worker describes its structures with."""
     from gpmlip.descriptors.registry import descriptor_from_dict
 
     key = json.dumps(settings, sort_keys=True)
@@ -112,7 +114,7 @@ def _descriptor(settings: dict):
 def frame_rows(settings: dict, zeta: int, sparse: SparseSet, atoms: Atoms, forces: bool,
                stress: bool) -> FrameRows:
     """Describe one structure and contract its Jacobian into kernel rows (runs in a worker)."""
-    descriptor = _descriptor(settings)
+    descriptor = descriptor_for(settings)
     env = descriptor.describe(atoms, gradients=forces or stress)
     e = energy_rows(env, sparse, zeta)
     f = force_rows(env, sparse, zeta).reshape(3 * len(atoms), -1) if forces else None

@@ -183,8 +183,10 @@ def test_parsl_workers_equal_one_process(frames, one_process, tmp_path):
     assert_same_model(one_process, model)
 
 
+@pytest.mark.slow
 def test_gpmlip_train_with_two_workers_equals_one(frames, tmp_path):
-    """``gpmlip train --workers N`` end to end (plain defaults): the same model file."""
+    """``gpmlip train --workers N`` end to end (plain defaults): the same model file (slow: two
+    CLI runs; the default suite checks 2 worker processes against 1 in process)."""
     import subprocess
     import sys
 

@@ -169,7 +169,6 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
     own = executor is None
     pool = executor
     results: dict[int, ChunkResult] = {}     # finished, not yet joined (out of order)
-    done: set[int] = set()
     joined = 0                               # chunks 0..joined-1 are in ``stats``
     pressure = []
     failures = dict.fromkeys(range(len(parts)), 0)
@@ -191,15 +190,14 @@ def statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float], stats
                            [e0_totals[i] for i in idx], idx)
 
     try:
-        while len(done) < len(parts):
+        while joined < len(parts):
             if pool is None:
                 pool = ProcessPoolExecutor(max(1, n_jobs), mp_context=mp_context("compute"))
-            pending = {c: submit(c) for c in range(len(parts)) if c not in done}
+            pending = {c: submit(c) for c in range(joined, len(parts)) if c not in results}
             broken = False
             for c, future in pending.items():
                 try:
                     results[c] = future.result()
-                    done.add(c)
                     join_ready()
                 except GpmlipError:
                     raise

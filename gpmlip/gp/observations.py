@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,8 +130,9 @@ def _one_blas_thread() -> None:
 
 
 def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: SparseSet, *,
-                 executor: Executor | None = None, n_jobs: int = 1) -> Iterator[FrameRows]:
-    """Rows of every frame, in order, computed ``n_jobs`` at a time.
+                 n_jobs: int = 1) -> Iterator[FrameRows]:
+    """Rows of every frame, in order, computed ``n_jobs`` at a time (what leave-one-out keeps
+    per structure; a fit needs only their statistics: :mod:`gpmlip.gp.distributed`).
 
     Parameters
     ----------
@@ -140,21 +141,18 @@ def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: Spa
         Descriptor settings (``SOAP.to_dict()``).
     zeta : int
     sparse : SparseSet
-    executor : concurrent.futures.Executor, optional
-        Where to run the workers (for example a Parsl executor); default a local process
-        pool (see :mod:`gpmlip.parallel`) of ``n_jobs`` processes, or this process when ``n_jobs == 1``.
     n_jobs : int
+        Local worker processes (see :mod:`gpmlip.parallel`); this process when 1.
     """
     frames = list(frames)
     args = [(settings, zeta, sparse, f.atoms, f.forces is not None, f.stress is not None)
             for f in frames]
-    if executor is None and n_jobs <= 1 or len(frames) <= 1:
+    if n_jobs <= 1 or len(frames) <= 1:
         for a in args:
             yield frame_rows(*a)
         return
-    own = executor is None
-    pool = executor or ProcessPoolExecutor(n_jobs, mp_context=mp_context("compute"),
-                                           initializer=_one_blas_thread)
+    pool = ProcessPoolExecutor(n_jobs, mp_context=mp_context("compute"),
+                               initializer=_one_blas_thread)
     try:
         window = WINDOW * max(n_jobs, 1)
         pending = [pool.submit(frame_rows, *a) for a in args[:window]]
@@ -165,5 +163,4 @@ def compute_rows(frames: Iterable[Frame], settings: dict, zeta: int, sparse: Spa
                 pending.append(pool.submit(frame_rows, *args[i + window]))
             yield result
     finally:
-        if own:
-            pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=True)

@@ -87,18 +87,13 @@ class GramStats:
         LAPACK ``dtpqrt``, which leaves the triangle's zeros alone)."""
         if not self._pending:
             return
-        from scipy.linalg import lapack
-
         m = len(self.z)
         top = np.zeros((m + 1, m + 1))
         top[:m] = np.hstack([self.r, self.z[:, None]])
-        rows = np.ascontiguousarray(np.vstack(self._pending))
+        rows = np.vstack(self._pending)
         self._pending = []
-        aug, _, _, info = lapack.dtpqrt(0, max(1, min(m + 1, 64)), top, rows)
-        if info != 0:
-            raise NumericalError(f"the QR update of the training statistics failed (LAPACK "
-                                 f"dtpqrt info {info})")
-        self.r, self.z = np.ascontiguousarray(np.triu(aug[:m, :m])), aug[:m, m].copy()
+        aug = _triangle_qr(top, rows, trapezoidal=0)
+        self.r, self.z = np.ascontiguousarray(aug[:m, :m]), aug[:m, m].copy()
 
     def compact(self) -> tuple[np.ndarray, float, int, float]:
         """``([R z] without its all-zero rows, yy, n, log_scale)``: what :meth:`merge` needs,
@@ -151,22 +146,31 @@ def join_triangles(blocks: list[np.ndarray]) -> np.ndarray:
     (for ``k = n`` blocks 5x fewer); all-zero rows (a block of fewer observations than columns)
     are dropped first.
     """
-    from scipy.linalg import lapack
-
     n = blocks[0].shape[1]
     top = np.zeros((n, n))
     first = blocks[0]
     top[:len(first)] = first
     top = np.triu(top)
     for block in blocks[1:]:
-        block = np.ascontiguousarray(block[np.abs(block).max(axis=1) > 0]) if len(block) \
-            else block
-        if not len(block):
-            continue
-        top, _, _, info = lapack.dtpqrt(len(block), max(1, min(n, 64)), top, block)
-        if info != 0:
-            raise NumericalError(f"joining triangular factors failed (LAPACK dtpqrt info {info})")
-    return np.triu(top)
+        block = block[np.abs(block).max(axis=1) > 0] if len(block) else block
+        if len(block):
+            top = _triangle_qr(top, block, trapezoidal=len(block))
+    return top
+
+
+def _triangle_qr(top: np.ndarray, block: np.ndarray, trapezoidal: int) -> np.ndarray:
+    """The upper-triangular factor of ``[top; block]`` (``top`` (n, n) upper triangular) by
+    LAPACK ``dtpqrt``; the last ``trapezoidal`` rows of ``block`` are upper trapezoidal (0: a
+    dense block)."""
+    from scipy.linalg import lapack
+
+    n = top.shape[1]
+    out, _, _, info = lapack.dtpqrt(trapezoidal, max(1, min(n, 64)), top,
+                                    np.ascontiguousarray(block))
+    if info != 0:
+        raise NumericalError(f"a QR update of the training statistics failed (LAPACK dtpqrt "
+                             f"info {info})")
+    return np.triu(out)
 
 
 def robust_cholesky(matrix: np.ndarray, what: str, advice: str) -> tuple[np.ndarray, float]:

@@ -11,10 +11,7 @@ raw and the calibrated force std (:mod:`gpmlip.uncertainty`).  ``gpmlip eval MOD
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-
-import numpy as np
 
 from gpmlip.data import Dataset, load_frames
 from gpmlip.errors import DataError
@@ -27,24 +24,14 @@ def refit_copy(model):
     (descriptor, kernel, sparse count and method, noise, signal std, two-body term, e0 rule,
     baseline): what a refit of the same model on other data starts from."""
     from gpmlip.descriptors.registry import descriptor_from_dict
-    from gpmlip.gp import twobody
+    from gpmlip.gp.files import fitted_levels
     from gpmlip.gp.model import SparseGP
 
-    state = model.state
-    noise = state.noise
-    two = state.two_body
     return SparseGP(
         descriptor_from_dict(model.descriptor.to_dict(), n_jobs=model.n_jobs),
         zeta=model.zeta, n_sparse=model.n_sparse, sparse_method=model.sparse_method,
         jitter=model.jitter, seed=model.seed, config_sigmas=model.config_sigmas,
-        energy_sigma=noise["energy"], force_sigma=noise["forces"],
-        stress_noise=model.stress_noise,
-        **{"virial_sigma" if model.stress_noise == "per_atom" else "stress_sigma":
-           noise["stress"]},
-        signal_std={z: float(np.sqrt(v)) for z, v in state.signal_variance.items()
-                    if z != twobody.KEY},
-        two_body=None if two is None else dataclasses.replace(
-            two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY]))),
+        **fitted_levels(model.state, model.stress_noise),
         e0=model.e0, baseline=model.baseline, n_jobs=model.n_jobs)
 
 

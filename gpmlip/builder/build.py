@@ -14,9 +14,8 @@ from ase.data import chemical_symbols
 from gpmlip.builder.report import BuildReport
 from gpmlip.builder.screen import (SCREEN_FRAMES, SCREEN_SPARSE, Plan, Screen, deadlines,
                                    quiet_fits, screen_and_confirm)
-from gpmlip.builder.settings import (DESCRIPTOR_FIELDS, MANY_SPECIES, MANY_SPECIES_COMPRESSION,
-                                     START_NOISE, Settings, data_scales, default_sparse,
-                                     numbers)
+from gpmlip.builder.settings import (DESCRIPTOR_FIELDS, START_NOISE, Settings, data_scales,
+                                     default_compression, default_sparse, numbers)
 from gpmlip.data import as_frames
 from gpmlip.errors import DataError, GpmlipError, SettingsError
 
@@ -121,8 +120,8 @@ def build_model(frames, *, budget: float = 480.0, tune: bool = True,
         fixed.update({k: getattr(Settings(1.0), k) for k in DESCRIPTOR_FIELDS if k not in fixed})
     if "second" in fixed and fixed["second"] is not None:
         fixed["second"] = tuple(fixed["second"])
-    many = {"compression": MANY_SPECIES_COMPRESSION} if len(symbols) >= MANY_SPECIES else {}
-    defaults = Settings(**{"r_cut": scales.r_cut, **many, **fixed})
+    defaults = Settings(**{"r_cut": scales.r_cut,
+                           "compression": default_compression(len(symbols)), **fixed})
     kwargs = {**START_NOISE, **(model_kwargs or {})}
     final_sparse = n_sparse if n_sparse is not None else default_sparse(data, numbers(symbols))
     report = BuildReport(defaults, defaults, scales, float(budget), tuned=tune)

@@ -25,6 +25,12 @@ MANY_SPECIES_COMPRESSION = "mu1nu1"
 count.  On GFN2-xTB molecular MD (benchmarks/compression.py) its test errors were within 3-10 % of
 the uncompressed SOAP's with 0.64x (3 species) and 0.39x (5 species) the features; ``crossover``
 and ``mu2`` lost 50-130 % (docs/guide/descriptors.md)."""
+
+
+def default_compression(n_species: int) -> str:
+    """The SOAP compression a model of ``n_species`` species gets unless told otherwise:
+    :data:`MANY_SPECIES_COMPRESSION` from :data:`MANY_SPECIES` species, else "off"."""
+    return MANY_SPECIES_COMPRESSION if n_species >= MANY_SPECIES else "off"
 START_NOISE = {"energy_sigma": 0.002, "force_sigma": 0.05, "virial_sigma": 0.5}
 """Starting noise levels (eV/atom, eV/Å, eV/atom of virial); the noise stage chooses them."""
 

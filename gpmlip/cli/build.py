@@ -30,7 +30,7 @@ def soap(desc: dict):
     by :func:`gpmlip.cli.config.check`).  Compression defaults to the model builder's choice:
     ``mu1nu1`` from :data:`~gpmlip.builder.settings.MANY_SPECIES` species, else off."""
     import gpmlip
-    from gpmlip.builder.settings import MANY_SPECIES, MANY_SPECIES_COMPRESSION
+    from gpmlip.builder.settings import default_compression
 
     missing = [k for k in ("species", "r_cut") if k not in desc]
     if missing:
@@ -39,9 +39,8 @@ def soap(desc: dict):
     first = gpmlip.SOAP(desc["species"], desc["r_cut"], desc.get("n_max", 6),
                         desc.get("l_max", 4), desc.get("sigma", 0.5),
                         weighting=_weighting(desc.get("weighting", "smooth")),
-                        compression=desc.get("compression", MANY_SPECIES_COMPRESSION
-                                             if len(desc["species"]) >= MANY_SPECIES
-                                             else "off"),
+                        compression=desc.get("compression",
+                                             default_compression(len(desc["species"]))),
                         species_weighting=desc.get("species_weighting"),
                         n_jobs=desc.get("n_jobs", 1))
     second = desc.get("second")
@@ -100,20 +99,30 @@ def cluster(cfg: dict, workers: int | None = None):
 
 
 @contextmanager
+def cluster_executor(cfg: dict, workers: int | None = None):
+    """:func:`cluster` for the block: yields ``(executor, workers)`` and shuts the executor
+    down after."""
+    executor, count = cluster(cfg, workers)
+    try:
+        yield executor, count
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+@contextmanager
 def cluster_for(model, cfg: dict):
     """Within the block, ``model``'s refits (:meth:`gpmlip.SparseGP.fit` and ``update``, as the
     on-the-fly learner and the loop make them) compute their statistics where ``[cluster]``
     says; the executor is shut down after."""
-    executor, workers = cluster(cfg)
-    model.executor = executor
-    if workers is not None:
-        model.n_jobs = workers
-    try:
-        yield model
-    finally:
-        model.executor = None
-        if executor is not None:
-            executor.shutdown()
+    with cluster_executor(cfg) as (executor, workers):
+        model.executor = executor
+        if workers is not None:
+            model.n_jobs = workers
+        try:
+            yield model
+        finally:
+            model.executor = None
 
 
 def builder_settings(desc: dict, settings: dict) -> dict:

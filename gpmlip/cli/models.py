@@ -18,12 +18,8 @@ def train(args) -> int:
     """Build a model from labelled files (settings chosen by leave-one-out unless --no-tune);
     write it and print the training (and test) errors."""
     cfg = config.load(args.config) if args.config else {}
-    executor, workers = build.cluster(cfg, args.jobs)
-    try:
+    with build.cluster_executor(cfg, args.jobs) as (executor, workers):
         return _train(args, cfg, executor, workers)
-    finally:
-        if executor is not None:
-            executor.shutdown()
 
 
 def _train(args, cfg: dict, executor, workers: int | None) -> int:

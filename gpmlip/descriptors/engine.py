@@ -154,6 +154,24 @@ def _feature_map(n_species: int, n_max: int, l_max: int, compression: str = "off
     return tuple(np.ascontiguousarray(arr[:, k]) for k in range(5)) + (n_channels,)
 
 
+def species_weights(species, weighting: dict | None) -> np.ndarray:
+    """The weight of each of ``species`` (atomic numbers, sorted) from ``weighting`` (atomic
+    number -> weight; None: all 1), checked: every species given, no other, all finite."""
+    species = [int(z) for z in species]
+    if weighting is None:
+        return np.ones(len(species))
+    from ase.data import chemical_symbols
+
+    given = {int(z): float(w) for z, w in dict(weighting).items()}
+    if set(given) != set(species):
+        raise SettingsError(f"species_weighting gives {sorted(chemical_symbols[z] for z in given)}"
+                            f"; give a weight for each of {[chemical_symbols[z] for z in species]}"
+                            " and no other")
+    if not all(np.isfinite(w) for w in given.values()):
+        raise SettingsError(f"species_weighting={weighting}: use finite weights")
+    return np.array([given[z] for z in species])
+
+
 def poly_weight(r: np.ndarray, r0: float, c: float = 1.0, m: float = 2.0) -> np.ndarray:
     """dscribe's ``poly`` weighting ``c (1 + 2x^3 - 3x^2)^m`` for ``x = r/r0 <= 1``, else 0."""
     x = np.clip(np.asarray(r, dtype=float) / r0, 0.0, 1.0)
@@ -194,15 +212,7 @@ class SOAPEngine:
         *fmap, self._n_channels = _feature_map(len(self.species), self.n_max, self.l_max,
                                                self.compression)
         self._fmap = tuple(fmap)
-        self._species_weights = np.ones(len(self.species))
-        if species_weighting is not None:
-            given = {int(z): float(w) for z, w in dict(species_weighting).items()}
-            if set(given) != set(self.species):
-                raise SettingsError(f"species_weighting has species {sorted(given)}; give a weight "
-                                    f"for each of {list(self.species)} and no other")
-            if not all(np.isfinite(w) for w in given.values()):
-                raise SettingsError(f"species_weighting {given}: weights must be finite")
-            self._species_weights = np.array([given[z] for z in self.species])
+        self._species_weights = species_weights(self.species, species_weighting)
         self.weighting = dict(weighting) if weighting else None
         self.cutoff = self.r_cut + self.padding
         self._wtype, self._r0, self._wc, self._wm, self._w0 = 0, 1.0, 1.0, 1.0, 1.0

@@ -24,7 +24,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from gpmlip.descriptors.engine import COMPRESSIONS, PairList, SOAPEngine
+from gpmlip.descriptors.engine import COMPRESSIONS, PairList, SOAPEngine, species_weights
 from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import (check_separation, find_neighbours,
                                           has_coincident_atoms, wrap)
@@ -153,12 +153,7 @@ def _species_weighting_items(weights, species: tuple[int, ...]) -> tuple | None:
     if not isinstance(weights, dict):
         raise SettingsError(f"species_weighting={weights!r}: give a dict species -> weight")
     out = {z: float(w) for z, w in by_atomic_number(weights, "species_weighting").items()}
-    if not all(np.isfinite(w) for w in out.values()):
-        raise SettingsError(f"species_weighting={weights}: use finite weights")
-    if set(out) != set(species):
-        names = [chemical_symbols[z] for z in species]
-        raise SettingsError(f"species_weighting gives {sorted(chemical_symbols[z] for z in out)}; "
-                            f"give a weight for each of {names} and no other")
+    species_weights(species, out)     # checked where the engine reads them
     return tuple(sorted(out.items()))
 
 

@@ -95,27 +95,32 @@ def _check_targets(model: SparseGP, state) -> None:
                              f"{st.yy:.6g})")
 
 
+def fitted_levels(state, stress_noise: str) -> dict:
+    """:class:`SparseGP` arguments that reproduce a fitted state's levels: its noise (``stress_noise``
+    names the stress level's meaning), its signal std per species and its two-body term with its
+    own signal std; a model built with them and refitted on the same data is the same model."""
+    two = state.two_body
+    return {"energy_sigma": state.noise["energy"], "force_sigma": state.noise["forces"],
+            "stress_noise": stress_noise,
+            "virial_sigma" if stress_noise == "per_atom" else "stress_sigma":
+                state.noise["stress"],
+            "signal_std": {z: float(np.sqrt(v)) for z, v in state.signal_variance.items()
+                           if z != twobody.KEY},
+            "two_body": None if two is None else dataclasses.replace(
+                two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY])))}
+
+
 def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> SparseGP:
     """The model of a file's metadata and state, every part checked against the others."""
     descriptor = descriptor_from_dict(meta["descriptor"], n_jobs=n_jobs)
     settings = meta["settings"]
     kernel = NormalizedDotProduct.from_dict(meta["kernel"])
-    two = state.two_body
     model = SparseGP(descriptor, zeta=kernel.zeta, n_sparse=settings["n_sparse"],
                      sparse_method=settings["sparse_method"], jitter=settings["jitter"],
                      seed=settings["seed"], config_sigmas=meta["config_sigmas"],
-                     energy_sigma=state.noise["energy"], force_sigma=state.noise["forces"],
-                     # files without the setting weighted stresses in eV/Å³
-                     stress_noise=settings.get("stress_noise", "absolute"),
-                     **{"virial_sigma" if settings.get("stress_noise") == "per_atom"
-                        else "stress_sigma": state.noise["stress"]},
-                     # the fitted signal levels and the e0 rule, so that a refit of the
-                     # loaded model is the model that was saved
-                     signal_std={z: float(np.sqrt(v))
-                                 for z, v in state.signal_variance.items()
-                                 if z != twobody.KEY},
-                     two_body=None if two is None else dataclasses.replace(
-                         two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY]))),
+                     # files without the setting weighted stresses in eV/Å³; the fitted levels
+                     # and the e0 rule, so that a refit of the loaded model is the saved model
+                     **fitted_levels(state, settings.get("stress_noise", "absolute")),
                      e0=meta.get("e0_setting") or dict(state.e0.energies),
                      baseline=stored_baseline(meta.get("baseline"), baseline, path))
     lacking = set(model.species) - set(state.e0.energies)

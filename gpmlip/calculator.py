@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from gpmlip.covariance import voigt
+from ase.stress import full_3x3_to_voigt_6_stress
 
 if TYPE_CHECKING:
     from gpmlip.gp.model import SparseGP
@@ -90,7 +90,7 @@ class GPCalculator(Calculator):
             "forces": pred.forces,
         }
         if pred.stress is not None:
-            self.results["stress"] = voigt(pred.stress)   # ASE's Voigt order
+            self.results["stress"] = full_3x3_to_voigt_6_stress(pred.stress)
         if want_var:
             self._store_uncertainty(pred)
 

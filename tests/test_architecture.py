@@ -101,6 +101,52 @@ def test_no_import_cycles():
     assert not cycles, "import cycles between gpmlip modules:\n" + "\n".join(detail)
 
 
+def _package(name: str) -> str:
+    """``gpmlip.gp.model`` -> ``gpmlip.gp``; a top-level module is its own package."""
+    return ".".join(name.split(".")[:2])
+
+
+def _package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for a, deps in graph.items():
+        if a == "gpmlip":      # the top-level package re-exports everything: not a layer
+            continue
+        out.setdefault(_package(a), set())
+        out[_package(a)].update(_package(b) for b in deps
+                                if b != "gpmlip" and _package(b) != _package(a))
+    for deps in list(out.values()):
+        for b in deps:
+            out.setdefault(b, set())
+    return out
+
+
+def test_no_package_imports_one_that_imports_it_back():
+    graph = _package_graph(GRAPH)
+    assert _cycles(_package_graph({"gpmlip.a.x": {"gpmlip.b.y"}, "gpmlip.b.y": set(),
+                                   "gpmlip.b.z": {"gpmlip.a.w"}, "gpmlip.a.w": set()})) \
+        == [["gpmlip.a", "gpmlip.b"]]
+    cycles = _cycles(graph)
+    detail = ["; ".join(f"{a} -> {b}" for a in sorted(GRAPH) for b in sorted(GRAPH[a])
+                        if _package(a) in c and _package(b) in c and _package(a) != _package(b))
+              for c in cycles]
+    assert not cycles, "package cycles:\n" + "\n".join(detail)
+
+
+GP_PUBLIC = {"gpmlip.gp", "gpmlip.gp.model", "gpmlip.gp.files", "gpmlip.gp.container",
+             "gpmlip.gp.validation", "gpmlip.gp.calibration", "gpmlip.gp.selection"}
+"""What other packages may import from ``gpmlip.gp``: the model, its files, leave-one-out and the
+noise search, calibration and sparse selection.  Kernels, kernel rows, the solver, the state and
+the terms are GP internals."""
+
+
+def test_gp_internals_stay_inside_gp():
+    outside = [f"{a} -> {b}" for a in sorted(GRAPH) if not a.startswith("gpmlip.gp")
+               and a != "gpmlip" for b in sorted(GRAPH[a])
+               if b.startswith("gpmlip.gp.") and b not in GP_PUBLIC]
+    assert not outside, ("GP internals imported outside gpmlip/gp/ (use the model's public "
+                         "API):\n" + "\n".join(outside))
+
+
 def _private_uses(path: Path) -> list[str]:
     out = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):

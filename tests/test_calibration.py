@@ -85,7 +85,7 @@ def test_model_calibration_scales_the_std_and_is_saved(cu_model, tmp_path):
     parts = force_variance_parts(model, atoms)
     state = model.state_
     env = model.descriptor.describe(atoms, gradients=True)
-    from gpmlip.covariance import force_prior_variance, force_rows
+    from gpmlip.gp.covariance import force_prior_variance, force_rows
     rows = force_rows(env, state.sparse, model.zeta).reshape(3 * len(atoms), -1)
     prior = force_prior_variance(env, model.zeta, state.signal_variance).ravel()
     dtc = state.posterior.dtc_variance(prior, rows, state.column_variance)

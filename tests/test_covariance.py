@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpmlip
-from gpmlip.covariance import (SparseSet, energy_gradient, energy_rows, force_prior_variance,
+from gpmlip.gp.covariance import (SparseSet, energy_gradient, energy_rows, force_prior_variance,
                                force_rows, local_kernel,
                                strain_rows, voigt)
 from gpmlip.testing import finite_difference_jacobian, finite_difference_strain

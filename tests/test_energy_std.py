@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import gpmlip
-from gpmlip.covariance import local_kernel
-from gpmlip.kernels import NormalizedDotProduct
+from gpmlip.gp.covariance import local_kernel
+from gpmlip.gp.kernels import NormalizedDotProduct
 
 from conftest import emt_frames
 

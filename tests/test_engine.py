@@ -7,7 +7,7 @@ import pytest
 from ase import Atoms
 
 import gpmlip
-from gpmlip.covariance import force_rows, strain_rows
+from gpmlip.gp.covariance import force_rows, strain_rows
 from gpmlip.descriptors import _soap_kernels as kern
 from gpmlip.descriptors.engine import PairList
 from gpmlip.testing import check_forces, check_stress

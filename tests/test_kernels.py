@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpmlip.errors import SettingsError, UnknownSpeciesError
-from gpmlip.kernels import NormalizedDotProduct
+from gpmlip.gp.kernels import NormalizedDotProduct
 
 
 @pytest.fixture

@@ -446,7 +446,7 @@ def test_model_with_zbl_baseline_in_lammps_matches_python(tmp_path):
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from conftest import emt_frames
-    from gpmlip.covariance import voigt
+    from gpmlip.gp.covariance import voigt
 
     frames = emt_frames(4, seed=3, alloy=True)
     for a in frames:      # squeeze them so that ZBL (outer 2.4 Å) acts on the labels

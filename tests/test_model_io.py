@@ -9,7 +9,7 @@ from ase.md.verlet import VelocityVerlet
 from ase import units
 
 import gpmlip
-from gpmlip.io import FORMAT_VERSION
+from gpmlip.gp.container import FORMAT_VERSION
 
 from conftest import SMALL_CU, emt_frames, ethanol
 

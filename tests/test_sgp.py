@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpmlip
-from gpmlip.covariance import force_prior_variance, force_rows, local_kernel
+from gpmlip.gp.covariance import force_prior_variance, force_rows, local_kernel
 from gpmlip.data import load_frames
 from gpmlip.gp.hyper import objective
 from gpmlip.errors import DataError, SettingsError
@@ -74,14 +74,14 @@ def test_all_environments_sparse_gives_the_exact_gp():
     m.fit(frames, sparse_atoms=everything)
     feats = np.vstack([soap.describe(f).features for f in frames])
     z = np.full(len(feats), 29)
-    k = local_kernel(feats, z, gpmlip.covariance.SparseSet(feats, z), 4)
+    k = local_kernel(feats, z, gpmlip.gp.covariance.SparseSet(feats, z), 4)
     owner = np.repeat(np.arange(len(frames)), atoms_per)
     lmat = (owner[None, :] == np.arange(len(frames))[:, None]).astype(float)
     y = np.array([f.get_potential_energy() for f in frames])
     kee = lmat @ k @ lmat.T + np.diag(0.01 ** 2 * np.array(atoms_per))
     test = emt_frames(1, seed=9, repeat=1)[0]
     kt = local_kernel(soap.describe(test).features, np.full(len(test), 29),
-                      gpmlip.covariance.SparseSet(feats, z), 4)
+                      gpmlip.gp.covariance.SparseSet(feats, z), 4)
     exact = kt @ lmat.T @ np.linalg.solve(kee, y)
     np.testing.assert_allclose(m.predict(test, forces=False).energies, exact, rtol=1e-6)
 

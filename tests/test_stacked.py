@@ -64,7 +64,7 @@ def test_model_forces_stress_and_file(tmp_path):
     model.save(tmp_path / "m")
     again = gpmlip.load_model(tmp_path / "m")
     assert isinstance(again.descriptor, gpmlip.Stacked)
-    assert gpmlip.io.read_model_file(tmp_path / "m")[0]["format_version"] == 3
+    assert gpmlip.gp.container.read_model_file(tmp_path / "m")[0]["format_version"] == 3
     a, b = model.predict(atoms), again.predict(atoms)
     np.testing.assert_allclose(b.energy, a.energy, rtol=1e-12)
     np.testing.assert_allclose(b.forces, a.forces, atol=1e-12)

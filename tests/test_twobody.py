@@ -6,7 +6,7 @@ import pytest
 from ase import Atoms
 
 import gpmlip
-from gpmlip.covariance import force_prior_variance, force_rows, local_kernel, voigt
+from gpmlip.gp.covariance import force_prior_variance, force_rows, local_kernel, voigt
 from gpmlip.data import load_frames
 from gpmlip.errors import ModelFileError, SettingsError
 from gpmlip.gp import twobody
@@ -266,7 +266,7 @@ def test_update_equals_refit(train):
 def test_save_load_and_pair_energies(model, tmp_path):
     path = tmp_path / "m.npz"
     model.save(path)
-    assert gpmlip.io.read_metadata(path)["format_version"] == 2
+    assert gpmlip.gp.container.read_metadata(path)["format_version"] == 2
     loaded = gpmlip.load_model(path)
     assert loaded.two_body == model.state.two_body.term
     atoms = emt_frames(1, seed=9)[0]
@@ -290,7 +290,7 @@ def test_save_load_and_pair_energies(model, tmp_path):
     plain = gpmlip.SparseGP(model.descriptor, n_sparse=4, e0={"Cu": 0.0}).fit(
         model.training_frames[:2])
     plain.save(tmp_path / "plain.npz")
-    assert gpmlip.io.read_metadata(tmp_path / "plain.npz")["format_version"] == 1
+    assert gpmlip.gp.container.read_metadata(tmp_path / "plain.npz")["format_version"] == 1
     assert gpmlip.load_model(tmp_path / "plain.npz").two_body is None
 
 

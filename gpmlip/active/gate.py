@@ -40,7 +40,6 @@ from gpmlip.active import mdstate
 from gpmlip.active.otf import OnTheFlyLearner
 from gpmlip.active.rundir import RunDirectory, write_json
 from gpmlip.active.settings import OTFSettings
-from gpmlip.active.trigger import force_std
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, SettingsError, UncertaintyStop
 from gpmlip.gp.model import SparseGP
@@ -209,7 +208,7 @@ class UncertaintyGate:
         state["max_std"] = max(state["max_std"], float(std.max()))
         gated = std.max() > self.threshold and step >= state["quiet_until"]
         if gated and self.force_threshold is not None:
-            fstd = float(force_std(self.model, atoms)[0].max())
+            fstd = float(self.model.force_uncertainty(atoms).std.max())
             state["max_force_std"] = max(state.get("max_force_std", 0.0), fstd)
             gated = fstd > self.force_threshold
         if gated:

@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
-from scipy.linalg import solve_triangular
 
 from gpmlip.errors import SettingsError, UnknownSpeciesError
 from gpmlip.gp.model import SparseGP
-from gpmlip.kernels import normalise
+from gpmlip.gp.selection import PivotedCholesky, normalise
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +70,13 @@ class BatchSelection:
 
 
 class _Basis:
-    """An incremental Cholesky basis of unit-variance kernel columns for one species."""
+    """The shared pivoted Cholesky basis (:class:`~gpmlip.gp.selection.PivotedCholesky`) of one
+    species' candidates, with the model's weight term kept beside it."""
 
     def __init__(self, sparse: np.ndarray, candidates: np.ndarray, zeta: int,
-                 variance: np.ndarray, jitter: float = 1e-8) -> None:
-        self.zeta = zeta
-        self.x = candidates                                       # (n, F), normalised
-        self.residual = np.ones(len(candidates))
-        self.columns: list[np.ndarray] = []
-        if len(sparse):
-            kmm = (sparse @ sparse.T) ** zeta + jitter * np.eye(len(sparse))
-            chol = np.linalg.cholesky(kmm)
-            proj = solve_triangular(chol, (sparse @ candidates.T) ** zeta, lower=True)
-            self.columns = list(proj)
-            self.residual -= (proj ** 2).sum(axis=0)
-        np.clip(self.residual, 0.0, 1.0, out=self.residual)
+                 variance: np.ndarray) -> None:
+        self.cholesky = PivotedCholesky(candidates, zeta, existing=sparse)
+        self.residual = np.clip(self.cholesky.residual, 0.0, 1.0)
         self.initial_residual = self.residual.copy()
         self.variance = variance        # the model's u^2 (residual plus weight term)
         self.weight_term = np.clip(variance - self.residual, 0.0, None)
@@ -109,11 +100,8 @@ class _Basis:
             best = max(rows, key=lambda r: v[r])
             if v[best] <= floor:
                 break
-            basis = np.array(self.columns) if self.columns else np.zeros((0, len(self.x)))
-            col = (self.x @ self.x[best]) ** self.zeta - basis.T @ basis[:, best]
-            col /= np.sqrt(self.residual[best])
-            self.columns.append(col)
-            self.residual = np.clip(self.residual - col ** 2, 0.0, 1.0)
+            self.cholesky.pivot(best)
+            self.residual = np.clip(self.cholesky.residual, 0.0, 1.0)
             added.append(best)
             rows.remove(best)
         return added

@@ -16,7 +16,6 @@ from ase import Atoms
 
 from gpmlip.active.rundir import RunDirectory, structure_dict
 from gpmlip.errors import RunDirectoryError
-from gpmlip.gp.calibration import force_variance_parts
 from gpmlip.gp.model import SparseGP
 from gpmlip.labelling.labellers import Labeller, LabelResult, provenance
 
@@ -36,12 +35,11 @@ def model_view(model: SparseGP, atoms: Atoms) -> dict:
     if not model.is_fitted:
         return {}
     pred = model.predict(atoms, stress=False)
-    parts = force_variance_parts(model, atoms)
-    raw = np.sqrt(parts[..., 0] + parts[..., 1])
+    fu = model.force_uncertainty(atoms)
     signal = model.signal_variances
     sigma = np.sqrt([signal[int(z)] for z in atoms.numbers])
-    return {"forces": pred.forces, "parts": parts, "force_std_raw": raw,
-            "force_std": raw if model.calibration is None else model.calibration.std(parts),
+    return {"forces": pred.forces, "parts": fu.parts, "force_std_raw": fu.raw,
+            "force_std": fu.std,
             "energy_std": np.sqrt(pred.local_variance), "sigma": sigma}
 
 

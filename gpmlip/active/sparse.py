@@ -6,8 +6,7 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.gp.model import SparseGP
-from gpmlip.gp.selection import greedy_variance
-from gpmlip.kernels import normalise
+from gpmlip.gp.selection import greedy_variance, normalise
 
 
 def choose_sparse_atoms(model: SparseGP, atoms: Atoms, std: np.ndarray, threshold: float,

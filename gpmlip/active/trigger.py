@@ -15,18 +15,10 @@ from collections import deque
 import numpy as np
 
 from gpmlip.active.settings import OTFSettings
-from gpmlip.gp.calibration import fit_calibration, force_variance_parts
+from gpmlip.gp.calibration import fit_calibration
 from gpmlip.gp.model import SparseGP
 
 log = logging.getLogger(__name__)
-
-
-def force_std(model: SparseGP, atoms) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(std, raw variance parts, calibrated?) of every force component of a frame."""
-    parts = force_variance_parts(model, atoms)
-    if model.calibration is None:
-        return np.sqrt(parts[..., 0] + parts[..., 1]), parts, False
-    return model.calibration.std(parts), parts, True
 
 
 class Trigger:
@@ -68,7 +60,8 @@ class Trigger:
         if step - self.last_check < s.force_check_interval:
             return None
         self.last_check = step
-        fstd, parts, calibrated = force_std(model, atoms)
+        fu = model.force_uncertainty(atoms)
+        fstd, parts, calibrated = fu.std, fu.parts, fu.calibrated
         f = float(fstd.max())
         self.last = {"force_std": fstd, "parts": parts}
         if u > 0:

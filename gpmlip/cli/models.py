@@ -128,7 +128,7 @@ def calibrate(args) -> int:
 
 def info(args) -> int:
     """What a model file holds."""
-    from gpmlip.io import read_metadata
+    from gpmlip.gp.container import read_metadata
 
     meta = read_metadata(args.model)
     if args.json:

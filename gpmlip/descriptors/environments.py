@@ -7,6 +7,22 @@ from dataclasses import dataclass
 import numpy as np
 from ase.data import chemical_symbols
 
+from gpmlip.errors import SettingsError
+
+
+def unit_rows(q: np.ndarray, remedy: str = "increase r_cut") -> tuple[np.ndarray, np.ndarray]:
+    """Descriptor rows divided by their norm, and the norms (shape (n, 1)): the normalised
+    descriptor of the dot-product kernel and of a stacked descriptor's parts.
+
+    A zero row (an atom with nothing in the cutoff, not even its own density) is an error: the
+    normalised kernel is undefined; ``remedy`` says what to do about it.
+    """
+    norm = np.linalg.norm(q, axis=-1, keepdims=True)
+    if (norm == 0).any():
+        raise SettingsError("a descriptor vector is zero: the atom has no neighbours at all "
+                            f"and the normalised kernel is undefined; {remedy}")
+    return q / norm, norm
+
 
 @dataclass
 class Environments:

@@ -16,9 +16,11 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.descriptors.engine import PairList
-from gpmlip.descriptors.environments import Environments
+from gpmlip.descriptors.environments import Environments, unit_rows
 from gpmlip.descriptors.soap import SOAP, environments_from_pairs
 from gpmlip.errors import SettingsError
+
+PART_REMEDY = "give the part whose cutoff holds nothing a larger r_cut"
 
 
 class Stacked:
@@ -117,7 +119,7 @@ class Stacked:
             return self._cache[1], self._cache[2]
         units, norms = [], []
         for part in self.parts:
-            u, n = _unit(part.features(pairs))
+            u, n = unit_rows(part.features(pairs), PART_REMEDY)
             units.append(u)
             norms.append(n)
         self._cache = (pairs, units, norms)
@@ -151,7 +153,7 @@ class Stacked:
         centre = np.asarray(pairs.centre, dtype=np.int64)
         for s, part in zip(self._scale, self.parts):
             q, jac = part.engine.jacobian(pairs)
-            u, n = _unit(q)
+            u, n = unit_rows(q, PART_REMEDY)
             uc = u[centre]
             jac -= np.einsum("paf,pf->pa", jac, uc)[:, :, None] * uc[:, None, :]
             jac *= (s / n[centre])[:, :, None]
@@ -164,12 +166,3 @@ class Stacked:
         """Shut down the parts' worker pools."""
         for part in self.parts:
             part.close()
-
-
-def _unit(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    if (norm == 0).any():
-        raise SettingsError("a stacked part's descriptor vector is zero (an atom with nothing "
-                            "in that part's cutoff, not even its own density); give that part "
-                            "a larger r_cut")
-    return q / norm, norm

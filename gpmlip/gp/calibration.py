@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from gpmlip.covariance import force_prior_variance, force_rows
+from gpmlip.gp.covariance import force_prior_variance, force_rows
 from gpmlip.errors import DataError
 from gpmlip.gp import twobody
 

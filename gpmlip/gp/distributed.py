@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpmlip.covariance import SparseSet
+from gpmlip.gp.covariance import SparseSet
 from gpmlip.data import Frame
 from gpmlip.errors import GpmlipError, NumericalError
 from gpmlip.gp import twobody

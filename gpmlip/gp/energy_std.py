@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
-from gpmlip.covariance import local_kernel
+from gpmlip.gp.covariance import local_kernel
 from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration, fit_calibration
-from gpmlip.kernels import NormalizedDotProduct
+from gpmlip.gp.kernels import NormalizedDotProduct
 
 
 def _structure_terms(model, atoms: Atoms):

@@ -1,6 +1,6 @@
 """Model files back into a model: :func:`load_model`, the reader of :meth:`SparseGP.save`.
 
-The file format itself (npz + JSON, versions, damage checks) is :mod:`gpmlip.io`; this module
+The file format itself (npz + JSON, versions, damage checks) is :mod:`gpmlip.gp.container`; this module
 rebuilds the :class:`~gpmlip.gp.model.SparseGP` around the stored state.
 """
 
@@ -13,15 +13,15 @@ import numpy as np
 from scipy.linalg import LinAlgError
 
 from gpmlip.baselines import BaselineSpec, stored_baseline
-from gpmlip.covariance import SparseSet, local_kernel
+from gpmlip.gp.covariance import SparseSet, local_kernel
 from gpmlip.descriptors.registry import descriptor_from_dict
 from gpmlip.errors import GpmlipError, ModelFileError, SettingsError
 from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration
 from gpmlip.gp.model import SparseGP
 from gpmlip.gp.observations import FrameRows, NoiseModel, observations
-from gpmlip.io import model_file_damaged, read_model_file
-from gpmlip.kernels import NormalizedDotProduct
+from gpmlip.gp.container import model_file_damaged, read_model_file
+from gpmlip.gp.kernels import NormalizedDotProduct
 
 
 def load_model(path: str | os.PathLike, *, n_jobs: int = 1,

@@ -12,7 +12,7 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_baseline
-from gpmlip.covariance import SparseSet, unit_kernel, local_kernel
+from gpmlip.gp.covariance import SparseSet, unit_kernel, local_kernel
 from gpmlip.descriptors.engine import PairList
 from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
@@ -27,14 +27,14 @@ from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_
 from gpmlip.gp import report as fit_report
 from gpmlip.gp import distributed
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
-from gpmlip.gp.prediction import PairEnergies, Prediction, normalised_std, pair_forces
+from gpmlip.gp.prediction import ForceUncertainty, PairEnergies, Prediction, normalised_std, pair_forces
 from gpmlip.gp.solver import GramStats, Hyper, solve
 from gpmlip.gp.state import FittedState
 from gpmlip.gp import energy_std as energy_std_module
 from gpmlip.gp import twobody
 from gpmlip.gp.twobody import TwoBody, TwoBodySparse
-from gpmlip.io import write_model_file
-from gpmlip.kernels import NormalizedDotProduct
+from gpmlip.gp.container import write_model_file
+from gpmlip.gp.kernels import NormalizedDotProduct
 from gpmlip.progress import progress_bar
 from gpmlip.species import atomic_number, by_atomic_number
 
@@ -747,10 +747,8 @@ class SparseGP:
             s = np.einsum("pa,pb->ab", out.dE_dr, pairs.vector) / volume
             result.stress = 0.5 * (s + s.T)
         if force_std:
-            parts = force_variance_parts(self, atoms)
-            result.force_std_raw = np.sqrt(parts[..., 0] + parts[..., 1])
-            result.force_std = result.force_std_raw if self.calibration is None else \
-                self.calibration.std(parts)
+            fu = self.force_uncertainty(atoms)
+            result.force_std, result.force_std_raw = fu.std, fu.raw
         if energy_std:
             raw = energy_std_module.energy_covariance(self, [atoms])
             result.energy_std_raw = float(np.sqrt(max(raw[0, 0], 0.0)))
@@ -759,6 +757,20 @@ class SparseGP:
         if self.baseline is not None and self._pair_baseline is None:
             add_to_prediction(result, self.baseline(atoms))
         return result
+
+    def force_uncertainty(self, atoms: Atoms) -> ForceUncertainty:
+        """The force std of every component (calibrated when :attr:`calibration` is set), the raw
+        DTC std and the raw variance parts: what :meth:`predict` reports as ``force_std``, the
+        on-the-fly trigger and the gate threshold and the run records keep.
+
+        Needs the descriptor Jacobian (see :meth:`predict`).
+        """
+        self.check_fitted()
+        parts = force_variance_parts(self, atoms)
+        raw = np.sqrt(parts[..., 0] + parts[..., 1])
+        if self.calibration is None:
+            return ForceUncertainty(raw, raw, parts, False)
+        return ForceUncertainty(self.calibration.std(parts), raw, parts, True)
 
     def calibrate(self, frames: TrainingData | None = None, *,
                   method: str = "auto", max_frames: int | None = 50) -> Calibration:
@@ -830,7 +842,7 @@ class SparseGP:
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model as npz + JSON metadata (see :mod:`gpmlip.io`); never pickle."""
+        """Write the model as npz + JSON metadata (see :mod:`gpmlip.gp.container`); never pickle."""
         write_model_file(path, self.state, self._file_settings())
 
     def _file_settings(self) -> dict:

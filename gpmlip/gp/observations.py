@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from gpmlip.covariance import SparseSet, energy_rows, force_rows, strain_rows, voigt
+from gpmlip.gp.covariance import SparseSet, energy_rows, force_rows, strain_rows, voigt
 from gpmlip.data.frames import Frame
 from gpmlip.parallel import mp_context
 

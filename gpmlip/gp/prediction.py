@@ -70,6 +70,29 @@ class Prediction:
         return self.local_std_normalised ** 2
 
 
+@dataclass
+class ForceUncertainty:
+    """What :meth:`SparseGP.force_uncertainty` returns for one structure.
+
+    Attributes
+    ----------
+    std : ndarray, shape (n_atoms, 3)
+        Force std of every component, eV/Å: calibrated when the model has a calibration, else
+        the raw DTC std.
+    raw : ndarray, shape (n_atoms, 3)
+        The raw DTC std.
+    parts : ndarray, shape (n_atoms, 3, 3)
+        The raw variance parts (:data:`gpmlip.gp.calibration.PARTS`) a calibration weighs.
+    calibrated : bool
+        Whether ``std`` is calibrated.
+    """
+
+    std: np.ndarray
+    raw: np.ndarray
+    parts: np.ndarray
+    calibrated: bool
+
+
 def normalised_std(variance: np.ndarray, signal_variance: np.ndarray) -> np.ndarray:
     """``sqrt(variance / signal_variance)`` clipped to [0, 1] (see ``Prediction``)."""
     return np.sqrt(np.clip(variance / signal_variance, 0.0, 1.0))

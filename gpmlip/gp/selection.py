@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from gpmlip.kernels import normalise
+from gpmlip.gp.kernels import normalise
 from gpmlip.errors import DataError, SettingsError
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,50 @@ def _cur(x: np.ndarray, n_select: int, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(len(x), n_select, replace=False, p=leverage / leverage.sum())
 
 
+JITTER = 1e-8
+"""Diagonal jitter of the existing points' unit kernel when a basis is conditioned on them (the
+model's default ``jitter``)."""
+
+
+class PivotedCholesky:
+    """An incremental pivoted Cholesky basis of the unit-variance kernel ``(x_hat . x_hat')^zeta``
+    over fixed candidates: what greedy sparse selection and pool selection both pivot on.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, n_features)
+        Normalised candidate descriptors.
+    zeta : int
+    existing : ndarray, shape (k, n_features), optional
+        Points already known (e.g. the model's sparse points of the species): the basis starts
+        conditioned on them.
+
+    Attributes
+    ----------
+    residual : ndarray, shape (n,)
+        Each candidate's prior variance left once the basis is known (1 before any point).
+    """
+
+    def __init__(self, x: np.ndarray, zeta: int, *, existing: np.ndarray | None = None) -> None:
+        self.x, self.zeta = x, zeta
+        self.columns: list[np.ndarray] = []
+        self.residual = np.ones(len(x))
+        if existing is not None and len(existing):
+            e = normalise(existing)
+            chol = np.linalg.cholesky((e @ e.T) ** zeta + JITTER * np.eye(len(e)))
+            proj = solve_triangular(chol, (e @ x.T) ** zeta, lower=True)    # (k, n)
+            self.columns = list(proj)
+            self.residual -= (proj ** 2).sum(axis=0)
+
+    def pivot(self, p: int) -> None:
+        """Add candidate ``p`` to the basis (its residual must be positive)."""
+        basis = np.array(self.columns) if self.columns else np.zeros((0, len(self.x)))
+        column = ((self.x @ self.x[p]) ** self.zeta - basis.T @ basis[:, p])
+        column /= np.sqrt(self.residual[p])
+        self.columns.append(column)
+        self.residual = self.residual - column ** 2
+
+
 def greedy_variance(x: np.ndarray, n_select: int, zeta: int, *,
                     existing: np.ndarray | None = None, tolerance: float = 1e-10,
                     warn: bool = True) -> np.ndarray:
@@ -138,28 +182,17 @@ def greedy_variance(x: np.ndarray, n_select: int, zeta: int, *,
     x : ndarray, shape (n, n_features)
         Normalised candidate descriptors.
     """
-    n = len(x)
-    basis = np.zeros((n, n_select))
-    if existing is not None and len(existing):
-        e = normalise(existing)
-        kee = (e @ e.T) ** zeta + 1e-10 * np.eye(len(e))
-        chol = np.linalg.cholesky(kee)
-        prior = solve_triangular(chol, ((e @ x.T) ** zeta), lower=True).T    # (n, k)
-        basis = np.hstack([prior, basis])
-    offset = basis.shape[1] - n_select
-    residual = 1.0 - (basis[:, :offset] ** 2).sum(axis=1)
-    picked = []
+    basis = PivotedCholesky(x, zeta, existing=existing)
+    picked: list[int] = []
     for t in range(n_select):
+        residual = basis.residual.copy()
+        residual[picked] = -np.inf
         p = int(np.argmax(residual))
         if residual[p] <= tolerance:
             if warn:
                 log.warning("only %d of %d sparse points add information (the rest are "
                             "explained to %.0e by those chosen)", t, n_select, tolerance)
             break
-        column = ((x @ x[p]) ** zeta - basis[:, :offset + t] @ basis[p, :offset + t])
-        column /= np.sqrt(residual[p])
-        basis[:, offset + t] = column
-        residual -= column ** 2
-        residual[p] = -np.inf
+        basis.pivot(p)
         picked.append(p)
     return np.array(picked, dtype=np.int64)

@@ -2,7 +2,7 @@
 
 :class:`FittedState` is the model's only fitted data.  ``fit`` and ``update`` build a new state and
 swap it in when they succeed (so a failed update leaves the old one in place), hyper-parameter
-optimisation returns values the model turns into a new state, and :mod:`gpmlip.io` writes and
+optimisation returns values the model turns into a new state, and :mod:`gpmlip.gp.container` writes and
 reads a state through :meth:`FittedState.to_arrays` / :meth:`FittedState.from_arrays`.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
-from gpmlip.covariance import SparseSet
+from gpmlip.gp.covariance import SparseSet
 from gpmlip.data.frames import Frame
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.gp.solver import GROUPS, GramStats, Posterior
@@ -113,7 +113,7 @@ class FittedState:
 
     # -- model files -------------------------------------------------------------------------
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
-        """The state as npz arrays and JSON-ready metadata (see :mod:`gpmlip.io`).
+        """The state as npz arrays and JSON-ready metadata (see :mod:`gpmlip.gp.container`).
 
         Returns
         -------

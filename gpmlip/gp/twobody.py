@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gpmlip.covariance import VOIGT
+from gpmlip.gp.covariance import VOIGT
 from gpmlip.descriptors.engine import PairList
 from gpmlip.errors import SettingsError
 from gpmlip.gp.observations import FrameRows

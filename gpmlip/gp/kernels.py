@@ -9,19 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gpmlip.descriptors.environments import unit_rows
 from gpmlip.errors import SettingsError, UnknownSpeciesError
-
-
-def unit_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows divided by their norm, and the norms (shape (n, 1)).
-
-    A zero row (an atom with no neighbour) is an error: the normalised kernel is undefined.
-    """
-    norm = np.linalg.norm(q, axis=-1, keepdims=True)
-    if (norm == 0).any():
-        raise SettingsError("a descriptor vector is zero: the atom has no neighbours at all "
-                            "and the normalised kernel is undefined; increase r_cut")
-    return q / norm, norm
 
 
 def normalise(q: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import sparse as sp
 
 from gpmlip.descriptors.environments import Environments
-from gpmlip.kernels import NormalizedDotProduct, normalise
+from gpmlip.gp.kernels import NormalizedDotProduct, normalise
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 """Stress components used as observations, in Voigt order."""

@@ -100,7 +100,7 @@ def term_ms_per_atom(model, n_rep: int, repeats: int) -> float:
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(n_rep)
     atoms.rattle(0.05, seed=1)
     pairs = model.descriptor.pair_list(atoms)
-    two = model.state.two_body
+    two = model.state.terms[0]
     beta = model.state.posterior.beta[-len(two):]
     times = []
     for _ in range(repeats + 1):

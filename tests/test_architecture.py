@@ -188,3 +188,32 @@ def test_soap_satisfies_the_descriptor_protocol():
     soap = SOAP(species=["Cu"], r_cut=4.0, n_max=3, l_max=2)
     assert isinstance(soap, Descriptor)
     assert inspect.signature(SparseGP).parameters["descriptor"].annotation == "Descriptor"
+
+
+TERM_MODULES = {"gpmlip.gp.twobody", "gpmlip.gp.terms"}
+"""Where the GP's terms live (gpmlip/gp/terms.py); the model's constructor checks its
+``two_body`` setting's type and the package re-exports the settings class."""
+
+
+def test_no_branch_on_a_terms_kind_outside_the_terms():
+    importers = {a for a, deps in GRAPH.items() if "gpmlip.gp.twobody" in deps}
+    assert importers <= TERM_MODULES | {"gpmlip.gp", "gpmlip.gp.model"}, sorted(importers)
+    uses = []
+    for name, path in MODULES.items():
+        if name in TERM_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "two_body" and \
+                    not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                uses.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not uses, ("use the Term protocol (state.terms, gpmlip.gp.terms) instead of the "
+                      "two-body term by name:\n" + "\n".join(uses))
+
+
+def test_the_two_body_term_satisfies_the_term_protocol():
+    from gpmlip.gp.terms import TERM_TYPES, Term
+    from gpmlip.gp.twobody import TwoBody
+
+    term = TwoBody(r_cut=4.0, n_sparse=3).fitted(4.0, [29], 1e-8)
+    assert isinstance(term, Term) and TERM_TYPES[term.parameter] is type(term)
+    assert len(term) == 3 and term.kmm.shape == (3, 3)

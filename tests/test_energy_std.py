@@ -96,7 +96,7 @@ def test_two_body_term_enters_the_energy_covariance(frames):
                         e0={"Cu": 0.0, "Au": 0.0},
                         two_body=gpmlip.TwoBody(n_sparse=6, sigma=0.3)).fit(frames[:6])
     a = frames[6]
-    state, two = m.state, m.state.two_body
+    state, two = m.state, m.state.terms[0]
     pairs = m.descriptor.pair_list(a)
     q, z = m.descriptor.features(pairs), pairs.centre_species
     idx, r, key = twobody.pair_geometry(two.term, pairs)

@@ -236,13 +236,13 @@ def test_failed_update_leaves_the_model_unchanged(train, monkeypatch):
     m = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=4, e0={"Cu": 0.0}).fit(train[:2])
     atoms = train[5]
     before = m.predict(atoms)
-    import gpmlip.gp.model as model_module
+    import gpmlip.gp.terms as terms_module
 
     def crash(*args, **kwargs):
         yield from ()
         raise RuntimeError("worker died")
 
-    monkeypatch.setattr(model_module, "compute_rows", crash)
+    monkeypatch.setattr(terms_module, "compute_rows", crash)
     with pytest.raises(RuntimeError, match="worker died"):
         m.update(train[2:4], n_sparse=2)
     monkeypatch.undo()

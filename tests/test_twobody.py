@@ -11,6 +11,7 @@ from gpmlip.data import load_frames
 from gpmlip.errors import ModelFileError, SettingsError
 from gpmlip.gp import twobody
 from gpmlip.gp.hyper import objective
+from gpmlip.gp.terms import with_term_rows
 from gpmlip.gp.observations import NoiseModel, compute_rows, observations
 from gpmlip.testing import check_forces, check_stress
 
@@ -123,10 +124,10 @@ def test_alloy_derivatives_and_invariances(alloy_model):
 def test_two_body_changes_the_fit_and_its_energy_is_continuous_through_the_cutoff(model):
     soap_only = gpmlip.SparseGP(model.descriptor, n_sparse=12, e0={"Cu": 0.0}).fit(
         model.training_frames)
-    r_cut = model.state.two_body.term.r_cut
-    beta2 = model.state.posterior.beta[-len(model.state.two_body):]
+    r_cut = model.state.terms[0].term.r_cut
+    beta2 = model.state.posterior.beta[-len(model.state.terms[0]):]
     assert np.abs(beta2).max() > 0
-    term, two = model.state.two_body.term, model.state.two_body
+    term, two = model.state.terms[0].term, model.state.terms[0]
 
     def pair_energy(r):   # the fitted f(r) of the Cu-Cu pair
         k = term.kernel(np.array([r]), np.array([29029]), two.distances, two.keys)
@@ -150,7 +151,7 @@ def _dense(model, frames):
     rows, ys, noise = [], [], []
     frames = list(load_frames(frames))
     soap_rows = compute_rows(frames, model.descriptor.to_dict(), model.zeta, state.sparse)
-    for frame, fr in zip(frames, twobody.with_rows(soap_rows, frames, state.two_body,
+    for frame, fr in zip(frames, with_term_rows(soap_rows, frames, state.terms,
                                                    model.descriptor.pair_list)):
         for group, k, y, scale in observations(frame, fr, state.e0.of(frame.atoms.numbers),
                                                NoiseModel({}, model.stress_noise == "per_atom")):
@@ -174,8 +175,8 @@ def test_energies_and_variances_are_the_dense_dtc(model, train):
     state = model.state
     env = model.descriptor.describe(atoms)
     pairs = model.descriptor.pair_list(atoms)
-    k2 = twobody.evaluate(state.two_body.term, pairs, state.two_body.distances,
-                          state.two_body.keys, np.zeros(len(state.two_body)), gradient=False,
+    k2 = twobody.evaluate(state.terms[0].term, pairs, state.terms[0].distances,
+                          state.terms[0].keys, np.zeros(len(state.terms[0])), gradient=False,
                           rows=True)
     k = np.hstack([local_kernel(env.features, env.species, state.sparse, 4), k2.rows]) * d
     p = model.predict(atoms)
@@ -183,9 +184,9 @@ def test_energies_and_variances_are_the_dense_dtc(model, train):
     # the term's prior of a local energy, by brute force over pairs of neighbours
     r = np.linalg.norm(pairs.vector, axis=1)
     for i in (0, 5):
-        ri = r[(pairs.centre == i) & (r < state.two_body.term.r_cut)]
+        ri = r[(pairs.centre == i) & (r < state.terms[0].term.r_cut)]
         key = np.full(len(ri), 29029)
-        assert k2.prior[i] == pytest.approx(0.25 * state.two_body.term.kernel(ri, key, ri,
+        assert k2.prior[i] == pytest.approx(0.25 * state.terms[0].term.kernel(ri, key, ri,
                                                                                key).sum())
     prior = state.signal_variance[29] + state.signal_variance[0] * k2.prior
     expected = prior - np.einsum("ij,ij->i", k, np.linalg.solve(kmm, k.T).T) + np.einsum(
@@ -204,11 +205,11 @@ def test_force_std_is_the_dense_dtc_variance_with_the_term(train):
     atoms = emt_frames(1, seed=8)[0]
     env = model.descriptor.describe(atoms, gradients=True)
     pairs = model.descriptor.pair_list(atoms)
-    _, f2, _ = twobody.frame_rows(state.two_body.term, pairs, state.two_body.distances,
-                                  state.two_body.keys, forces=True, stress_volume=None)
+    _, f2, _ = twobody.frame_rows(state.terms[0].term, pairs, state.terms[0].distances,
+                                  state.terms[0].keys, forces=True, stress_volume=None)
     kf = np.hstack([force_rows(env, state.sparse, 4).reshape(3 * len(atoms), -1), f2]) * d
     prior = (force_prior_variance(env, 4, state.signal_variance).ravel()
-             + state.signal_variance[0] * twobody.force_prior(state.two_body.term, pairs,
+             + state.signal_variance[0] * twobody.force_prior(state.terms[0].term, pairs,
                                                               len(atoms)).ravel())
     nystroem = np.einsum("ij,ij->i", kf, np.linalg.solve(kmm, kf.T).T)
     sigma = np.linalg.inv(kmm + knm.T @ (knm / lam[:, None]))
@@ -268,7 +269,7 @@ def test_save_load_and_pair_energies(model, tmp_path):
     model.save(path)
     assert gpmlip.gp.container.read_metadata(path)["format_version"] == 2
     loaded = gpmlip.load_model(path)
-    assert loaded.two_body == model.state.two_body.term
+    assert loaded.two_body == model.state.terms[0].term
     atoms = emt_frames(1, seed=9)[0]
     a, b = model.predict(atoms), loaded.predict(atoms)
     assert a.energy == pytest.approx(b.energy, abs=1e-10)
@@ -337,5 +338,5 @@ def test_local_std_from_descriptors_is_the_soap_terms(model):
     atoms = emt_frames(1, seed=13)[0]
     u = model.local_std_normalised(model.descriptor.describe(atoms).features, atoms.numbers)
     assert u.shape == (len(atoms),) and np.all((u >= 0) & (u <= 1))
-    soap_only = model.state.replace(two_body=None)
-    assert np.all(np.isfinite(u)) and soap_only.two_body is None
+    soap_only = model.state.replace(terms=())
+    assert np.all(np.isfinite(u)) and soap_only.terms == ()

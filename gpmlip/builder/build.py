@@ -249,8 +249,7 @@ def noise_stage(model, data, chosen, symbols, report, start, budget, screen_spar
     out = {"energy_sigma": choice.noise["energy"], "force_sigma": choice.noise["forces"],
            stress: choice.noise["stress"],
            "signal_std": {chemical_symbols[z]: float(np.sqrt(v))
-                          for z, v in choice.signal_variance.items() if z}}
-    if model.two_body is not None and 0 in choice.signal_variance:
-        out["two_body"] = dataclasses.replace(model.two_body,
-                                              sigma=float(np.sqrt(choice.signal_variance[0])))
+                          for z, v in choice.signal_variance.items() if z in model.species}}
+    out.update({t.parameter: t.settings(np.sqrt(choice.signal_variance[t.key]))
+                for t in model.state.terms if t.key in choice.signal_variance})
     return out

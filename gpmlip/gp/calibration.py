@@ -27,7 +27,7 @@ from scipy.optimize import minimize
 
 from gpmlip.gp.covariance import force_prior_variance, force_rows
 from gpmlip.errors import DataError
-from gpmlip.gp import twobody
+from gpmlip.gp import terms as gp_terms
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +204,10 @@ def force_variance_parts(model, atoms) -> np.ndarray:
     state = model.state_
     rows = force_rows(env, state.sparse, model.zeta).reshape(3 * len(atoms), -1)
     prior = force_prior_variance(env, model.zeta, state.signal_variance).ravel()
-    if state.two_body is not None:
-        rows, extra = twobody.force_terms(state.two_body, model.descriptor.pair_list(atoms),
-                                          rows, len(atoms))
-        prior = prior + state.signal_variance[twobody.KEY] * extra
+    if state.terms:
+        rows, prior = gp_terms.force_rows(state.terms, state.signal_variance,
+                                          model.descriptor.pair_list(atoms), rows, prior,
+                                          len(atoms))
     post = state.posterior
     total = post.dtc_variance(prior, rows, state.column_variance)
     weights = post.weight_variance(rows) if rows.shape[1] else np.zeros_like(total)

@@ -56,7 +56,7 @@ def write_model_file(path, state: FittedState, settings: dict) -> None:
     """
     path = Path(path)
     arrays, state_meta = state.to_arrays()
-    version = FORMAT_VERSION if state.two_body is None else TWO_BODY_FORMAT_VERSION
+    version = max([FORMAT_VERSION, *(t.format_version for t in state.terms)])
     if settings.get("descriptor", {}).get("type") == "Stacked":
         version = STACKED_FORMAT_VERSION
     meta = {"format": FORMAT, "format_version": version, "versions": _versions(),

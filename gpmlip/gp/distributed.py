@@ -28,10 +28,10 @@ import numpy as np
 from gpmlip.gp.covariance import SparseSet
 from gpmlip.data import Frame
 from gpmlip.errors import GpmlipError, NumericalError
-from gpmlip.gp import twobody
-from gpmlip.gp.observations import NoiseModel, descriptor_for, frame_rows, observations
+from gpmlip.gp.observations import NoiseModel, descriptor_for, observations
 from gpmlip.gp.report import pressure_row
 from gpmlip.gp.solver import GramStats
+from gpmlip.gp.terms import training_rows
 from gpmlip.parallel import mp_context
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ class ChunkJob:
         Descriptor settings (``descriptor.to_dict()``).
     zeta : int
     sparse : SparseSet
-    two_body : TwoBodySparse or None
-        The two-body term's sparse distances (columns after the SOAP points).
+    terms : tuple of Term
+        The GP's further terms (:mod:`gpmlip.gp.terms`; columns after the SOAP points).
     noise : NoiseModel
     groups : tuple of str
         The noise groups of the statistics.
@@ -64,14 +64,14 @@ class ChunkJob:
     settings: dict
     zeta: int
     sparse: SparseSet
-    two_body: object | None
+    terms: tuple
     noise: NoiseModel
     groups: tuple[str, ...]
 
     @property
     def n_columns(self) -> int:
-        """SOAP sparse points plus two-body sparse distances."""
-        return len(self.sparse) + (0 if self.two_body is None else len(self.two_body))
+        """SOAP sparse points plus the terms' sparse sets."""
+        return len(self.sparse) + sum(len(t) for t in self.terms)
 
 
 @dataclass
@@ -103,12 +103,9 @@ def chunk_statistics(job: ChunkJob, frames: list[Frame], e0_totals: list[float],
     pressure = []
     descriptor = descriptor_for(job.settings)
     with threadpool_limits(1):
-        for k, frame, e0 in zip(indices, frames, e0_totals):
-            rows = frame_rows(job.settings, job.zeta, job.sparse, frame.atoms,
-                              frame.forces is not None, frame.stress is not None)
-            if job.two_body is not None:
-                rows = next(twobody.with_rows(iter([rows]), [frame], job.two_body,
-                                              descriptor.pair_list))
+        all_rows = training_rows(frames, job.settings, job.zeta, job.sparse, job.terms,
+                                 descriptor.pair_list)
+        for k, frame, e0, rows in zip(indices, frames, e0_totals, all_rows):
             for group, kr, y, scale in observations(frame, rows, e0, job.noise):
                 stats[group].add(kr, y, scale)
             if frame.stress is not None and rows.stress is not None:

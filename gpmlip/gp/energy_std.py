@@ -23,38 +23,29 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.gp.covariance import local_kernel
-from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration, fit_calibration
 from gpmlip.gp.kernels import NormalizedDotProduct
 
 
 def _structure_terms(model, atoms: Atoms):
-    """Features, species, unit energy rows (m_all,) and the pair geometry of the two-body term."""
+    """Features, species, unit energy rows (m_all,) and each term's energy geometry."""
     state = model.state
     pairs = model.descriptor.pair_list(atoms)
     features = model.descriptor.features(pairs)
     species = np.asarray(pairs.centre_species, dtype=np.int64)
     rows = local_kernel(features, species, state.sparse, model.zeta).sum(axis=0)
-    two = None
-    if state.two_body is not None:
-        e, _, _ = twobody.frame_rows(state.two_body.term, pairs, state.two_body.distances,
-                                     state.two_body.keys, forces=False, stress_volume=None)
-        rows = np.concatenate([rows, e])
-        _, r, key = twobody.pair_geometry(state.two_body.term, pairs)
-        two = (r, key)
-    return features, species, rows, two
+    rows = np.concatenate([rows, *(t.frame_rows(pairs, forces=False, stress_volume=None)[0]
+                                   for t in state.terms)])
+    return features, species, rows, [t.energy_geometry(pairs) for t in state.terms]
 
 
 def _prior(model, a, b) -> float:
     """Prior covariance of two structures' total energies (eV^2)."""
     state = model.state
-    soap = {int(z): v for z, v in state.signal_variance.items() if z != twobody.KEY}
-    kernel = NormalizedDotProduct(model.zeta, soap)
+    kernel = NormalizedDotProduct(model.zeta, state.species_signal_variance)
     out = float(kernel(a[0], a[1], b[0], b[1]).sum())
-    if a[3] is not None:
-        term = state.two_body.term
-        k = term.kernel(a[3][0], a[3][1], b[3][0], b[3][1])
-        out += 0.25 * state.signal_variance[twobody.KEY] * float(k.sum())
+    for t, ga, gb in zip(state.terms, a[3], b[3]):
+        out += state.signal_variance[t.key] * t.energy_prior(ga, gb)
     return out
 
 

@@ -6,7 +6,6 @@ rebuilds the :class:`~gpmlip.gp.model.SparseGP` around the stored state.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
@@ -16,7 +15,6 @@ from gpmlip.baselines import BaselineSpec, stored_baseline
 from gpmlip.gp.covariance import SparseSet, local_kernel
 from gpmlip.descriptors.registry import descriptor_from_dict
 from gpmlip.errors import GpmlipError, ModelFileError, SettingsError
-from gpmlip.gp import twobody
 from gpmlip.gp.calibration import Calibration
 from gpmlip.gp.model import SparseGP
 from gpmlip.gp.observations import FrameRows, NoiseModel, observations
@@ -99,15 +97,14 @@ def fitted_levels(state, stress_noise: str) -> dict:
     """:class:`SparseGP` arguments that reproduce a fitted state's levels: its noise (``stress_noise``
     names the stress level's meaning), its signal std per species and its two-body term with its
     own signal std; a model built with them and refitted on the same data is the same model."""
-    two = state.two_body
     return {"energy_sigma": state.noise["energy"], "force_sigma": state.noise["forces"],
             "stress_noise": stress_noise,
             "virial_sigma" if stress_noise == "per_atom" else "stress_sigma":
                 state.noise["stress"],
-            "signal_std": {z: float(np.sqrt(v)) for z, v in state.signal_variance.items()
-                           if z != twobody.KEY},
-            "two_body": None if two is None else dataclasses.replace(
-                two.term, sigma=float(np.sqrt(state.signal_variance[twobody.KEY])))}
+            "signal_std": {z: float(np.sqrt(v)) for z, v in
+                           state.species_signal_variance.items()},
+            **{t.parameter: t.settings(np.sqrt(state.signal_variance[t.key]))
+               for t in state.terms}}
 
 
 def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> SparseGP:

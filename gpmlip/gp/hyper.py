@@ -18,7 +18,6 @@ from scipy.optimize import minimize
 from gpmlip.errors import NumericalError
 from gpmlip.gp.solver import Hyper, log_likelihood_and_gradient
 from gpmlip.gp.state import FittedState
-from gpmlip.gp.twobody import KEY as TWO_BODY_KEY
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +65,7 @@ def _parameters(state: FittedState, species: Sequence[int]):
     stats = {g: st for g, st in state.stats.items() if st.n}
     present = set(state.column_keys.tolist())
     params = [("signal", z, f"signal {chemical_symbols[z]}") for z in species if z in present]
-    if TWO_BODY_KEY in present:
-        params.append(("signal", TWO_BODY_KEY, "signal 2b"))
+    params += [("signal", t.key, f"signal {t.name}") for t in state.terms if t.key in present]
     params += [("noise", g, g) for g in ("energy", "forces", "stress") if g in stats]
     return params, stats
 

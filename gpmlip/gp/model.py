@@ -26,13 +26,13 @@ from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_
                                     held_out_residuals, leave_one_out_residuals, loo_subset)
 from gpmlip.gp import report as fit_report
 from gpmlip.gp import distributed
-from gpmlip.gp.observations import NoiseModel, compute_rows, observations
+from gpmlip.gp.observations import NoiseModel, observations
 from gpmlip.gp.prediction import ForceUncertainty, PairEnergies, Prediction, normalised_std, pair_forces
 from gpmlip.gp.solver import GramStats, Hyper, solve
 from gpmlip.gp.state import FittedState
 from gpmlip.gp import energy_std as energy_std_module
-from gpmlip.gp import twobody
-from gpmlip.gp.twobody import TwoBody, TwoBodySparse
+from gpmlip.gp import terms as gp_terms
+from gpmlip.gp.twobody import TwoBody
 from gpmlip.gp.container import write_model_file
 from gpmlip.gp.kernels import NormalizedDotProduct
 from gpmlip.progress import progress_bar
@@ -215,9 +215,9 @@ class SparseGP:
 
     @property
     def signal_variances(self) -> dict[int, float]:
-        """Fitted ``sigma_z^2`` per atomic number, eV^2 (a copy; without the two-body
-        ``delta^2``, which is ``state.signal_variance[0]``)."""
-        return {z: v for z, v in self.state.signal_variance.items() if z != twobody.KEY}
+        """Fitted ``sigma_z^2`` per atomic number, eV^2 (a copy; without the terms' signal
+        variances, which are ``state.signal_variance[term.key]``)."""
+        return self.state.species_signal_variance
 
     @property
     def noise(self) -> dict[str, float]:
@@ -261,6 +261,12 @@ class SparseGP:
                 raise SettingsError(f"{name}={value}: use a positive number")
         if self.two_body is not None and not isinstance(self.two_body, TwoBody):
             raise SettingsError(f"two_body={self.two_body!r}: give a gpmlip.TwoBody(...)")
+
+    @property
+    def term_settings(self) -> list:
+        """The settings of the GP's terms beyond SOAP (each has ``fitted(...)`` giving its
+        :class:`~gpmlip.gp.terms.Term`): the two-body term's, if set."""
+        return [t for t in (self.two_body,) if t is not None]
 
     def _frames(self, frames: TrainingData) -> list[Frame]:
         """Labelled frames from any :data:`TrainingData`, every label checked (frames built by
@@ -330,11 +336,10 @@ class SparseGP:
                                  else self.stress_sigma)}
         empty = FittedState.empty(self.descriptor.n_features, e0, signal, noise,
                                   version=self._version)
-        if self.two_body is not None:
-            term = self.two_body.validated(self.descriptor.neighbour_cutoff)
-            signal[twobody.KEY] = term.sigma ** 2
-            empty = empty.replace(signal_variance=signal, two_body=TwoBodySparse.build(
-                term, self.species, self.jitter))
+        terms = tuple(t.fitted(self.descriptor.neighbour_cutoff, self.species, self.jitter)
+                      for t in self.term_settings)
+        signal.update({t.key: t.sigma ** 2 for t in terms})
+        empty = empty.replace(signal_variance=signal, terms=terms)
         features = self._features(frames)
         if sparse_atoms is None:
             origin = self._select(empty, frames, features, self.n_sparse, self.sparse_method)
@@ -385,7 +390,7 @@ class SparseGP:
                                np.concatenate([sparse.species, z_new]))
             sparse_origin = np.vstack([sparse_origin, origin])
             kmm = self._grown_kmm(kmm, sparse, m_old)
-        m_all = len(sparse) + (0 if state.two_body is None else len(state.two_body))
+        m_all = len(sparse) + sum(len(t) for t in state.terms)
         if len(sparse) > m_old or rebuild or len(state.stats["energy"].z) != m_all:
             # New kernel columns: every known frame contributes to them.  Its Jacobian is
             # recomputed (never stored) and its rows are folded in again for all columns.
@@ -401,14 +406,14 @@ class SparseGP:
         if executor is not None or (self.n_jobs > 1 and len(todo) > 1):
             # chunks of structures on workers, their statistics joined exactly (TSQR)
             job = distributed.ChunkJob(self.descriptor.to_dict(), self.zeta, sparse,
-                                       state.two_body, noise, tuple(stats))
+                                       state.terms, noise, tuple(stats))
             with bar:
                 found = distributed.statistics(job, learnt, e0_totals, stats,
                                                executor=executor, n_jobs=self.n_jobs,
                                                progress=bar.update)
             pressure = ([p[1] for p in found], [p[2] for p in found], [p[0] for p in found])
         else:
-            pressure = self._streamed(todo, learnt, e0_totals, sparse, state.two_body, noise,
+            pressure = self._streamed(todo, learnt, e0_totals, sparse, state.terms, noise,
                                       stats, bar)
         solved = self._solved(state.replace(frames=frames, features=features, sparse=sparse,
                                             sparse_origin=sparse_origin, kmm=kmm, stats=stats))
@@ -416,12 +421,11 @@ class SparseGP:
             self.fit_report_ = fit_report.fit_report(solved, *pressure)
         return solved
 
-    def _streamed(self, todo, learnt, e0_totals, sparse, two_body, noise, stats, bar):
+    def _streamed(self, todo, learnt, e0_totals, sparse, terms, noise, stats, bar):
         """Rows of every structure in this process, folded into ``stats`` one at a time;
         returns the pressure rows, labels and structure indices (for the fit report)."""
-        rows = compute_rows(todo, self.descriptor.to_dict(), self.zeta, sparse)
-        if two_body is not None:
-            rows = twobody.with_rows(rows, todo, two_body, self.descriptor.pair_list)
+        rows = gp_terms.training_rows(todo, self.descriptor.to_dict(), self.zeta, sparse, terms,
+                                      self.descriptor.pair_list)
         pressure = ([], [], [])
         with bar:
             for k, (frame, frame_rows) in enumerate(zip(learnt, rows)):
@@ -571,18 +575,20 @@ class SparseGP:
                 "it was not trained on them; add training structures that contain them")
 
     def _local(self, features: np.ndarray, species: np.ndarray, *, gradient: bool,
-               variance: bool, extra: twobody.PairTerms | None = None):
+               variance: bool, extra: Sequence | None = None):
         """Local energies (with e0), dE/dq per atom and local variances, in blocks of atoms so
-        that the (atoms x sparse) kernel block stays small; ``extra``: the two-body term's
-        rows and priors, joined to the SOAP rows for the variances (its energies are added by
-        the caller).  The returned prior variance is sigma_z^2 (+ the two-body prior)."""
+        that the (atoms x sparse) kernel block stays small; ``extra``: each term's local rows
+        and priors on the structure's pair list (``Term.local``), joined to the SOAP rows for
+        the variances (their energies are added by the caller); None without a pair list (the
+        SOAP term's own variance).  The returned prior variance is sigma_z^2 plus the terms'."""
         state = self.state_
         post = state.posterior
         kernel = unit_kernel(self.zeta, species, state.sparse.species)
         e0 = np.array([state.e0.energies[int(z)] for z in species])
         sigma2 = np.array([state.signal_variance[int(z)] for z in species])
-        if extra is not None and extra.prior is not None:
-            sigma2 = sigma2 + state.signal_variance[twobody.KEY] * extra.prior
+        for t, local in zip(state.terms, extra or ()):
+            if local.prior is not None:
+                sigma2 = sigma2 + state.signal_variance[t.key] * local.prior
         m = len(state.sparse)
         energies = np.empty(len(species))
         grad = np.empty_like(features) if gradient else None
@@ -592,10 +598,9 @@ class SparseGP:
             b = min(a + PREDICT_BLOCK, len(species))
             values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta[:m],
                                               gradient=gradient, rows=variance)
-            if variance and state.two_body is not None:
-                # without a pair list (descriptors only) the SOAP term's own variance
-                k = np.hstack([k, np.zeros((b - a, len(state.two_body))) if extra is None
-                               else extra.rows[a:b]])
+            if variance and state.terms:
+                k = np.hstack([k, *(local.rows[a:b] for local in extra)] if extra is not None
+                              else [k, np.zeros((b - a, state.n_columns - m))])
             energies[a:b] = values + e0[a:b]
             if gradient:
                 grad[a:b] = g
@@ -649,17 +654,17 @@ class SparseGP:
 
     def _evaluate(self, pairs: PairList, *, gradient: bool, variance: bool) -> PairEnergies:
         features = self.descriptor.features(pairs)
-        two = self.state_.two_body
-        extra = None if two is None else twobody.evaluate(
-            two.term, pairs, two.distances, two.keys, self.state_.posterior.beta[-len(two):],
-            gradient=gradient, rows=variance)
+        state = self.state_
+        beta = state.posterior.beta
+        extra = [t.local(pairs, beta[cols], gradient=gradient, rows=variance) for t, cols in
+                 zip(state.terms, gp_terms.column_blocks(len(state.sparse), state.terms))]
         energies, grad, var, sigma2 = self._local(features, pairs.centre_species,
                                                   gradient=gradient, variance=variance,
                                                   extra=extra)
         d_e = self.descriptor.backward(pairs, grad) if gradient else None
-        if extra is not None:
-            energies = energies + extra.energies
-            d_e = d_e + extra.dE_dr if gradient else None
+        for local in extra:
+            energies = energies + local.energies
+            d_e = d_e + local.dE_dr if gradient else None
         if self._pair_baseline is not None:
             e_b, d_b = self._pair_baseline.pair_terms(pairs.centre_species, pairs.centre,
                                                       pairs.vector, pairs.neighbour_species)

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
+from scipy.linalg import block_diag
 
 from gpmlip.gp.covariance import SparseSet
 from gpmlip.data.frames import Frame
 from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.gp.solver import GROUPS, GramStats, Posterior
-from gpmlip.gp.twobody import KEY as TWO_BODY_KEY, TwoBodySparse
+from gpmlip.gp import terms as gp_terms
 
 STAT_GROUPS = (*GROUPS, "fixed")
 """Noise groups with Gram statistics (``fixed``: observations with per-structure noise)."""
@@ -52,9 +53,10 @@ class FittedState:
         ``energy`` (eV/atom), ``forces`` (eV/Å), ``stress`` (eV/Å^3) standard deviations.
     version : int
         Counts solves; a calculator resets its cache when it changes.
-    two_body : TwoBodySparse or None
-        The two-body term (:mod:`gpmlip.gp.twobody`): its sparse distances are the last
-        columns of every kernel row, its ``delta^2`` is ``signal_variance[0]``.
+    terms : tuple of Term
+        The GP's terms beyond SOAP (:mod:`gpmlip.gp.terms`, e.g. the two-body term): their
+        sparse sets are the last columns of every kernel row, in order, and each one's signal
+        variance is ``signal_variance[term.key]``.
     """
 
     frames: list[Frame]
@@ -68,7 +70,7 @@ class FittedState:
     signal_variance: dict[int, float]
     noise: dict[str, float]
     version: int = 0
-    two_body: TwoBodySparse | None = None
+    terms: tuple = ()
 
     @classmethod
     def empty(cls, n_features: int, e0: ReferenceEnergies, signal_variance: dict[int, float],
@@ -89,27 +91,34 @@ class FittedState:
         return {g: copy.deepcopy(st) for g, st in self.stats.items()}
 
     @property
+    def n_columns(self) -> int:
+        """Columns of every kernel row: the SOAP sparse points, then each term's sparse set."""
+        return len(self.sparse) + sum(len(t) for t in self.terms)
+
+    @property
     def column_keys(self) -> np.ndarray:
-        """Signal-variance key of every column: the SOAP points' species, then
-        :data:`~gpmlip.gp.twobody.KEY` for each two-body sparse distance, shape (m_all,)."""
-        n2 = 0 if self.two_body is None else len(self.two_body)
-        return np.concatenate([self.sparse.species, np.full(n2, TWO_BODY_KEY, dtype=np.int64)])
+        """Signal-variance key of every column: the SOAP points' species, then each term's
+        key for each of its columns, shape (m_all,)."""
+        return np.concatenate([self.sparse.species, *(np.full(len(t), t.key, dtype=np.int64)
+                                                      for t in self.terms)])
 
     @property
     def column_variance(self) -> np.ndarray:
-        """Signal variance of every column (SOAP points, then two-body), shape (m_all,)."""
+        """Signal variance of every column (SOAP points, then the terms), shape (m_all,)."""
         return np.array([self.signal_variance[int(z)] for z in self.column_keys])
 
     @property
     def system_kmm(self) -> np.ndarray:
-        """Block-diagonal unit-variance ``K_mm`` of all columns (SOAP, then two-body)."""
-        if self.two_body is None:
+        """Block-diagonal unit-variance ``K_mm`` of all columns (SOAP, then the terms)."""
+        if not self.terms:
             return self.kmm
-        m, n2 = len(self.kmm), len(self.two_body)
-        out = np.zeros((m + n2, m + n2))
-        out[:m, :m] = self.kmm
-        out[m:, m:] = self.two_body.kmm
-        return out
+        return block_diag(self.kmm, *(t.kmm for t in self.terms))
+
+    @property
+    def species_signal_variance(self) -> dict[int, float]:
+        """``sigma_z^2`` per atomic number: the signal variances without the terms' keys."""
+        skip = gp_terms.keys(self.terms)
+        return {z: v for z, v in self.signal_variance.items() if z not in skip}
 
     # -- model files -------------------------------------------------------------------------
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -134,9 +143,9 @@ class FittedState:
             arrays["beta"] = self.posterior.beta
         for name, st in self.stats.items():
             arrays.update(st.to_arrays(f"stats_{name}_"))
-        two_body = None
-        if self.two_body is not None:
-            extra, two_body = self.two_body.to_arrays()
+        stored = {}
+        for t in self.terms:
+            extra, stored[t.parameter] = t.to_arrays()
             arrays.update(extra)
         meta = {
             "signal_variance": {str(z): float(v) for z, v in self.signal_variance.items()},
@@ -146,8 +155,7 @@ class FittedState:
             "config_types": [f.config_type for f in self.frames],
             "log_likelihood": None if self.posterior is None else self.posterior.log_likelihood,
         }
-        if two_body is not None:
-            meta["two_body"] = two_body
+        meta.update(stored)
         return arrays, meta
 
     @classmethod
@@ -172,8 +180,7 @@ class FittedState:
                                  meta["e0_method"]),
             signal_variance={int(z): float(v) for z, v in meta["signal_variance"].items()},
             noise={k: float(v) for k, v in meta["noise"].items()},
-            two_body=(TwoBodySparse.from_arrays(arrays, meta["two_body"])
-                      if meta.get("two_body") is not None else None),
+            terms=gp_terms.terms_from_arrays(arrays, meta),
         )
 
 

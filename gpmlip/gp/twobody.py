@@ -27,6 +27,7 @@ References: A. P. Bartók and G. Csányi, Int. J. Quantum Chem. 115, 1051 (2015)
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,7 +35,6 @@ import numpy as np
 from gpmlip.gp.covariance import VOIGT
 from gpmlip.descriptors.engine import PairList
 from gpmlip.errors import SettingsError
-from gpmlip.gp.observations import FrameRows
 
 KEY = 0
 """Key of the two-body signal variance in ``signal_variance`` dicts and column keys."""
@@ -102,6 +102,11 @@ class TwoBody:
     def to_dict(self) -> dict:
         """JSON-ready settings."""
         return asdict(self)
+
+    def fitted(self, neighbour_cutoff: float, species, jitter: float) -> TwoBodySparse:
+        """The term a fit starts from (validated settings, the sparse grid of every species pair
+        of ``species``): the :class:`~gpmlip.gp.terms.Term` of these settings."""
+        return TwoBodySparse.build(self.validated(neighbour_cutoff), species, jitter)
 
     @classmethod
     def from_dict(cls, data: dict) -> TwoBody:
@@ -290,6 +295,8 @@ def force_prior(term: TwoBody, pairs: PairList, n_atoms: int) -> np.ndarray:
 class TwoBodySparse:
     """The two-body term of a fitted state: its settings, sparse distances and ``K_mm`` block.
 
+    Implements :class:`gpmlip.gp.terms.Term` (the model and its solver see only that protocol).
+
     Attributes
     ----------
     term : TwoBody
@@ -306,6 +313,11 @@ class TwoBodySparse:
     keys: np.ndarray
     kmm: np.ndarray
 
+    key = KEY
+    name = "2b"
+    parameter = "two_body"
+    format_version = 2
+
     @classmethod
     def build(cls, term: TwoBody, species, jitter: float) -> TwoBodySparse:
         """The uniform sparse grid for every species pair of ``species``."""
@@ -314,6 +326,39 @@ class TwoBodySparse:
 
     def __len__(self) -> int:
         return len(self.distances)
+
+    @property
+    def sigma(self) -> float:
+        """The signal std a fit starts from, eV."""
+        return self.term.sigma
+
+    def settings(self, sigma: float) -> TwoBody:
+        """The settings that rebuild this term with signal std ``sigma``."""
+        return dataclasses.replace(self.term, sigma=float(sigma))
+
+    def frame_rows(self, pairs: PairList, *, forces: bool, stress_volume: float | None):
+        """Unit-variance energy (m2,), force (3n, m2) and stress (6, m2) rows of a structure."""
+        return frame_rows(self.term, pairs, self.distances, self.keys, forces=forces,
+                          stress_volume=stress_volume)
+
+    def local(self, pairs: PairList, beta: np.ndarray, *, gradient: bool,
+              rows: bool) -> PairTerms:
+        """Local energies, ``dE/dr_ij``, rows and unit priors on a pair list (:func:`evaluate`)."""
+        return evaluate(self.term, pairs, self.distances, self.keys, beta, gradient=gradient,
+                        rows=rows)
+
+    def force_prior(self, pairs: PairList, n_atoms: int) -> np.ndarray:
+        """Unit-variance prior variance of every force component, (n_atoms, 3)."""
+        return force_prior(self.term, pairs, n_atoms)
+
+    def energy_geometry(self, pairs: PairList):
+        """What :meth:`energy_prior` needs of a structure: its pair distances and keys."""
+        _, r, key = pair_geometry(self.term, pairs)
+        return r, key
+
+    def energy_prior(self, a, b) -> float:
+        """Unit-variance prior covariance of two structures' total energies from this term."""
+        return 0.25 * float(self.term.kernel(a[0], a[1], b[0], b[1]).sum())
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict]:
         """Arrays and JSON metadata for a model file."""
@@ -326,23 +371,3 @@ class TwoBodySparse:
         return cls(TwoBody.from_dict(settings), np.array(arrays["twobody_distances"]),
                    np.array(arrays["twobody_keys"], dtype=np.int64),
                    np.array(arrays["twobody_kmm"]))
-
-
-def with_rows(rows, frames, two: TwoBodySparse, pair_list):
-    """``rows`` (an iterator of SOAP :class:`~gpmlip.gp.observations.FrameRows`) with the
-    two-body columns appended, frame by frame (pair lists are cheap: this process)."""
-    for frame, soap in zip(frames, rows):
-        pairs = pair_list(frame.atoms)
-        volume = abs(frame.atoms.cell.volume) if soap.stress is not None else None
-        e, f, s = frame_rows(two.term, pairs, two.distances, two.keys,
-                             forces=soap.forces is not None, stress_volume=volume)
-        yield FrameRows(np.concatenate([soap.energy, e]),
-                        None if f is None else np.hstack([soap.forces, f]),
-                        None if s is None else np.hstack([soap.stress, s]))
-
-
-def force_terms(two: TwoBodySparse, pairs: PairList, soap_rows: np.ndarray, n_atoms: int):
-    """Force rows (3n, m + m2) with the two-body columns, and the term's unit prior (3n,)."""
-    _, f, _ = frame_rows(two.term, pairs, two.distances, two.keys, forces=True,
-                         stress_volume=None)
-    return np.hstack([soap_rows, f]), force_prior(two.term, pairs, n_atoms).ravel()

@@ -29,9 +29,9 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from gpmlip.errors import NumericalError, SettingsError
-from gpmlip.gp import twobody
-from gpmlip.gp.observations import NoiseModel, compute_rows, observations
+from gpmlip.gp.observations import NoiseModel, observations
 from gpmlip.gp.solver import GROUPS, GramStats
+from gpmlip.gp.terms import training_rows
 from gpmlip.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,8 @@ def structure_rows(model, frames: Sequence[int] | None = None):
     idx = range(len(state.frames)) if frames is None else [int(i) for i in frames]
     chosen = model.learnt_labels([state.frames[i] for i in idx])   # minus a baseline, if any
     noise = NoiseModel(model.config_sigmas, model.stress_noise == "per_atom")
-    rows = compute_rows(chosen, model.descriptor.to_dict(), model.zeta, state.sparse,
-                        n_jobs=model.n_jobs)
-    if state.two_body is not None:
-        rows = twobody.with_rows(rows, chosen, state.two_body, model.descriptor.pair_list)
+    rows = training_rows(chosen, model.descriptor.to_dict(), model.zeta, state.sparse,
+                         state.terms, model.descriptor.pair_list, n_jobs=model.n_jobs)
     for i, frame, fr in zip(idx, chosen, rows):
         parts = list(observations(frame, fr, state.e0.of(frame.atoms.numbers), noise))
         if not parts:

@@ -110,3 +110,32 @@ def difference_std(covariance: np.ndarray, a: int = 0, b: int = 1) -> float:
     """Std of ``E_a - E_b`` from an energy covariance, eV."""
     var = covariance[a, a] + covariance[b, b] - 2 * covariance[a, b]
     return float(np.sqrt(max(var, 0.0)))
+
+
+def loo_energy_residuals(model, loo):
+    """Total-energy residuals (eV), raw variance parts and noise variances (eV^2) of the
+    left-out structures with energy labels (None without any)."""
+    ok = np.isfinite(loo.energy_residual)
+    if not ok.any():
+        return None
+    n = loo.n_atoms[ok].astype(float)
+    frames = model.training_frames
+    parts = energy_variance_parts(
+        model, [frames[int(i)].atoms for i in loo.frames[ok]])
+    parts[:, 1] = loo.energy_variance[ok] * n ** 2     # the left-out prediction's weights
+    return loo.energy_residual[ok] * n, parts, loo.energy_noise_variance[ok] * n ** 2
+
+
+def held_out_energy_residuals(model, data):
+    """Total-energy residuals (eV), raw variance parts and noise variances (eV^2) of held-out
+    labelled structures with energies (None without any)."""
+    with_energy = [f for f in data if f.energy is not None]
+    if not with_energy:
+        return None
+    atoms = [f.atoms for f in with_energy]
+    pred = np.array([model.predict(a, forces=False, stress=False, variance=False).energy
+                     for a in atoms])
+    ref = np.array([f.energy for f in with_energy])
+    n = np.array([f.n_atoms for f in with_energy], dtype=float)
+    return (pred - ref, energy_variance_parts(model, atoms),
+            model.state.noise["energy"] ** 2 * n ** 2)

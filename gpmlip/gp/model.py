@@ -12,36 +12,28 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_baseline
-from gpmlip.gp.covariance import SparseSet, unit_kernel, local_kernel
-from gpmlip.descriptors.engine import PairList
-from gpmlip.descriptors.neighbours import check_separation
-from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.data import (Dataset, Frame, as_frames, load_frames, reference_energies,
                          warn_missing_labels)
 from gpmlip.data.reference import ReferenceEnergies
+from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import check_separation
+from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.errors import (DataError, NotFittedError, NumericalError, SettingsError,
                            UnknownSpeciesError)
-from gpmlip.gp import hyper, selection
+from gpmlip.gp import energy_std as energy_std_module
+from gpmlip.gp import evaluation, hyper, training
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
                                     held_out_residuals, leave_one_out_residuals, loo_subset)
-from gpmlip.gp import report as fit_report
-from gpmlip.gp import distributed
-from gpmlip.gp.observations import NoiseModel, observations
-from gpmlip.gp.prediction import ForceUncertainty, PairEnergies, Prediction, normalised_std, pair_forces
-from gpmlip.gp.solver import GramStats, Hyper, solve
-from gpmlip.gp.state import FittedState
-from gpmlip.gp import energy_std as energy_std_module
-from gpmlip.gp import terms as gp_terms
-from gpmlip.gp.twobody import TwoBody
 from gpmlip.gp.container import write_model_file
+from gpmlip.gp.covariance import SparseSet
 from gpmlip.gp.kernels import NormalizedDotProduct
-from gpmlip.progress import progress_bar
-from gpmlip.species import atomic_number, by_atomic_number
+from gpmlip.gp.prediction import (ForceUncertainty, PairEnergies, Prediction, normalised_std,
+                                  pair_forces)
+from gpmlip.gp.state import FittedState
+from gpmlip.gp.twobody import TwoBody
+from gpmlip.species import atomic_number
 
 log = logging.getLogger(__name__)
-
-PREDICT_BLOCK = 512
-"""Atoms whose kernel rows are formed at once in prediction (bounds the atoms x sparse block)."""
 
 TrainingData = Dataset | Frame | Sequence[Frame] | Sequence[Atoms] | str | os.PathLike
 """What :meth:`SparseGP.fit` and :meth:`SparseGP.update` accept as labelled structures."""
@@ -54,34 +46,6 @@ the Zuo 2020 Li, Si, Mo sets (benchmarks/stress_noise_sweep.py): test energy MAE
 energy+forces fit on all three, stress MAE lower on all three; 0.2 cost Mo 4 % and 0.1 16 %."""
 
 STRESS_NOISE = ("per_atom", "absolute")
-
-
-def _per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
-    if isinstance(value, dict):
-        out = by_atomic_number(value, name)
-        missing = [chemical_symbols[z] for z in species if z not in out]
-        if missing:
-            raise SettingsError(f"{name} gives no value for {missing}; add them")
-        return {z: out[z] for z in species}
-    return {z: value for z in species}
-
-
-def _sparse_pairs(sparse_atoms, frames: list[Frame]) -> np.ndarray:
-    """``sparse_atoms`` as an (n, 2) array of (frame, atom) indices into ``frames``, checked."""
-    advice = "sparse_atoms: give (frame index, atom index) pairs, e.g. [(0, 3), (0, 7), (1, 2)]"
-    try:
-        origin = np.asarray(sparse_atoms, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise SettingsError(advice) from None
-    if origin.size == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    if origin.ndim != 2 or origin.shape[1] != 2:
-        raise SettingsError(advice)
-    for i, a in origin:
-        if not (0 <= i < len(frames) and 0 <= a < frames[i].n_atoms):
-            raise DataError(f"sparse atom ({i}, {a}) does not exist in the frames given "
-                            f"({len(frames)} frames; frame indices count from 0)")
-    return origin
 
 
 class SparseGP:
@@ -288,7 +252,7 @@ class SparseGP:
         return frames if self.baseline is None else [self.baseline.residual(f) for f in frames]
 
     @property
-    def _pair_baseline(self) -> Baseline | None:
+    def pair_baseline(self) -> Baseline | None:
         """The baseline if it is a pair potential within :attr:`pair_cutoff` (added on the pair
         list, so in LAMMPS too), else None."""
         b = self.baseline
@@ -330,7 +294,7 @@ class SparseGP:
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(self.learnt_labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
-                  _per_species(self.signal_std, self.species, "signal_std").items()}
+                  training.per_species(self.signal_std, self.species, "signal_std").items()}
         noise = {"energy": float(self.energy_sigma), "forces": float(self.force_sigma),
                  "stress": float(self.virial_sigma if self.stress_noise == "per_atom"
                                  else self.stress_sigma)}
@@ -342,123 +306,12 @@ class SparseGP:
         empty = empty.replace(signal_variance=signal, terms=terms)
         features = self._features(frames)
         if sparse_atoms is None:
-            origin = self._select(empty, frames, features, self.n_sparse, self.sparse_method)
+            origin = training.select_sparse(self, empty, frames, features, self.n_sparse, self.sparse_method)
         else:
-            origin = _sparse_pairs(sparse_atoms, frames)
-        self.state_ = self._grown(empty, frames, features, origin, executor or self.executor,
-                                  report=True)
+            origin = training.sparse_pairs(sparse_atoms, frames)
+        self.state_, self.fit_report_ = training.grown(self, empty, frames, features, origin,
+                                                       executor or self.executor, report=True)
         return self
-
-    def _select(self, state: FittedState, frames, features, n_sparse, method,
-                cap: bool = False) -> np.ndarray:
-        """(frame, atom) pairs of new sparse points, per species; ``cap`` limits each count to
-        the environments available instead of raising."""
-        counts = _per_species(n_sparse, self.species, "n_sparse")
-        picked = []
-        for z in self.species:
-            where = [(i, a) for i, f in enumerate(frames)
-                     for a in np.flatnonzero(f.atoms.numbers == z)]
-            if not where:
-                if counts[z] and not cap:
-                    log.warning("no %s environments in the training data: no sparse points "
-                                "for it", chemical_symbols[z])
-                continue
-            candidates = np.array([features[i][a] for i, a in where])
-            idx = selection.select(candidates, min(counts[z], len(where)) if cap else counts[z],
-                                   method, zeta=self.zeta, seed=self.seed,
-                                   existing=state.sparse.features[state.sparse.species == z],
-                                   label=chemical_symbols[z])
-            picked.extend(where[k] for k in idx)
-        return np.array(picked, dtype=np.int64).reshape(-1, 2)
-
-    def _grown(self, state: FittedState, new_frames, new_features, origin, executor,
-               rebuild: bool = False, report: bool = False) -> FittedState:
-        """``state`` with frames and sparse points added (origin indices refer to
-        ``state.frames + new_frames``), solved; ``rebuild``: recompute every frame's
-        observations (e0 changed).  ``state`` itself is not modified."""
-        frames = state.frames + list(new_frames)
-        features = state.features + list(new_features)
-        sparse, sparse_origin, kmm = state.sparse, state.sparse_origin, state.kmm
-        m_old = len(sparse)
-        if len(origin):
-            for i, a in origin:
-                if not (0 <= i < len(frames) and 0 <= a < frames[i].n_atoms):
-                    raise DataError(f"sparse atom ({i}, {a}) does not exist in the training data")
-            x_new = np.array([features[i][a] for i, a in origin])
-            z_new = np.array([frames[i].atoms.numbers[a] for i, a in origin])
-            sparse = SparseSet(np.vstack([sparse.features, x_new]),
-                               np.concatenate([sparse.species, z_new]))
-            sparse_origin = np.vstack([sparse_origin, origin])
-            kmm = self._grown_kmm(kmm, sparse, m_old)
-        m_all = len(sparse) + sum(len(t) for t in state.terms)
-        if len(sparse) > m_old or rebuild or len(state.stats["energy"].z) != m_all:
-            # New kernel columns: every known frame contributes to them.  Its Jacobian is
-            # recomputed (never stored) and its rows are folded in again for all columns.
-            stats = {g: GramStats.empty(m_all) for g in state.stats}
-            todo = frames
-        else:
-            stats = state.copied_stats()
-            todo = list(new_frames)
-        noise = NoiseModel(self.config_sigmas, self.stress_noise == "per_atom")
-        learnt = self.learnt_labels(todo)
-        e0_totals = [state.e0.of(f.atoms.numbers) for f in todo]
-        bar = progress_bar(total=len(todo), desc="kernel rows", unit="frame")
-        if executor is not None or (self.n_jobs > 1 and len(todo) > 1):
-            # chunks of structures on workers, their statistics joined exactly (TSQR)
-            job = distributed.ChunkJob(self.descriptor.to_dict(), self.zeta, sparse,
-                                       state.terms, noise, tuple(stats))
-            with bar:
-                found = distributed.statistics(job, learnt, e0_totals, stats,
-                                               executor=executor, n_jobs=self.n_jobs,
-                                               progress=bar.update)
-            pressure = ([p[1] for p in found], [p[2] for p in found], [p[0] for p in found])
-        else:
-            pressure = self._streamed(todo, learnt, e0_totals, sparse, state.terms, noise,
-                                      stats, bar)
-        solved = self._solved(state.replace(frames=frames, features=features, sparse=sparse,
-                                            sparse_origin=sparse_origin, kmm=kmm, stats=stats))
-        if report:
-            self.fit_report_ = fit_report.fit_report(solved, *pressure)
-        return solved
-
-    def _streamed(self, todo, learnt, e0_totals, sparse, terms, noise, stats, bar):
-        """Rows of every structure in this process, folded into ``stats`` one at a time;
-        returns the pressure rows, labels and structure indices (for the fit report)."""
-        rows = gp_terms.training_rows(todo, self.descriptor.to_dict(), self.zeta, sparse, terms,
-                                      self.descriptor.pair_list)
-        pressure = ([], [], [])
-        with bar:
-            for k, (frame, frame_rows) in enumerate(zip(learnt, rows)):
-                bar.update(1)
-                for group, kr, y, scale in observations(frame, frame_rows, e0_totals[k], noise):
-                    stats[group].add(kr, y, scale)
-                if frame.stress is not None and frame_rows.stress is not None:
-                    pressure[0].append(fit_report.pressure_row(frame_rows.stress))
-                    pressure[1].append(-float(np.trace(frame.stress)) / 3.0)
-                    pressure[2].append(k)
-                if (k + 1) % 10 == 0 or k + 1 == len(todo):
-                    log.info("kernel rows: %d/%d frames", k + 1, len(todo))
-        return pressure
-
-    def _grown_kmm(self, kmm_old: np.ndarray, sparse: SparseSet, m_old: int) -> np.ndarray:
-        x, z = sparse.features, sparse.species
-        k_new = local_kernel(x, z, SparseSet(x[m_old:], z[m_old:]), self.zeta)   # (m, m_new)
-        kmm = np.zeros((len(z), len(z)))
-        kmm[:m_old, :m_old] = kmm_old
-        kmm[:, m_old:] = k_new
-        kmm[m_old:, :] = k_new.T
-        kmm[np.arange(m_old, len(z)), np.arange(m_old, len(z))] += self.jitter
-        return kmm
-
-    def _solved(self, state: FittedState) -> FittedState:
-        """``state`` with its posterior solved and the next version number."""
-        stats = {g: st for g, st in state.stats.items() if st.n}
-        posterior = solve(state.system_kmm, stats,
-                          Hyper(state.column_variance, dict(state.noise)))
-        log.info("solved: %d sparse points, %d observations, log likelihood %.6g",
-                 len(state.sparse), sum(st.n for st in stats.values()),
-                 posterior.log_likelihood)
-        return state.replace(posterior=posterior, version=self.version + 1)
 
     def resolve(self, state: FittedState) -> None:
         """Install ``state`` with its posterior solved again (O(m^3), no kernel rows recomputed).
@@ -466,7 +319,7 @@ class SparseGP:
         For a state derived from :attr:`state` with other noise levels, signal variances or Gram
         statistics (``state.replace(...)``); see ``gpmlip.gp.validation.set_hyperparameters``.
         """
-        self.state_ = self._solved(state)
+        self.state_ = training.solved(self, state)
 
     def update(self, frames: TrainingData, *, n_sparse: int | dict | None = None,
                sparse_atoms: Sequence[tuple[int, int]] | None = None,
@@ -501,46 +354,18 @@ class SparseGP:
         frames = self._frames(frames)
         features = self._features(frames)
         if n_sparse is not None:
-            origin = self._select(state, frames, features, n_sparse, "variance", cap=True)
+            origin = training.select_sparse(self, state, frames, features, n_sparse, "variance", cap=True)
         elif sparse_atoms is not None:
-            origin = _sparse_pairs(sparse_atoms, frames)
+            origin = training.sparse_pairs(sparse_atoms, frames)
         else:
             origin = np.zeros((0, 2), dtype=np.int64)
         origin[:, 0] += len(state.frames)
-        e0 = self._grown_e0(state, frames)
+        e0 = training.grown_e0(self, state, frames)
         base = state if e0 is None else state.replace(e0=e0)
         # a new state, swapped in only when complete: a failed update leaves the model as it was
-        self.state_ = self._grown(base, frames, features, origin, executor or self.executor,
-                                  rebuild=e0 is not None)
+        self.state_, _ = training.grown(self, base, frames, features, origin,
+                                        executor or self.executor, rebuild=e0 is not None)
         return self
-
-    def _grown_e0(self, state: FittedState,
-                  new_frames: list[Frame]) -> ReferenceEnergies | None:
-        """e0 refitted on all frames if the new ones widen the composition space, else None.
-
-        With ``e0`` "auto", "fit" or "isolated", e0 is re-derived (as a fresh fit on the union
-        would) when the compositions of the energy-labelled frames span more dimensions than
-        before, e.g. the first CuAu frame of a run that started on pure Cu.  Within the same
-        composition space e0 stays as it is, so that the model does not drift label by label.
-        """
-        if not isinstance(self.e0, str):
-            return None
-        old = state.frames
-        species = sorted({int(z) for f in old + new_frames for z in f.atoms.numbers})
-
-        def rank(frames) -> int:
-            counts = [[np.count_nonzero(f.atoms.numbers == z) for z in species]
-                      for f in frames if f.energy is not None]
-            return int(np.linalg.matrix_rank(np.array(counts, dtype=float))) if counts else 0
-
-        if rank(old + new_frames) == rank(old):
-            return None
-        e0 = reference_energies(Dataset(self.learnt_labels(old + new_frames)), self.e0)
-        if e0.energies == state.e0.energies:
-            return None
-        log.info("the compositions span more species than before: e0 refitted from %s to %s "
-                 "eV; energy rows rebuilt", state.e0.to_dict(), e0.to_dict())
-        return e0
 
     def optimise_hyperparameters(self, *, max_iterations: int = 200):
         """Maximise the log marginal likelihood over signal and noise levels, then re-solve.
@@ -552,7 +377,7 @@ class SparseGP:
         """
         state = self.state
         result = hyper.optimise(state, self.species, max_iterations=max_iterations)
-        self.state_ = self._solved(state.replace(signal_variance=result.signal_variance,
+        self.state_ = training.solved(self, state.replace(signal_variance=result.signal_variance,
                                                  noise=result.noise))
         result.log_likelihood = self.log_likelihood
         log.info("hyper-parameters: %s; log likelihood %.6g -> %.6g (%d evaluations)",
@@ -573,40 +398,6 @@ class SparseGP:
             raise UnknownSpeciesError(
                 f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "
                 "it was not trained on them; add training structures that contain them")
-
-    def _local(self, features: np.ndarray, species: np.ndarray, *, gradient: bool,
-               variance: bool, extra: Sequence | None = None):
-        """Local energies (with e0), dE/dq per atom and local variances, in blocks of atoms so
-        that the (atoms x sparse) kernel block stays small; ``extra``: each term's local rows
-        and priors on the structure's pair list (``Term.local``), joined to the SOAP rows for
-        the variances (their energies are added by the caller); None without a pair list (the
-        SOAP term's own variance).  The returned prior variance is sigma_z^2 plus the terms'."""
-        state = self.state_
-        post = state.posterior
-        kernel = unit_kernel(self.zeta, species, state.sparse.species)
-        e0 = np.array([state.e0.energies[int(z)] for z in species])
-        sigma2 = np.array([state.signal_variance[int(z)] for z in species])
-        for t, local in zip(state.terms, extra or ()):
-            if local.prior is not None:
-                sigma2 = sigma2 + state.signal_variance[t.key] * local.prior
-        m = len(state.sparse)
-        energies = np.empty(len(species))
-        grad = np.empty_like(features) if gradient else None
-        var = np.empty(len(species)) if variance else None
-        x, zx = state.sparse.features, state.sparse.species
-        for a in range(0, len(species), PREDICT_BLOCK):
-            b = min(a + PREDICT_BLOCK, len(species))
-            values, g, k = kernel.local_terms(features[a:b], species[a:b], x, zx, post.beta[:m],
-                                              gradient=gradient, rows=variance)
-            if variance and state.terms:
-                k = np.hstack([k, *(local.rows[a:b] for local in extra)] if extra is not None
-                              else [k, np.zeros((b - a, state.n_columns - m))])
-            energies[a:b] = values + e0[a:b]
-            if gradient:
-                grad[a:b] = g
-            if variance:
-                var[a:b] = post.variance(k, sigma2[a:b])
-        return energies, grad, var, sigma2
 
     def pair_energies(self, centre_numbers, i, j, r_ij, neighbour_numbers, *,
                       std: bool = False) -> PairEnergies:
@@ -639,7 +430,7 @@ class SparseGP:
             ``W = -sum_p r_ij (x) dE_dr[p]``; ``std`` (n_centres,) in [0, 1] or None.
         """
         self.check_fitted()
-        if self.baseline is not None and self._pair_baseline is None:
+        if self.baseline is not None and self.pair_baseline is None:
             raise SettingsError(f"the model's baseline {self.baseline!r} is not a pair potential "
                                 f"within the pair cutoff {self.pair_cutoff:g} Å: a pair list "
                                 "cannot evaluate it (in LAMMPS add it as its own pair style)")
@@ -650,28 +441,7 @@ class SparseGP:
                          neighbour=np.asarray(j, dtype=np.int64))
         check_separation(pairs.centre, pairs.neighbour, pairs.vector)
         self._check_species(pairs.centre_species)
-        return self._evaluate(pairs, gradient=True, variance=std)
-
-    def _evaluate(self, pairs: PairList, *, gradient: bool, variance: bool) -> PairEnergies:
-        features = self.descriptor.features(pairs)
-        state = self.state_
-        beta = state.posterior.beta
-        extra = [t.local(pairs, beta[cols], gradient=gradient, rows=variance) for t, cols in
-                 zip(state.terms, gp_terms.column_blocks(len(state.sparse), state.terms))]
-        energies, grad, var, sigma2 = self._local(features, pairs.centre_species,
-                                                  gradient=gradient, variance=variance,
-                                                  extra=extra)
-        d_e = self.descriptor.backward(pairs, grad) if gradient else None
-        for local in extra:
-            energies = energies + local.energies
-            d_e = d_e + local.dE_dr if gradient else None
-        if self._pair_baseline is not None:
-            e_b, d_b = self._pair_baseline.pair_terms(pairs.centre_species, pairs.centre,
-                                                      pairs.vector, pairs.neighbour_species)
-            energies = energies + e_b
-            d_e = None if d_e is None else d_e + d_b
-        std = None if var is None else normalised_std(var, sigma2)
-        return PairEnergies(energies=energies, dE_dr=d_e, std=std, variance=var)
+        return evaluation.evaluate(self, pairs, gradient=True, variance=std)
 
     def local_std_normalised(self, features: np.ndarray, species: np.ndarray) -> np.ndarray:
         """:attr:`Prediction.local_std_normalised` of environments given by their descriptors.
@@ -691,7 +461,7 @@ class SparseGP:
         """
         self.check_fitted()
         species = np.asarray(species, dtype=np.int64)
-        _, _, var, sigma2 = self._local(np.asarray(features, dtype=float), species,
+        _, _, var, sigma2 = evaluation.local(self, np.asarray(features, dtype=float), species,
                                         gradient=False, variance=True)
         return normalised_std(var, sigma2)
 
@@ -737,7 +507,7 @@ class SparseGP:
         volume = abs(atoms.cell.volume) if atoms.pbc.all() else 0.0
         want_stress = stress and volume > 1e-8
         pairs = self.descriptor.pair_list(atoms)
-        out = self._evaluate(pairs, gradient=forces or want_stress, variance=variance)
+        out = evaluation.evaluate(self, pairs, gradient=forces or want_stress, variance=variance)
         result = Prediction(energy=float(out.energies.sum()), energies=out.energies, forces=None,
                             stress=None, local_variance=out.variance,
                             local_std_normalised=out.std)
@@ -759,7 +529,7 @@ class SparseGP:
             result.energy_std_raw = float(np.sqrt(max(raw[0, 0], 0.0)))
             result.energy_std = float(np.sqrt(max(energy_std_module.calibrated(self, raw)[0, 0],
                                                   0.0)))
-        if self.baseline is not None and self._pair_baseline is None:
+        if self.baseline is not None and self.pair_baseline is None:
             add_to_prediction(result, self.baseline(atoms))
         return result
 
@@ -805,13 +575,13 @@ class SparseGP:
             loo = leave_one_out(self, frames=loo_subset(self, max_frames))
             residuals, parts = leave_one_out_residuals(self, loo=loo)
             source = "leave-one-out"
-            energy = self._loo_energy_residuals(loo)
+            energy = energy_std_module.loo_energy_residuals(self, loo)
         else:
             data = frames if isinstance(frames, Dataset) else \
                 load_frames(frames, species=self.species)
             residuals, parts = held_out_residuals(self, data)
             source = "held-out"
-            energy = self._held_out_energy_residuals(data)
+            energy = energy_std_module.held_out_energy_residuals(self, data)
         self.calibration = fit_calibration(residuals, parts, method=method, source=source)
         log.info("calibrated: %s", self.calibration.describe())
         if energy is not None and len(energy[0]) >= 2:
@@ -819,31 +589,6 @@ class SparseGP:
                                                                                source=source)
             log.info("calibrated: %s", self.energy_calibration.describe())
         return self.calibration
-
-    def _loo_energy_residuals(self, loo):
-        """Total-energy residuals (eV), raw variance parts and noise variances (eV^2) of the
-        left-out structures with energy labels (None without any)."""
-        ok = np.isfinite(loo.energy_residual)
-        if not ok.any():
-            return None
-        n = loo.n_atoms[ok].astype(float)
-        frames = self.training_frames
-        parts = energy_std_module.energy_variance_parts(
-            self, [frames[int(i)].atoms for i in loo.frames[ok]])
-        parts[:, 1] = loo.energy_variance[ok] * n ** 2     # the left-out prediction's weights
-        return loo.energy_residual[ok] * n, parts, loo.energy_noise_variance[ok] * n ** 2
-
-    def _held_out_energy_residuals(self, data):
-        with_energy = [f for f in data if f.energy is not None]
-        if not with_energy:
-            return None
-        atoms = [f.atoms for f in with_energy]
-        pred = np.array([self.predict(a, forces=False, stress=False, variance=False).energy
-                         for a in atoms])
-        ref = np.array([f.energy for f in with_energy])
-        n = np.array([f.n_atoms for f in with_energy], dtype=float)
-        return (pred - ref, energy_std_module.energy_variance_parts(self, atoms),
-                self.state.noise["energy"] ** 2 * n ** 2)
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

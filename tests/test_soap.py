@@ -97,60 +97,6 @@ def test_jacobian_storage_is_linear_in_atoms():
     assert abs(len(big_pairs.centre) / len(big) - len(pairs.centre) / len(atoms)) < 3
 
 
-def test_parallel_equals_serial():
-    atoms = cu_bulk(3)
-    serial = gpmlip.SOAP(**CU_SETTINGS).describe(atoms, gradients=True)
-    soap = gpmlip.SOAP(**CU_SETTINGS, n_jobs=2)
-    try:
-        parallel = soap.describe(atoms, gradients=True)
-    finally:
-        soap.close()
-    np.testing.assert_array_equal(parallel.pair_atom, serial.pair_atom)
-    np.testing.assert_allclose(parallel.jacobian, serial.jacobian, rtol=0, atol=1e-14)
-    np.testing.assert_allclose(parallel.strain_jacobian, serial.strain_jacobian, atol=1e-14)
-
-
-def test_foreign_executor_equals_serial():
-    """A user-supplied executor (possibly remote) gets its results back by value."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    atoms = cu_bulk(2)
-    soap = gpmlip.SOAP(**CU_SETTINGS)
-    serial = soap.describe(atoms, gradients=True)
-    with ThreadPoolExecutor(2) as pool:
-        other = soap.describe(atoms, gradients=True, executor=pool)
-    np.testing.assert_array_equal(other.jacobian, serial.jacobian)
-    np.testing.assert_array_equal(other.strain_jacobian, serial.strain_jacobian)
-
-
-def test_no_shared_memory_files_left_behind():
-    import os
-
-    from gpmlip.descriptors.shared import SHM_DIR
-
-    before = {f for f in os.listdir(SHM_DIR) if f.startswith("gpmlip-")}
-    soap = gpmlip.SOAP(**CU_SETTINGS, n_jobs=2)
-    try:
-        soap.describe(cu_bulk(2), gradients=True)
-    finally:
-        soap.close()
-    after = {f for f in os.listdir(SHM_DIR) if f.startswith("gpmlip-")}
-    assert after <= before
-
-
-def test_orphaned_shared_memory_is_removed():
-    """A file left by a killed process (its pid no longer exists) is cleaned up by the next run."""
-    import os
-
-    from gpmlip.descriptors import shared
-
-    orphan = os.path.join(shared.SHM_DIR, f"{shared.PREFIX}999999999-test")
-    open(orphan, "wb").close()
-    spec, _ = shared.allocate({"x": (2, 3)})
-    shared.release(spec)
-    assert not os.path.exists(orphan)
-
-
 def test_vector_jacobian_products_match_dense():
     atoms = cu_bulk(2)
     env = gpmlip.SOAP(**CU_SETTINGS).describe(atoms, gradients=True)

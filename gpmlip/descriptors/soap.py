@@ -1,22 +1,16 @@
-"""SOAP descriptors as dscribe defines them, computed by the compiled engine, with dscribe kept as
-the reference path.
+"""SOAP descriptors as dscribe defines them, computed by the compiled engine.
 
 :class:`SOAP` computes features, forces (by back-propagation) and Jacobians with
-:class:`gpmlip.descriptors.engine.SOAPEngine` from a pair list.  The reference path below is what
-the engine is tested against.  dscribe (2.1) only offers analytical SOAP derivatives for non-periodic systems, and its periodic
-numerical derivatives are dense in N².  :class:`SOAP` gets exact periodic derivatives in linear time
-by the *local-cluster* construction: for every centre i it builds a non-periodic cluster holding i
-and every periodic image within ``r_cut + padding`` (the reach of dscribe's Gaussian density), asks
-dscribe for the analytical derivatives of i's descriptor with the centre attached to atom i
-(``attach=True``: without it the centre's self-derivative is wrong), then sums the rows of images of
-the same atom onto the real atom.  The same cluster gives the strain derivative (virial) from the
-relative vectors.  This module is the only one in gpmlip that imports dscribe.
+:class:`gpmlip.descriptors.engine.SOAPEngine` from a pair list (docs/theory.md §2-3).  dscribe
+stays the definition: :meth:`SOAP.reference_features` calls its ``create``, and the tests compare
+every feature with it and, through an oracle built on dscribe's analytical derivatives of local
+clusters (``tests/dscribe_oracle.py``), every Jacobian.  This module is the only one in gpmlip that
+imports dscribe.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
@@ -28,13 +22,10 @@ from gpmlip.descriptors.engine import COMPRESSIONS, PairList, SOAPEngine, specie
 from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import (check_separation, find_neighbours,
                                           has_coincident_atoms, wrap)
-from gpmlip.descriptors.shared import SharedSpec, allocate, release, shared_memory_available
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
-from gpmlip.parallel import mp_context
 from gpmlip.species import atomic_number_set, by_atomic_number
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -175,64 +166,6 @@ def _dscribe(settings: SOAPSettings, periodic: bool):
     )
 
 
-def _describe_clusters(
-    settings: SOAPSettings,
-    numbers: np.ndarray,
-    positions: np.ndarray,
-    atom_index: np.ndarray,
-    offsets: np.ndarray,
-    pair_offsets: np.ndarray,
-    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, strain Jacobians and image-summed Jacobians of a block of local clusters.
-
-    Cluster c occupies rows ``offsets[c]:offsets[c + 1]`` of the concatenated input arrays; its
-    first row is the centre, placed at the origin; ``atom_index`` maps every row to the real atom.
-    Its Jacobian goes to rows ``pair_offsets[c]:pair_offsets[c + 1]`` of the output, one row per
-    distinct real atom in increasing index order.  Writes into ``out`` when given (serial use);
-    otherwise allocates (worker processes, which only take and return arrays).
-    """
-    soap = _dscribe(settings, False)
-    n_centres = len(offsets) - 1
-    n_feat = soap.get_number_of_features()
-    if out is None:
-        out = (
-            np.empty((n_centres, n_feat)),
-            np.empty((n_centres, 3, 3, n_feat)),
-            np.empty((pair_offsets[-1], 3, n_feat)),
-        )
-    features, strain, jacobian = out
-    for c in range(n_centres):
-        s, e = offsets[c], offsets[c + 1]
-        cluster = Atoms(numbers=numbers[s:e], positions=positions[s:e])
-        d, f = soap.derivatives(cluster, centers=[0], attach=True, method="analytical")
-        d = d[0]  # (n_cluster, 3, n_feat)
-        features[c] = f[0]
-        # d q / d eps_ab = sum_k (dq/dr_ka) (r_k - r_centre)_b ; the centre sits at the origin.
-        strain[c] = np.tensordot(positions[s:e], d, axes=(0, 0)).transpose(1, 0, 2)
-        idx = atom_index[s:e]
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        target = jacobian[pair_offsets[c]:pair_offsets[c + 1]]
-        if len(target) == len(idx):  # no periodic image of any atom: a permutation suffices
-            np.take(d, order, axis=0, out=target)
-        else:
-            first = np.flatnonzero(np.r_[True, sorted_idx[1:] != sorted_idx[:-1]])
-            np.add.reduceat(d[order], first, axis=0, out=target)
-    return out
-
-
-def _describe_clusters_shared(spec: SharedSpec, rows: tuple[int, int, int, int], *args) -> None:
-    """Worker entry point: compute a block and write it straight into shared memory."""
-    a, b, pa, pb = rows
-    out = (spec.view("features", a, b), spec.view("strain", a, b), spec.view("jacobian", pa, pb))
-    _describe_clusters(*args, out=out)
-
-
-BLOCK_SIZE = 32
-"""Centres per block of Jacobian work: bounds the transient memory to one block."""
-
-
 class SOAP:
     """Smooth Overlap of Atomic Positions power spectrum, its forces and Jacobians.
 
@@ -310,7 +243,6 @@ class SOAP:
         if int(n_jobs) < 1:
             raise SettingsError(f"n_jobs={n_jobs}: use 1 or more worker processes")
         self.n_jobs = int(n_jobs)
-        self._pool: ProcessPoolExecutor | None = None
         self._engine: SOAPEngine | None = None
 
     # -- settings --------------------------------------------------------------------------
@@ -420,9 +352,7 @@ class SOAP:
         """``dE/dr_ij`` for every pair given ``grad = dE/dq`` per centre (see the engine)."""
         return self.engine.backward(pairs, grad)
 
-    def describe(
-        self, atoms: Atoms, gradients: bool = False, *, executor: Executor | None = None
-    ) -> Environments:
+    def describe(self, atoms: Atoms, gradients: bool = False) -> Environments:
         """Describe every atom of a structure.
 
         Parameters
@@ -432,8 +362,6 @@ class SOAP:
         gradients : bool, default False
             Also compute the sparse Jacobian and the strain Jacobian (for training rows and
             force uncertainties; prediction back-propagates instead).
-        executor : ignored
-            Kept for the reference path's signature; the engine uses threads.
 
         Returns
         -------
@@ -456,109 +384,9 @@ class SOAP:
         system.set_cell(wrap(atoms.positions, atoms.cell.array, pbc)[0])
         return _dscribe(self.settings, True).create(system)
 
-    def reference_environments(self, atoms: Atoms, *,
-                               executor: Executor | None = None) -> Environments:
-        """Features and Jacobians from dscribe's analytical derivatives of local clusters.
-
-        The pre-engine path (~5 ms per centre): for tests.  dscribe has no derivatives with a
-        weighting, so this needs ``weighting=None``.
-        """
-        if self.settings.weighting is not None:
-            raise SettingsError("dscribe computes no derivatives with a weighting; the "
-                                "reference Jacobian needs SOAP(..., weighting=None)")
-        if self.settings.compression not in ("off", "crossover"):
-            raise SettingsError(f"dscribe computes no derivatives with compression "
-                                f"{self.settings.compression!r}; the reference Jacobian needs "
-                                "'off' or 'crossover' (the engine's are checked against finite "
-                                "differences)")
-        self.check_structure(atoms)
-        return self._describe_with_gradients(atoms, executor)
-
-    def _describe_with_gradients(self, atoms: Atoms, executor: Executor | None) -> Environments:
-        n_atoms = len(atoms)
-        pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc, self.neighbour_cutoff)
-        sizes = np.diff(pairs.start) + 1
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        is_centre = np.zeros(offsets[-1], dtype=bool)
-        is_centre[offsets[:-1]] = True
-        positions = np.zeros((offsets[-1], 3))
-        positions[~is_centre] = pairs.vector
-        atom_index = np.empty(offsets[-1], dtype=np.int64)
-        atom_index[offsets[:-1]] = np.arange(n_atoms)
-        atom_index[~is_centre] = pairs.neighbour
-        numbers = atoms.numbers[atom_index]
-        # The sparse pattern (unique real atoms per centre, sorted), known before any work is done,
-        # so the output is allocated once and filled block by block.
-        keys = np.unique(np.repeat(np.arange(n_atoms), sizes) * n_atoms + atom_index)
-        pair_centre, pair_atom = np.divmod(keys, n_atoms)
-        pair_start = np.searchsorted(pair_centre, np.arange(n_atoms + 1))
-
-        n_feat = self.n_features
-        shapes = {"features": (n_atoms, n_feat), "strain": (n_atoms, 3, 3, n_feat),
-                  "jacobian": (len(keys), 3, n_feat)}
-        blocks = [(a, min(a + BLOCK_SIZE, n_atoms)) for a in range(0, n_atoms, BLOCK_SIZE)]
-        args = [
-            (self.settings, numbers[offsets[a]:offsets[b]], positions[offsets[a]:offsets[b]],
-             atom_index[offsets[a]:offsets[b]], offsets[a:b + 1] - offsets[a],
-             pair_start[a:b + 1] - pair_start[a])
-            for a, b in blocks
-        ]
-        own_pool = executor is None
-        pool = executor if executor is not None else self._executor(len(blocks))
-        n_bytes = 8 * sum(int(np.prod(s)) for s in shapes.values())
-        if pool is not None and own_pool and shared_memory_available(n_bytes):
-            # Our own workers share this machine's memory: they write the blocks in place.
-            spec, arrays = allocate(shapes)
-            try:
-                rows = [(a, b, pair_start[a], pair_start[b]) for a, b in blocks]
-                list(pool.map(_describe_clusters_shared, [spec] * len(blocks), rows,
-                              *zip(*args)))
-            finally:
-                release(spec)
-        else:
-            arrays = {name: np.empty(shape) for name, shape in shapes.items()}
-            outs = [(arrays["features"][a:b], arrays["strain"][a:b],
-                     arrays["jacobian"][pair_start[a]:pair_start[b]]) for a, b in blocks]
-            if pool is None:
-                for arg, out in zip(args, outs):
-                    _describe_clusters(*arg, out=out)
-            else:  # a foreign executor (maybe remote): results travel back by value
-                for out, result in zip(outs, pool.map(_describe_clusters, *zip(*args))):
-                    for target, value in zip(out, result):
-                        target[...] = value
-        return Environments(
-            features=arrays["features"],
-            species=atoms.numbers.copy(),
-            pair_centre=pair_centre,
-            pair_atom=pair_atom,
-            jacobian=arrays["jacobian"],
-            strain_jacobian=arrays["strain"],
-        )
-
-    def _executor(self, n_blocks: int) -> Executor | None:
-        if self.n_jobs == 1 or n_blocks < 2:
-            return None
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.n_jobs,
-                                             mp_context=mp_context("compute"))
-        return self._pool
-
     def close(self) -> None:
-        """Shut down the worker processes (if any were started)."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_pool"] = None
-        return state
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
+        """Nothing to release (the engine uses threads); kept so that every descriptor can be
+        closed the same way (:meth:`gpmlip.Stacked.close`)."""
 
 
 def environments_from_pairs(features: np.ndarray, pairs: PairList,

@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.descriptors import SOAP, Environments
-from gpmlip.descriptors.neighbours import find_neighbours
+from gpmlip.descriptors.neighbours import neighbour_list
 from gpmlip.errors import SettingsError
 
 
@@ -93,7 +93,7 @@ def reference_environments(soap: SOAP, atoms: Atoms) -> Environments:
                             "differences)")
     soap.check_structure(atoms)
     n_atoms = len(atoms)
-    pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc, soap.neighbour_cutoff)
+    pairs = neighbour_list(atoms, soap.neighbour_cutoff)
     sizes = np.diff(pairs.start) + 1
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     is_centre = np.zeros(offsets[-1], dtype=bool)

@@ -217,3 +217,16 @@ def test_the_two_body_term_satisfies_the_term_protocol():
     term = TwoBody(r_cut=4.0, n_sparse=3).fitted(4.0, [29], 1e-8)
     assert isinstance(term, Term) and TERM_TYPES[term.parameter] is type(term)
     assert len(term) == 3 and term.kmm.shape == (3, 3)
+
+
+def test_one_neighbour_search():
+    """Every consumer gets its pairs from gpmlip.descriptors.neighbours.neighbour_list (one
+    pair-list type, one search): nobody imports ASE's neighbour list or matscipy's."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            module = node.module if isinstance(node, ast.ImportFrom) else \
+                " ".join(a.name for a in node.names) if isinstance(node, ast.Import) else ""
+            if module and ("neighborlist" in module or "matscipy" in module):
+                found.append(f"{name}:{node.lineno}: {module}")
+    assert not found, found

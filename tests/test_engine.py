@@ -9,7 +9,7 @@ from ase import Atoms
 import gpmlip
 from gpmlip.gp.covariance import force_rows, strain_rows
 from gpmlip.descriptors import _soap_kernels as kern
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.testing import check_forces, check_stress
 
 from conftest import CU_SETTINGS, SMALL_CU, SMALL_MULTI, cu_bulk, emt_frames

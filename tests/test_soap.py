@@ -82,18 +82,18 @@ def test_invariances(system):
 
 def test_jacobian_storage_is_linear_in_atoms():
     """One Jacobian row per (centre, distinct neighbour atom): O(N * neighbours), never N^2."""
-    from gpmlip.descriptors import find_neighbours
+    from gpmlip.descriptors import neighbour_list
 
     soap = gpmlip.SOAP(**CU_SETTINGS)
     atoms = cu_bulk(4)  # 256 atoms: the cell is wider than two cutoff spheres
     env = soap.describe(atoms, gradients=True)
-    pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc, soap.neighbour_cutoff)
+    pairs = neighbour_list(atoms, soap.neighbour_cutoff)
     assert len(env.pair_centre) == len(pairs.centre) + len(atoms)
     per_atom = len(env.pair_centre) / len(atoms)
     assert per_atom < 150  # fcc Cu has 134 atoms within r_cut + padding = 6.86 Å
     # the neighbour count per atom does not grow with the cell
     big = cu_bulk(8)  # 2048 atoms
-    big_pairs = find_neighbours(big.positions, big.cell.array, big.pbc, soap.neighbour_cutoff)
+    big_pairs = neighbour_list(big, soap.neighbour_cutoff)
     assert abs(len(big_pairs.centre) / len(big) - len(pairs.centre) / len(atoms)) < 3
 
 

@@ -25,9 +25,9 @@ from itertools import combinations_with_replacement
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
-from ase.neighborlist import neighbor_list
 
 from gpmlip.baselines.base import Baseline, BaselineResult
+from gpmlip.descriptors.neighbours import neighbour_list
 from gpmlip.errors import SettingsError
 
 COULOMB = 14.399645
@@ -172,9 +172,9 @@ class ZBL(Baseline):
         return energies, d_e
 
     def compute(self, atoms: Atoms) -> BaselineResult:
-        i, j, vec = neighbor_list("ijD", atoms, self.cutoff)
-        numbers = atoms.numbers
-        energies, d_e = self.pair_terms(numbers, i, vec, numbers[j])
+        pairs = neighbour_list(atoms, self.cutoff)
+        i, j, vec = pairs.centre, pairs.neighbour, pairs.vector
+        energies, d_e = self.pair_terms(pairs.centre_species, i, vec, pairs.neighbour_species)
         forces = np.zeros((len(atoms), 3))
         np.add.at(forces, i, d_e)
         np.add.at(forces, j, -d_e)

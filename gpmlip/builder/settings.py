@@ -114,7 +114,7 @@ def data_scales(frames: Sequence[Frame], max_frames: int = 20) -> Scales:
     0.3 Å past the nearest neighbours), the gap between coordination shells (Zuo 2020: Mo 3.7,
     Si 3.0, Li 4.0 Å; the short cutoffs chosen there by leave-one-out were 3.5, 3.2, 3.9).
     """
-    from ase.neighborlist import neighbor_list
+    from gpmlip.descriptors.neighbours import neighbour_list
 
     idx = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames)))
                     .round().astype(int))
@@ -122,7 +122,7 @@ def data_scales(frames: Sequence[Frame], max_frames: int = 20) -> Scales:
     counts = []
     for i in idx:
         atoms = frames[i].atoms
-        d = np.sort(neighbor_list("d", atoms, float(grid[-1])))
+        d = np.sort(neighbour_list(atoms, float(grid[-1])).distance)
         counts.append(np.searchsorted(d, grid, side="right") / len(atoms))
     count = np.mean(counts, axis=0)
     reached = count >= NEIGHBOURS_IN_CUTOFF

@@ -3,7 +3,7 @@
 dscribe defines the descriptor (its GTO radial basis, its normalisation and feature order); this
 module computes the same numbers itself, compiled with numba, from a *pair list* (centre ``i``,
 displacement ``r_ij = r_j - r_i`` with periodic images as their own pairs, species of both), so
-that any neighbour source plugs in: ours (:func:`gpmlip.descriptors.find_neighbours`) or LAMMPS's.
+that any neighbour source plugs in: ours (:func:`gpmlip.descriptors.neighbours.neighbour_list`) or LAMMPS's.
 
 Three operations, all linear in the number of pairs:
 
@@ -27,12 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from functools import lru_cache
 from math import factorial, pi, sqrt
 
 import numpy as np
 
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.errors import SettingsError
 
 log = logging.getLogger(__name__)
@@ -45,41 +45,6 @@ PARALLEL_MIN_PAIRS = 16384
 
 THRESHOLD = 1e-3
 """dscribe's density threshold: the Gaussian reaches ``sigma sqrt(-2 ln THRESHOLD)`` past r_cut."""
-
-
-@dataclass(frozen=True)
-class PairList:
-    """Centre-neighbour pairs in the engine's input form.
-
-    Attributes
-    ----------
-    centre_species : ndarray of int, shape (n_centres,)
-        Atomic number of every centre.
-    centre : ndarray of int, shape (n_pairs,)
-        Centre index of every pair, in ``[0, n_centres)``.
-    vector : ndarray, shape (n_pairs, 3)
-        ``r_j - r_i`` in Å (a periodic image is its own pair; the centre itself is never a pair).
-    neighbour_species : ndarray of int, shape (n_pairs,)
-        Atomic number of every neighbour.
-    neighbour : ndarray of int, shape (n_pairs,), optional
-        Index of the atom each neighbour is (an image of); passed through for scattering forces.
-    """
-
-    centre_species: np.ndarray
-    centre: np.ndarray
-    vector: np.ndarray
-    neighbour_species: np.ndarray
-    neighbour: np.ndarray | None = None
-
-    @property
-    def n_centres(self) -> int:
-        """Number of centres."""
-        return len(self.centre_species)
-
-    @property
-    def n_pairs(self) -> int:
-        """Number of pairs."""
-        return len(self.centre)
 
 
 @lru_cache(maxsize=32)

@@ -18,30 +18,52 @@ from gpmlip.errors import StructureError
 
 
 @dataclass(frozen=True)
-class NeighbourPairs:
-    """Centre-neighbour pairs, sorted by centre.
+class PairList:
+    """Centre-neighbour pairs in the engine's input form.
 
     Attributes
     ----------
+    centre_species : ndarray of int, shape (n_centres,)
+        Atomic number of every centre.
     centre : ndarray of int, shape (n_pairs,)
-        Index of the centre atom.
-    neighbour : ndarray of int, shape (n_pairs,)
-        Index of the real atom the neighbour is (an image of).
-    vector : ndarray of float, shape (n_pairs, 3)
-        ``r_neighbour_image - r_centre`` in Å.
-    start : ndarray of int, shape (n_atoms + 1,)
-        Pairs of centre ``i`` are ``start[i]:start[i + 1]``.
+        Centre index of every pair, in ``[0, n_centres)``.
+    vector : ndarray, shape (n_pairs, 3)
+        ``r_j - r_i`` in Å (a periodic image is its own pair; the centre itself is never a pair).
+    neighbour_species : ndarray of int, shape (n_pairs,)
+        Atomic number of every neighbour.
+    neighbour : ndarray of int, shape (n_pairs,), optional
+        Index of the atom each neighbour is (an image of); passed through for scattering forces.
+
+    The one pair-list type of gpmlip: :func:`neighbour_list` builds it (sorted by centre, then
+    distance), LAMMPS's pair style passes its own, and the SOAP engine, the GP's terms and the
+    baselines all read it.
     """
 
+    centre_species: np.ndarray
     centre: np.ndarray
-    neighbour: np.ndarray
     vector: np.ndarray
-    start: np.ndarray
+    neighbour_species: np.ndarray
+    neighbour: np.ndarray | None = None
+
+    @property
+    def n_centres(self) -> int:
+        """Number of centres."""
+        return len(self.centre_species)
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of pairs."""
+        return len(self.centre)
 
     @property
     def distance(self) -> np.ndarray:
         """Pair distances in Å, shape (n_pairs,)."""
         return np.linalg.norm(self.vector, axis=1)
+
+    @property
+    def start(self) -> np.ndarray:
+        """Pairs of centre ``i`` are ``start[i]:start[i + 1]`` (for a list sorted by centre)."""
+        return np.searchsorted(self.centre, np.arange(self.n_centres + 1))
 
 
 def _full_cell(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
@@ -89,9 +111,10 @@ def wrap(
     return full, frac, frac @ full
 
 
-def find_neighbours(
-    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
-) -> NeighbourPairs:
+def _search(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float,
+    numbers: np.ndarray | None = None,
+) -> PairList:
     """Find every (image of an) atom within ``cutoff`` of each atom.
 
     Parameters
@@ -104,11 +127,15 @@ def find_neighbours(
         Periodicity along each cell vector.
     cutoff : float
         Search radius in Å.
+    numbers : array of int, shape (n_atoms,), optional
+        Atomic numbers (the pair list's species; 0 without them).
 
     Returns
     -------
-    NeighbourPairs
-        All pairs with distance ``< cutoff``, excluding an atom's zero-shift self pair.
+    PairList
+        All pairs with distance ``< cutoff``, excluding an atom's zero-shift self pair, sorted
+        by centre, then distance.  Coincident atoms are not checked: :func:`neighbour_list` is
+        the checked search.
     """
     pbc = np.asarray(pbc, dtype=bool)
     n_atoms = len(positions)
@@ -149,8 +176,27 @@ def find_neighbours(
     vec = img_pos[k] - wrapped[i]
     order = np.lexsort((np.linalg.norm(vec, axis=1), i))
     i, k, vec = i[order], k[order], vec[order]
-    start = np.searchsorted(i, np.arange(n_atoms + 1))
-    return NeighbourPairs(centre=i, neighbour=img_atom[k], vector=vec, start=start)
+    numbers = np.zeros(n_atoms, dtype=np.int64) if numbers is None else \
+        np.asarray(numbers, dtype=np.int64)
+    neighbour = img_atom[k]
+    return PairList(centre_species=numbers, centre=i, vector=vec,
+                    neighbour_species=numbers[neighbour], neighbour=neighbour)
+
+
+def neighbour_list(atoms, cutoff: float) -> PairList:
+    """Every neighbour of every atom of ``atoms`` (periodic images included) within ``cutoff``:
+    the one neighbour search of gpmlip (descriptors, the two-body term, baselines, the model
+    builder's cutoff choice).
+
+    Raises a :class:`~gpmlip.errors.StructureError` for overlapping atoms (closer than
+    :data:`MIN_DISTANCE`) or a degenerate periodic cell.
+    """
+    if has_coincident_atoms(atoms.positions, atoms.cell.array, atoms.pbc):
+        raise StructureError("atoms overlap: two atoms sit on the same position; check the "
+                             "positions")
+    pairs = _search(atoms.positions, atoms.cell.array, atoms.pbc, cutoff, atoms.numbers)
+    check_separation(pairs.centre, pairs.neighbour, pairs.vector)
+    return pairs
 
 
 MIN_DISTANCE = 0.1

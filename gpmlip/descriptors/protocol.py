@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from ase import Atoms
 
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.descriptors.environments import Environments
 
 

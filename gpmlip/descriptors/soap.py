@@ -18,10 +18,9 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from gpmlip.descriptors.engine import COMPRESSIONS, PairList, SOAPEngine, species_weights
+from gpmlip.descriptors.engine import COMPRESSIONS, SOAPEngine, species_weights
 from gpmlip.descriptors.environments import Environments
-from gpmlip.descriptors.neighbours import (check_separation, find_neighbours,
-                                          has_coincident_atoms, wrap)
+from gpmlip.descriptors.neighbours import PairList, neighbour_list, wrap
 from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
 from gpmlip.species import atomic_number_set, by_atomic_number
 
@@ -334,15 +333,7 @@ class SOAP:
         Raises a :class:`~gpmlip.errors.StructureError` for atoms closer than 0.1 Å.
         """
         self.check_structure(atoms)
-        pairs = find_neighbours(atoms.positions, atoms.cell.array, atoms.pbc,
-                                self.neighbour_cutoff)
-        if has_coincident_atoms(atoms.positions, atoms.cell.array, atoms.pbc):
-            raise StructureError("atoms overlap: two atoms sit on the same position; check the "
-                                 "positions")
-        check_separation(pairs.centre, pairs.neighbour, pairs.vector)
-        numbers = np.asarray(atoms.numbers, dtype=np.int64)
-        return PairList(centre_species=numbers, centre=pairs.centre, vector=pairs.vector,
-                        neighbour_species=numbers[pairs.neighbour], neighbour=pairs.neighbour)
+        return neighbour_list(atoms, self.neighbour_cutoff)
 
     def features(self, pairs: PairList) -> np.ndarray:
         """Descriptor of every centre of a pair list, shape (n_centres, n_features)."""

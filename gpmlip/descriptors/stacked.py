@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from ase import Atoms
 
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.descriptors.environments import Environments, unit_rows
 from gpmlip.descriptors.soap import SOAP, environments_from_pairs
 from gpmlip.errors import SettingsError

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.gp import terms as gp_terms
 from gpmlip.gp.covariance import unit_kernel
 from gpmlip.gp.prediction import PairEnergies, normalised_std

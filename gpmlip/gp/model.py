@@ -15,7 +15,7 @@ from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_bas
 from gpmlip.data import (Dataset, Frame, as_frames, load_frames, reference_energies,
                          warn_missing_labels)
 from gpmlip.data.reference import ReferenceEnergies
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.errors import (DataError, NotFittedError, NumericalError, SettingsError,

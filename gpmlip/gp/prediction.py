@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from gpmlip.data.frames import Frame
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.gp.covariance import SparseSet
 from gpmlip.gp.observations import FrameRows, compute_rows
 from gpmlip.gp.twobody import TwoBodySparse

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from gpmlip.gp.covariance import VOIGT
-from gpmlip.descriptors.engine import PairList
+from gpmlip.descriptors.neighbours import PairList
 from gpmlip.errors import SettingsError
 
 KEY = 0

@@ -7,7 +7,7 @@ atoms, a = 3.61 Å, Maxwell-Boltzmann velocities at 300 K, seed 1) and each ``--
 run of ``--steps`` steps (1 fs, neighbour skin 1 Å, no dump) is made with
 ``mpirun -np K lmp`` through :func:`gpmlip.lammps.run_md`.  The model is ``--model``: a gpmlip
 ``.npz`` file (its elements must include ``--element``) or, by default, the toy stand-in
-``python:gpmlip.lammps.toy:make`` (a second-moment tight-binding potential in numpy, cutoff 5 Å,
+``python:lammps_toy:make`` from ``tests/lammps_toy.py`` (a second-moment tight-binding potential in numpy, cutoff 5 Å,
 about 78 pairs per atom).
 
 Reported metrics (per run), read from the LAMMPS log
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -39,7 +40,10 @@ from ase.build import bulk
 
 import gpmlip.lammps as gl
 
-TOY = "python:gpmlip.lammps.toy:make"
+TOY = "python:lammps_toy:make"
+# the toy is a test double: LAMMPS (a subprocess) imports it from tests/
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parents[1] / "tests"),
+                                                         os.environ.get("PYTHONPATH")]))
 LOOP = re.compile(r"Loop time of ([\d.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms")
 PAIR = re.compile(r"pair_style gpmlip: (\d+) force calls, ([\d.eE+-]+) s in the pair style, "
                   r"([\d.eE+-]+) s in the Python bridge call, ([\d.eE+-]+) s in the model's "

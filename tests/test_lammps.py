@@ -27,9 +27,12 @@ import gpmlip  # noqa: E402
 import gpmlip.lammps as gl  # noqa: E402
 from gpmlip.errors import LammpsError  # noqa: E402
 from gpmlip.lammps.build import BRIDGE, PLUGIN, build, plugin_dir  # noqa: E402
-from gpmlip.lammps.toy import PairResult, ToyCalculator, ToyModel  # noqa: E402
+from lammps_toy import PairResult, ToyCalculator, ToyModel  # noqa: E402
 
-TOY = "python:gpmlip.lammps.toy:make"
+TOY = "python:lammps_toy:make"
+# LAMMPS processes started by the tests (lmp, mpirun) import the toy from this directory
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                         os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,8 +6,7 @@ Nothing else in gpmlip imports this subpackage.  Its parts:
 - :mod:`gpmlip.lammps.bridge`: what the plugin's embedded Python calls (model loading, species,
   the per-step pair-list call);
 - :mod:`gpmlip.lammps.runtime`: the process environment (MPICH, plugin path) LAMMPS needs;
-- :mod:`gpmlip.lammps.md`: :func:`run_md`, a LAMMPS MD run from ASE Atoms, read back as frames;
-- :mod:`gpmlip.lammps.toy`: a many-body stand-in with the model's pair-list interface.
+- :mod:`gpmlip.lammps.md`: :func:`run_md`, a LAMMPS MD run from ASE Atoms, read back as frames.
 
 Baselines (:mod:`gpmlip.baselines`): ``pair_style gpmlip MODEL`` evaluates a model's pair
 baseline (``zbl``) itself, on the same pair list and with the same code as Python, so the LAMMPS

@@ -11,7 +11,7 @@ Model specifications accepted by :func:`load`:
 ``python:MODULE:FACTORY``
     ``MODULE.FACTORY()`` -- any object with ``species``, ``pair_cutoff`` and ``pair_energies``
     (the pair-list entry point of :class:`gpmlip.SparseGP`).  Meant for tests and benchmarks
-    with stand-in models such as :class:`gpmlip.lammps.toy.ToyModel`.
+    with stand-in models (the tests' many-body toy, ``tests/lammps_toy.py``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def load(spec: str) -> "PairModel":
 
 class PairEnergyModel(Protocol):
     """What the plugin needs of a model: :class:`gpmlip.SparseGP`, or a stand-in such as
-    :class:`gpmlip.lammps.toy.ToyModel`."""
+    the tests' many-body toy (``tests/lammps_toy.py``)."""
 
     species: tuple[int, ...]
     pair_cutoff: float

@@ -1,4 +1,4 @@
-"""A smooth many-body stand-in with :class:`gpmlip.SparseGP`'s pair-list interface.
+"""A smooth many-body stand-in with :class:`gpmlip.SparseGP`'s pair-list interface (a test double).
 
 It lets the LAMMPS plugin, its tests and its benchmark run before (and independently of) a
 fitted model.  Per-atom energy of the second-moment tight-binding form (Cleri & Rosato, Phys.
@@ -75,7 +75,8 @@ class ToyModel:
 
 
 def make() -> ToyModel:
-    """Factory for ``pair_style gpmlip python:gpmlip.lammps.toy:make``."""
+    """Factory for ``pair_style gpmlip python:lammps_toy:make`` (with this directory on
+    ``PYTHONPATH``)."""
     return ToyModel()
 
 

@@ -6,7 +6,9 @@ from collections.abc import Iterable, Mapping
 
 from ase.data import atomic_numbers, chemical_symbols
 
-from gpmlip.errors import SettingsError
+import numpy as np
+
+from gpmlip.errors import SettingsError, UnknownSpeciesError
 
 
 def atomic_number(species, what: str = "species") -> int:
@@ -55,5 +57,35 @@ def by_atomic_number(values: Mapping, what: str) -> dict:
 
 
 def symbol(z: int) -> str:
-    """The chemical symbol of atomic number ``z``."""
-    return chemical_symbols[int(z)]
+    """The chemical symbol of atomic number ``z`` (the number itself if it is no element)."""
+    z = int(z)
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z)
+
+
+def check_known(numbers, known: Iterable[int], *, what: str, owner: str, remedy: str) -> None:
+    """The one check that atoms are of species something was built for.
+
+    Parameters
+    ----------
+    numbers : array of int
+        Atomic numbers of the atoms given.
+    known : iterable of int
+        The species allowed.
+    what : str
+        What holds the atoms, e.g. ``"the structure"``, ``"candidate 3"``.
+    owner : str
+        What knows ``known``, e.g. ``"the descriptor"``.
+    remedy : str
+        What to do about it.
+
+    Raises
+    ------
+    UnknownSpeciesError
+        Naming the unknown species, the known ones and the remedy.
+    """
+    known = sorted({int(z) for z in known})
+    unknown = sorted({int(z) for z in np.ravel(numbers)} - set(known))
+    if unknown:
+        raise UnknownSpeciesError(
+            f"{what}: species {[symbol(z) for z in unknown]} unknown to {owner} (it knows "
+            f"{[symbol(z) for z in known]}); {remedy}")

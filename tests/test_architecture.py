@@ -230,3 +230,17 @@ def test_one_neighbour_search():
             if module and ("neighborlist" in module or "matscipy" in module):
                 found.append(f"{name}:{node.lineno}: {module}")
     assert not found, found
+
+
+def test_species_are_checked_in_one_place():
+    """UnknownSpeciesError is raised by gpmlip.species.check_known (and by the LAMMPS bridge,
+    which parses pair_coeff's element names), nowhere else."""
+    raising = []
+    for name, path in MODULES.items():
+        if name in ("gpmlip.species", "gpmlip.lammps.bridge"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and node.exc is not None and \
+                    "UnknownSpeciesError" in ast.unparse(node.exc):
+                raising.append(f"{name}:{node.lineno}")
+    assert not raising, f"use gpmlip.species.check_known instead: {raising}"

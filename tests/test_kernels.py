@@ -57,7 +57,7 @@ def test_bad_settings_and_unknown_species(data):
         NormalizedDotProduct(0, {1: 1.0})
     with pytest.raises(SettingsError, match="signal variance"):
         NormalizedDotProduct(2, {1: -1.0})
-    with pytest.raises(UnknownSpeciesError, match="Z=8"):
+    with pytest.raises(UnknownSpeciesError, match=r"\['O'\].*no signal variance"):
         NormalizedDotProduct(2, {1: 1.0})(q, zq, x, zx)
 
 

@@ -34,3 +34,13 @@ def test_bad_symbol_at_each_entry_point(entry, tmp_path):
     }
     with pytest.raises(SettingsError, match="'Cuu'.*(symbol|species)"):
         calls[entry]()
+
+
+def test_check_known_names_the_unknown_and_the_known():
+    from gpmlip.errors import UnknownSpeciesError
+    from gpmlip.species import check_known
+
+    check_known([29, 29, 79], [29, 79], what="x", owner="y", remedy="z")
+    with pytest.raises(UnknownSpeciesError, match=r"frame 3: species \['Ag'\] unknown to the "
+                       r"model \(it knows \['Cu', 'Au'\]\); do this"):
+        check_known([29, 47], {79, 29}, what="frame 3", owner="the model", remedy="do this")

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
-from gpmlip.errors import SettingsError, UnknownSpeciesError
+from gpmlip.errors import SettingsError
 from gpmlip.gp.model import SparseGP
 from gpmlip.gp.selection import PivotedCholesky, normalise
+from gpmlip.species import check_known
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +188,8 @@ def select_batch(model: SparseGP, candidates: Sequence[Atoms], n_select: int, *,
     if given is not None and len(given) != len(candidates):
         raise SettingsError(f"features: {len(given)} arrays for {len(candidates)} candidates")
     for k, atoms in enumerate(candidates):
-        unknown = sorted(set(atoms.numbers.tolist()) - known)
-        if unknown:
-            raise UnknownSpeciesError(f"candidate {k} has species {unknown} that the model has no "
-                                      "sparse points for: label such a structure first")
+        check_known(atoms.numbers, known, what=f"candidate {k}",
+                    owner="the model (no sparse points)", remedy="label such a structure first")
         q = model.descriptor.describe(atoms).features if given is None else given[k]
         rows.append(normalise(q))
         species.append(atoms.numbers)

@@ -13,8 +13,8 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from gpmlip.data.frames import DEFAULT_CONFIG_TYPE, SIGMA_KEYS, Frame, as_stress_3x3
-from gpmlip.errors import DataError, UnknownSpeciesError
-from gpmlip.species import atomic_number_set
+from gpmlip.errors import DataError
+from gpmlip.species import atomic_number_set, check_known
 
 log = logging.getLogger(__name__)
 
@@ -302,11 +302,9 @@ def as_frames(source, species: Iterable[int] | None = None) -> list[Frame]:
             isinstance(f, Frame) for f in source)):
         data = list(source)
         if species is not None:
-            bad = {int(z) for f in data for z in f.atoms.numbers} - {int(z) for z in species}
-            if bad:
-                raise UnknownSpeciesError(
-                    f"the data contain {[chemical_symbols[z] for z in sorted(bad)]}, which the "
-                    "model's descriptor does not know; build the descriptor with those species")
+            check_known(np.concatenate([f.atoms.numbers for f in data]) if data else [],
+                        species, what="the data", owner="the model's descriptor",
+                        remedy="build the descriptor with those species")
         check_frames(data)
         return data
     return list(load_frames(source, species=species))

@@ -34,6 +34,7 @@ import numpy as np
 
 from gpmlip.descriptors.neighbours import PairList
 from gpmlip.errors import SettingsError
+from gpmlip.species import check_known
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +212,9 @@ class SOAPEngine:
         idx = np.full(len(numbers), -1, dtype=np.int64)
         idx[ok] = self._lut[numbers[ok]]
         if (idx < 0).any():
-            from ase.data import chemical_symbols
-
-            bad = sorted(set(numbers[idx < 0].tolist()))
-            names = [chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z)
-                     for z in bad]
-            from gpmlip.errors import UnknownSpeciesError
-
-            raise UnknownSpeciesError(
-                f"{what} of species {names} that the descriptor does not know (it knows "
-                f"{[chemical_symbols[z] for z in self.species]}); build it with those species")
+            check_known(numbers, self.species, what=f"the pair list's {what}",
+                        owner="the descriptor",
+                        remedy="build it with those species")
         return idx
 
     def _prepare(self, pairs: PairList):

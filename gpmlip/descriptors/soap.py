@@ -21,8 +21,8 @@ from ase.data import chemical_symbols
 from gpmlip.descriptors.engine import COMPRESSIONS, SOAPEngine, species_weights
 from gpmlip.descriptors.environments import Environments
 from gpmlip.descriptors.neighbours import PairList, neighbour_list, wrap
-from gpmlip.errors import SettingsError, StructureError, UnknownSpeciesError
-from gpmlip.species import atomic_number_set, by_atomic_number
+from gpmlip.errors import SettingsError, StructureError
+from gpmlip.species import atomic_number_set, by_atomic_number, check_known, symbol
 
 log = logging.getLogger(__name__)
 
@@ -318,13 +318,9 @@ class SOAP:
         if not np.isfinite(atoms.cell.array).all():
             raise StructureError("the cell has non-finite entries; check atoms.cell")
         unknown = sorted(set(atoms.numbers.tolist()) - set(self.species))
-        if unknown:
-            known = [chemical_symbols[z] for z in self.species]
-            missing = [chemical_symbols[z] for z in unknown]
-            raise UnknownSpeciesError(
-                f"species {missing} are not in this descriptor (it knows {known}); build the "
-                f"descriptor with species={known + missing} or remove those atoms"
-            )
+        check_known(atoms.numbers, self.species, what="the structure", owner="the descriptor",
+                    remedy="build the descriptor with species="
+                    f"{[symbol(z) for z in (*self.species, *unknown)]} or remove those atoms")
 
     # -- the engine path -------------------------------------------------------------------
     def pair_list(self, atoms: Atoms) -> PairList:

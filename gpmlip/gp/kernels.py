@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gpmlip.descriptors.environments import unit_rows
-from gpmlip.errors import SettingsError, UnknownSpeciesError
+from gpmlip.errors import SettingsError
+from gpmlip.species import check_known
 
 
 def normalise(q: np.ndarray) -> np.ndarray:
@@ -45,13 +46,10 @@ class NormalizedDotProduct:
                 raise SettingsError(f"signal variance {v} for Z={z}: use a positive number")
 
     def _variance(self, species: np.ndarray) -> np.ndarray:
-        try:
-            return np.array([self.signal_variance[int(z)] for z in species], dtype=float)
-        except KeyError as exc:
-            raise UnknownSpeciesError(
-                f"the kernel has no signal variance for Z={exc.args[0]}; the model was not "
-                "built for this species"
-            ) from None
+        check_known(species, self.signal_variance, what="the atoms",
+                    owner="the kernel (no signal variance)",
+                    remedy="the model was not built for this species")
+        return np.array([self.signal_variance[int(z)] for z in species], dtype=float)
 
     def __call__(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray) -> np.ndarray:
         """Kernel matrix, shape (len(q), len(x)).

@@ -18,8 +18,7 @@ from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.descriptors.neighbours import PairList
 from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
-from gpmlip.errors import (DataError, NotFittedError, NumericalError, SettingsError,
-                           UnknownSpeciesError)
+from gpmlip.errors import DataError, NotFittedError, NumericalError, SettingsError
 from gpmlip.gp import energy_std as energy_std_module
 from gpmlip.gp import evaluation, hyper, training
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
@@ -31,7 +30,7 @@ from gpmlip.gp.prediction import (ForceUncertainty, PairEnergies, Prediction, no
                                   pair_forces)
 from gpmlip.gp.state import FittedState
 from gpmlip.gp.twobody import TwoBody
-from gpmlip.species import atomic_number
+from gpmlip.species import atomic_number, check_known
 
 log = logging.getLogger(__name__)
 
@@ -392,12 +391,12 @@ class SparseGP:
         return float(self.descriptor.neighbour_cutoff)
 
     def _check_species(self, numbers) -> None:
+        """Atoms of the model's species that it has no sparse points for (never trained on):
+        an error (species outside the descriptor's are the descriptor's error)."""
         known = set(self.state_.sparse.species.tolist())
-        missing = sorted(set(np.asarray(numbers).tolist()) - known)
-        if missing and set(missing) <= set(self.species):
-            raise UnknownSpeciesError(
-                f"the model has no sparse points for {[chemical_symbols[z] for z in missing]}: "
-                "it was not trained on them; add training structures that contain them")
+        check_known(np.intersect1d(numbers, self.species), known, what="the structure",
+                    owner="the model (no sparse points: it was not trained on them)",
+                    remedy="add training structures that contain them")
 
     def pair_energies(self, centre_numbers, i, j, r_ij, neighbour_numbers, *,
                       std: bool = False) -> PairEnergies:

@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.data import chemical_symbols
 
-from gpmlip.errors import QueueError, SettingsError, StructureError, UnknownSpeciesError
+from gpmlip.errors import QueueError, SettingsError, StructureError
 from gpmlip.labelling import store
 from gpmlip.labelling.export import row_frames, write_extxyz
 from gpmlip.labelling.keys import content_key, labeller_key, labels_key, row_problem, text_ok
 from gpmlip.labelling.labellers import BUILTIN, Labeller, LabelResult, get_labeller
-from gpmlip.species import atomic_number_set
+from gpmlip.species import atomic_number_set, check_known
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +148,10 @@ class LabelQueue:
                 raise StructureError(f"structure {i} has non-finite positions or cell; nothing "
                                      "from this call was added")
             if allowed is not None:
-                extra = sorted(set(atoms.numbers.tolist()) - allowed)
-                if extra:
-                    raise UnknownSpeciesError(
-                        f"structure {i} ({atoms.get_chemical_formula()}) contains "
-                        f"{', '.join(chemical_symbols[z] for z in extra)}, not among the queue's "
-                        f"species {[chemical_symbols[z] for z in allowed]}; nothing from this "
-                        "call was added. Remove the structure or use a queue made with those "
-                        "species.")
+                check_known(atoms.numbers, allowed,
+                            what=f"structure {i} ({atoms.get_chemical_formula()})",
+                            owner="the queue", remedy="nothing from this call was added. Remove "
+                            "the structure or use a queue made with those species.")
 
     @_sqlite_errors
     def add(self, structures: Atoms | Iterable[Atoms], source: str = "") -> list[int]:

@@ -47,7 +47,7 @@ def test_errors(model, test) -> dict:
 
 def run(element: str, args) -> dict:
     import gpmlip
-    from gpmlip.gp.validation import choose_noise, set_hyperparameters
+    from gpmlip.gp.validation import choose_noise
 
     spec = PAPER[element]
     train = list(gpmlip.load_frames(DATA / f"{element}_train.xyz", species=[element]))
@@ -64,26 +64,25 @@ def run(element: str, args) -> dict:
     model.fit(train)
     out = {"element": element, "weighting": weighting_label(weighting), "n_sparse": model.n_sparse_points, "fit_s": time.perf_counter() - t,
            "energy_sigma": energy_sigma, "report": model.fit_report_.to_dict(), "rows": []}
-    full = model.state    # set_hyperparameters(drop=...) replaces the state: keep this one
-    set_hyperparameters(model, drop=("stress",))
-    out["rows"].append({"variant": "energy+forces", **test_errors(model, test)})
+    out["rows"].append({"variant": "energy+forces",
+                        **test_errors(model.with_hyperparameters(drop=("stress",)), test)})
     log.info("%s %s", element, out["rows"][-1])
-    model.state_ = full
     for sv in args.virial_sigmas:
-        set_hyperparameters(model, noise={"stress": sv})
+        levels = model.with_hyperparameters(noise={"stress": sv})
         out["rows"].append({"variant": f"+stress per atom {sv} eV/atom",
-                            "log_likelihood": model.log_likelihood, **test_errors(model, test)})
+                            "log_likelihood": levels.log_likelihood, **test_errors(levels, test)})
         log.info("%s %s", element, out["rows"][-1])
     if args.loo:
-        set_hyperparameters(model, noise={"stress": args.virial_sigmas[0]})
         t = time.perf_counter()
-        choice = choose_noise(model, max_frames=args.loo_frames)
+        choice = choose_noise(model.with_hyperparameters(noise={"stress": args.virial_sigmas[0]}),
+                              max_frames=args.loo_frames)
         out["rows"].append({"variant": "+stress, noise by LOO", "noise": choice.noise,
                             "loo_criterion": choice.criterion, "loo_mae": choice.loo_mae,
                             "initial_loo_mae": choice.initial_loo_mae,
                             "log_likelihood": choice.log_likelihood,
                             "initial_log_likelihood": choice.initial_log_likelihood,
-                            "seconds": time.perf_counter() - t, **test_errors(model, test)})
+                            "seconds": time.perf_counter() - t,
+                            **test_errors(choice.model, test)})
         log.info("%s %s", element, out["rows"][-1])
     desc.close()
     return out

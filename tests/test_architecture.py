@@ -22,6 +22,7 @@ PUBLIC_MODEL_API = ("is_fitted", "check_fitted", "state", "training_frames", "sp
                     "signal_variances", "noise", "reference_energies", "version", "species",
                     "n_sparse_points", "log_likelihood", "predict", "pair_energies",
                     "local_std_normalised", "fit", "update", "optimise_hyperparameters",
+                    "with_hyperparameters", "force_uncertainty", "set_state",
                     "save", "from_state")
 """What other modules use of a SparseGP (documentation for this test; see gpmlip.gp.model)."""
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpmlip
-from gpmlip.gp.validation import choose_noise, leave_one_out, set_hyperparameters
+from gpmlip.gp.validation import choose_noise, leave_one_out
 
 from conftest import SMALL_CU, emt_frames
 
@@ -139,7 +139,9 @@ def test_choose_noise_does_not_worsen_loo_and_calibrates(train):
     assert choice.criterion <= 1.0
     assert choice.loo_mae["forces"] <= choice.initial_loo_mae["forces"] * 1.0001
     assert choice.initial_log_likelihood == pytest.approx(ll0)
-    zms = leave_one_out(model, frames=choice.frames).zms()
+    assert model.log_likelihood == ll0 and model.noise["forces"] == 0.5   # left as it was
+    assert choice.model.noise == choice.noise
+    zms = leave_one_out(choice.model, frames=choice.frames).zms()
     assert np.nanmean([zms["energy"], zms["forces"]]) == pytest.approx(1.0, rel=1e-6)
 
 
@@ -157,10 +159,11 @@ def test_choose_noise_leaves_out_every_structure_unless_memory_caps_it(train, ca
     assert list(choice.frames) == list(range(len(train)))
 
 
-def test_set_hyperparameters_drop_stress(train):
-    model = fitted(train)
-    e_with = model.predict(train[1]).energy
-    set_hyperparameters(model, drop=("stress",))
+def test_with_hyperparameters_drop_stress(train):
+    stressed = fitted(train)
+    e_with = stressed.predict(train[1]).energy
+    model = stressed.with_hyperparameters(drop=("stress",))
+    assert stressed.predict(train[1]).energy == e_with      # a new model; this one unchanged
     ef = fitted([gpmlip.data.frames.Frame(atoms=a, energy=a.get_potential_energy(),
                                           forces=a.get_forces()) for a in train])
     assert model.predict(train[1]).energy == pytest.approx(ef.predict(train[1]).energy, rel=1e-8)

@@ -176,18 +176,21 @@ def _two_body(two_body):
                             "transition_width)") from None
 
 
-def optimise(model, how) -> dict | None:
-    """Apply ``[model] optimise`` to a fitted model; the chosen values (None: nothing done)."""
+def optimise(model, how):
+    """Apply ``[model] optimise`` to a fitted model: the model with the chosen levels and the
+    chosen values (None: nothing done; the model given then)."""
     if how is True or how == "likelihood":
-        return model.optimise_hyperparameters().values
+        return model, model.optimise_hyperparameters().values
     if how == "loo":
         from gpmlip.gp.validation import choose_noise
 
         choice = choose_noise(model)
-        return {**{f"noise {g}": v for g, v in choice.noise.items()},
-                "loo MAE energy (eV/atom)": choice.loo_mae["energy"],
-                "loo MAE forces (eV/Å)": choice.loo_mae["forces"]}
-    return None
+        if model.calibration is not None:     # fitted for the old levels: fit it again
+            choice.model.calibrate()
+        return choice.model, {**{f"noise {g}": v for g, v in choice.noise.items()},
+                              "loo MAE energy (eV/atom)": choice.loo_mae["energy"],
+                              "loo MAE forces (eV/Å)": choice.loo_mae["forces"]}
+    return model, None
 
 
 def data(paths, settings: dict, species=None):

@@ -45,7 +45,7 @@ def _train(args, cfg: dict, executor, workers: int | None) -> int:
                         model_kwargs=build.builder_model_kwargs(settings),
                         descriptor=build.soap(desc) if build.by_hand(desc) else None,
                         executor=executor)
-    chosen = build.optimise(model, settings.get("optimise", False))
+    model, chosen = build.optimise(model, settings.get("optimise", False))
     if chosen:
         log.info("hyper-parameters (%s): %s", settings["optimise"],
                  {k: float(f"{v:.6g}") for k, v in chosen.items()})

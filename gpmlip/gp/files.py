@@ -132,7 +132,7 @@ def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> Spa
                              "its first training structure")
     _check_sparse_set(state, descriptor.n_features, kernel.zeta)
     _check_targets(model, state)
-    model.resolve(state)
+    model.set_state(state)
     beta = model.state.posterior.beta
     if stored_beta is not None and (stored_beta.shape != beta.shape or not np.allclose(
             stored_beta, beta, rtol=1e-6, atol=1e-8 * max(1.0, float(np.abs(beta).max())))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -312,13 +313,45 @@ class SparseGP:
                                                        executor or self.executor, report=True)
         return self
 
-    def resolve(self, state: FittedState) -> None:
-        """Install ``state`` with its posterior solved again (O(m^3), no kernel rows recomputed).
-
-        For a state derived from :attr:`state` with other noise levels, signal variances or Gram
-        statistics (``state.replace(...)``); see ``gpmlip.gp.validation.set_hyperparameters``.
-        """
+    def set_state(self, state: FittedState) -> None:
+        """Install ``state`` with its posterior solved (O(m^3), no kernel rows recomputed): what
+        :func:`gpmlip.load_model` does with a state read from a file.  To change
+        hyper-parameters use :meth:`with_hyperparameters`, which returns a new model."""
         self.state_ = training.solved(self, state)
+
+    def with_hyperparameters(self, *, noise: dict[str, float] | None = None,
+                             signal_variance: dict[int, float] | None = None,
+                             drop: Sequence[str] = ()) -> SparseGP:
+        """A new model: this one re-solved with other noise levels or signal variances (O(m^3),
+        no kernel row recomputed); this one is left as it is.
+
+        Parameters
+        ----------
+        noise : dict, optional
+            ``energy`` (eV/atom), ``forces`` (eV/Å), ``stress`` levels to change.
+        signal_variance : dict, optional
+            Signal-variance key (atomic number, or a term's key) -> variance (eV^2) to change.
+        drop : sequence of str
+            Label groups ("energy", "forces", "stress") to leave out of the fit, e.g.
+            ``drop=("stress",)`` for the energy+forces model of a fit that had stresses.
+
+        Returns
+        -------
+        SparseGP
+            Sharing this model's settings and training data; without a calibration (it was
+            fitted for other variances).
+        """
+        state = self.state
+        bad = set(drop) - set(state.stats)
+        if bad:
+            raise SettingsError(f"drop={sorted(bad)}: groups are {sorted(state.stats)}")
+        stats = {g: (st.empty(len(st.z)) if g in drop else st) for g, st in state.stats.items()}
+        new = copy.copy(self)
+        new.calibration = new.energy_calibration = None
+        new.state_ = training.solved(self, state.replace(
+            noise={**state.noise, **(noise or {})}, stats=stats,
+            signal_variance={**state.signal_variance, **(signal_variance or {})}))
+        return new
 
     def update(self, frames: TrainingData, *, n_sparse: int | dict | None = None,
                sparse_atoms: Sequence[tuple[int, int]] | None = None,

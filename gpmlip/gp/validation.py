@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from gpmlip.errors import NumericalError, SettingsError
+from gpmlip.errors import NumericalError
 from gpmlip.gp.observations import NoiseModel, observations
-from gpmlip.gp.solver import GROUPS, GramStats
+from gpmlip.gp.solver import GROUPS
 from gpmlip.gp.terms import training_rows
 from gpmlip.progress import progress_bar
 
@@ -248,33 +248,16 @@ def leave_one_out(model, *, frames: Sequence[int] | None = None,
                        out["f"], out["fv"], out["fn"], out["s"], out["sv"], noise)
 
 
-def set_hyperparameters(model, *, noise: dict[str, float] | None = None,
-                        signal_variance: dict[int, float] | None = None,
-                        drop: Sequence[str] = ()) -> None:
-    """Re-solve a fitted model in place with other noise levels / signal variances (O(m^3)).
-
-    ``drop`` names label groups ("energy", "forces", "stress") to leave out of the fit, e.g.
-    ``drop=("stress",)`` for the energy+forces model of a fit that had stresses.
-    """
-    state = model.state
-    bad = set(drop) - set(GROUPS)
-    if bad:
-        raise SettingsError(f"drop={sorted(bad)}: groups are {GROUPS}")
-    stats = {g: (GramStats.empty(len(state.sparse)) if g in drop else st)
-             for g, st in state.stats.items()}
-    model.resolve(state.replace(
-        noise={**state.noise, **(noise or {})}, stats=stats,
-        signal_variance={**state.signal_variance, **(signal_variance or {})}))
-
-
 @dataclass
 class NoiseChoice:
     """Outcome of :func:`choose_noise`.
 
     Attributes
     ----------
+    model : SparseGP
+        The model re-solved with the chosen levels (the one searched is left as it was).
     noise, signal_variance : dict
-        Chosen levels (already applied to the model).
+        Chosen levels.
     criterion, initial_criterion : float
         ``(MAE_E / MAE_E0 + MAE_F / MAE_F0) / 2`` of leave-one-out errors (0-subscript: at the
         starting levels), chosen and initial (1.0).
@@ -290,6 +273,7 @@ class NoiseChoice:
         Training structures the leave-one-out errors were measured on.
     """
 
+    model: object
     noise: dict
     signal_variance: dict
     criterion: float
@@ -331,7 +315,8 @@ def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"
     search: each group's level is multiplied by each of ``factors`` in turn, the best kept,
     ``sweeps`` times.  Stresses are weighted by their level but not scored.  Then, with
     ``calibrate``, signal and noise variances are scaled together so that the leave-one-out
-    z-scores have mean square 1.  The model is re-solved with the result.
+    z-scores have mean square 1.  The result is a new model (``NoiseChoice.model``); the one
+    given is left as it was.
 
     Parameters
     ----------
@@ -372,8 +357,7 @@ def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"
     def evaluate(noise):
         nonlocal n_eval
         n_eval += 1
-        set_hyperparameters(model, noise=noise)
-        return leave_one_out(model, cache=cache).mae()
+        return leave_one_out(model.with_hyperparameters(noise=noise), cache=cache).mae()
 
     mae0 = evaluate(start)
 
@@ -397,20 +381,20 @@ def choose_noise(model, *, groups: Sequence[str] = ("energy", "forces", "stress"
                     best, best_score, best_mae, improved = trial, score(mae), mae, True
         if not improved:
             break
-    set_hyperparameters(model, noise=best)
+    chosen = model.with_hyperparameters(noise=best)
     scale = 1.0
     if calibrate:
-        loo = leave_one_out(model, cache=cache)
+        loo = leave_one_out(chosen, cache=cache)
         zms = loo.zms()
         scale = float(np.nanmean([zms["energy"], zms["forces"]]))
-        set_hyperparameters(model, noise={g: v * np.sqrt(scale) for g, v in best.items()},
-                            signal_variance={z: v * scale for z, v in
-                                             model.state.signal_variance.items()})
-    state = model.state
+        chosen = model.with_hyperparameters(
+            noise={g: v * np.sqrt(scale) for g, v in best.items()},
+            signal_variance={z: v * scale for z, v in state.signal_variance.items()})
+    state = chosen.state
     log.info("noise by leave-one-out on %d structures: %s (criterion 1 -> %.3f; LOO MAE E %.3g "
              "-> %.3g eV/atom, F %.3g -> %.3g eV/Å; log likelihood %.6g -> %.6g; variances x%.3g)",
              len(frames), {g: f"{v:.3g}" for g, v in state.noise.items()}, best_score,
              mae0["energy"], best_mae["energy"], mae0["forces"], best_mae["forces"], initial_ll,
-             model.log_likelihood, scale)
-    return NoiseChoice(dict(state.noise), dict(state.signal_variance), best_score, 1.0,
-                       best_mae, mae0, model.log_likelihood, initial_ll, scale, n_eval, frames)
+             chosen.log_likelihood, scale)
+    return NoiseChoice(chosen, dict(state.noise), dict(state.signal_variance), best_score, 1.0,
+                       best_mae, mae0, chosen.log_likelihood, initial_ll, scale, n_eval, frames)

@@ -91,7 +91,7 @@ def measure(model, frames) -> dict:
         parts = force_variance_parts(model, f).reshape(-1, 3)
         err.append(np.ravel(pred.forces - f.arrays["emt_forces"]))
         raw.append(np.sqrt(parts[:, 0] + parts[:, 1]))
-        cal.append(model.calibration.std(parts) if model.calibration else raw[-1])
+        cal.append(model.calibration_.std(parts) if model.calibration_ else raw[-1])
     err = np.concatenate(err)
     out = {}
     for name, std in (("calibrated", np.concatenate(cal)), ("raw", np.concatenate(raw))):
@@ -142,7 +142,7 @@ def main() -> None:
     result = {}
     for name, model in (("offline", offline), ("on_the_fly", otf),
                         ("offline_loo", copies[0]), ("on_the_fly_loo", copies[1])):
-        result[name] = {"calibration": model.calibration.to_dict() if model.calibration
+        result[name] = {"calibration": model.calibration_.to_dict() if model.calibration_
                         else None, "sparse_points": model.n_sparse_points,
                         "sets": {k: measure(model, v) for k, v in sets.items()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

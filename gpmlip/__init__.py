@@ -9,7 +9,7 @@ from gpmlip.data import (
     train_test_split,
 )
 from gpmlip.calculator import GPCalculator
-from gpmlip.descriptors import SOAP, Environments, Stacked
+from gpmlip.descriptors import SOAP, Stacked
 from gpmlip.errors import (
     DataError,
     GpmlipError,
@@ -42,7 +42,6 @@ __all__ = [
     "GPCalculator",
     "load_model",
     "ModelFileError",
-    "Environments",
     "Dataset",
     "Frame",
     "LabelKeys",

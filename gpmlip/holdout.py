@@ -109,9 +109,9 @@ def leave_config_types_out(model, frames, *, config_types=None, calibrate: bool 
                    "force_mae_meV_A": force.get("mae"), "force_rmse_meV_A": force.get("rmse"),
                    "energy_mae_meV_atom": energy.get("mae"),
                    "raw": report.get("raw"),
-                   "calibrated": report.get("calibrated") if refit.calibration else None,
-                   "calibration": None if refit.calibration is None else
-                   refit.calibration.describe()}
+                   "calibrated": report.get("calibrated") if refit.calibration_ else None,
+                   "calibration": None if refit.calibration_ is None else
+                   refit.calibration_.describe()}
             log.info("left out %s (%d frames): force MAE %s meV/Å, ZMS raw %s, calibrated %s",
                      name, len(held), row["force_mae_meV_A"],
                      None if row["raw"] is None else f"{row['raw']['zms']:.3g}",

@@ -79,7 +79,7 @@ def test_model_calibration_scales_the_std_and_is_saved(cu_model, tmp_path):
     model, held_out = cu_model
     atoms = held_out[0].copy()
     raw = model.predict(atoms, force_std=True)
-    assert model.calibration is None
+    assert model.calibration_ is None
     np.testing.assert_allclose(raw.force_std, raw.force_std_raw)
     # the raw std is the full DTC variance of the force components
     parts = force_variance_parts(model, atoms)
@@ -93,7 +93,7 @@ def test_model_calibration_scales_the_std_and_is_saved(cu_model, tmp_path):
                                atol=1e-14)
     assert np.all(parts[..., 2] == state.noise["forces"] ** 2)
     model.save(tmp_path / "raw.npz")
-    assert gpmlip.load_model(tmp_path / "raw.npz").calibration is None   # no calibration: raw
+    assert gpmlip.load_model(tmp_path / "raw.npz").calibration_ is None   # no calibration: raw
     cal = model.calibrate(held_out, method="scale")
     pred = model.predict(atoms, force_std=True)
     np.testing.assert_allclose(pred.force_std, cal.scale * pred.force_std_raw, rtol=1e-10)
@@ -104,12 +104,12 @@ def test_model_calibration_scales_the_std_and_is_saved(cu_model, tmp_path):
     assert np.mean((errors / stds) ** 2) == pytest.approx(1.0, rel=1e-6)   # ML on the same set
     model.save(tmp_path / "cal.npz")
     loaded = gpmlip.load_model(tmp_path / "cal.npz")
-    assert loaded.calibration == cal
+    assert loaded.calibration_ == cal
     calc = gpmlip.GPCalculator(loaded, force_std=True)
     atoms.calc = calc
     np.testing.assert_allclose(calc.get_property("force_std", atoms), pred.force_std)
     np.testing.assert_allclose(calc.results["force_std_raw"], pred.force_std_raw)
-    model.calibration = None
+    model.calibration_ = None
 
 
 def test_force_trigger_records_why_and_calibrates(tmp_path):
@@ -134,7 +134,7 @@ def test_force_trigger_records_why_and_calibrates(tmp_path):
     assert summary["calibration"]["source"] == "on-the-fly"
     assert summary["label_reasons"]["empty"] == 1
     assert summary["threshold_equivalents"]["force_tolerance_as_normalised_std"] > 0
-    assert gpmlip.load_model(tmp_path / "run/model.npz").calibration is not None
+    assert gpmlip.load_model(tmp_path / "run/model.npz").calibration_ is not None
     events = [json.loads(x) for x in (tmp_path / "run/events.jsonl").read_text().splitlines()]
     assert all("residuals" not in e for e in events)
     with pytest.raises(SettingsError, match="force_tolerance"):
@@ -177,7 +177,7 @@ def test_calibrate_without_frames_uses_leave_one_out(cu_model):
     from gpmlip.gp.validation import leave_one_out
 
     model, _ = cu_model
-    before = model.calibration
+    before = model.calibration_
     try:
         cal = model.calibrate(method="scale")
         assert cal.source == "leave-one-out"
@@ -190,4 +190,13 @@ def test_calibrate_without_frames_uses_leave_one_out(cu_model):
         raw = parts[:, 0] + parts[:, 1]
         assert cal.scale ** 2 == pytest.approx(np.mean(residuals ** 2 / raw), rel=1e-6)
     finally:
-        model.calibration = before
+        model.calibration_ = before
+
+
+def test_calibration_is_a_fitted_attribute_with_a_deprecated_alias():
+    model = gpmlip.SparseGP(gpmlip.SOAP(species=["Cu"], r_cut=4.0, n_max=2, l_max=2))
+    assert model.calibration_ is None and model.energy_calibration_ is None
+    with pytest.warns(DeprecationWarning, match="calibration_"):
+        assert model.calibration is None
+    with pytest.warns(DeprecationWarning, match="energy_calibration_"):
+        model.energy_calibration = None

@@ -443,7 +443,7 @@ def test_calibrate_command_and_the_gate_warns_on_an_uncalibrated_model(tmp_path,
 
     train = lib.load_frames(DATA / "cu_emt_train.extxyz")
     model = lib.SparseGP(lib.SOAP(["Cu"], 4.0, 4, 3), n_sparse=30).fit(list(train)[:6])
-    assert model.calibration is None
+    assert model.calibration_ is None
     model.save(tmp_path / "raw.npz")
     with caplog.at_level(logging.WARNING, logger="gpmlip.active.gate"):
         UncertaintyGate(model, tmp_path / "gate", 0.01, "warn", force_threshold=0.1)
@@ -453,10 +453,10 @@ def test_calibrate_command_and_the_gate_warns_on_an_uncalibrated_model(tmp_path,
     cal = json.loads(out.stdout)["calibration"]
     assert cal["source"] == "held-out" and cal["n"] > 0
     held = lib.load_model(tmp_path / "held.npz")
-    assert held.calibration.to_dict()["weights"] == pytest.approx(cal["weights"])
+    assert held.calibration_.to_dict()["weights"] == pytest.approx(cal["weights"])
     again = lib.load_model(tmp_path / "raw.npz").calibrate(DATA / "cu_emt_test.extxyz")
     assert again.to_dict()["weights"] == pytest.approx(cal["weights"])
     gpmlip("calibrate", tmp_path / "raw.npz", "--max-frames", "3")
-    assert lib.load_model(tmp_path / "raw.npz").calibration.source == "leave-one-out"
+    assert lib.load_model(tmp_path / "raw.npz").calibration_.source == "leave-one-out"
     bad = gpmlip("calibrate", tmp_path / "raw.npz", "--max-frames", "0", check=False)
     assert bad.returncode == 1 and "--max-frames 0" in bad.stderr

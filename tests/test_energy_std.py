@@ -122,14 +122,14 @@ def test_two_body_term_enters_the_energy_covariance(frames):
 def test_energy_calibration_from_leave_one_out_and_files(model, frames, tmp_path):
     m = gpmlip.SparseGP(model.descriptor, n_sparse=15, e0={"Cu": 0.0, "Au": 0.0}).fit(frames[:6])
     m.calibrate(max_frames=6)
-    cal = m.energy_calibration
+    cal = m.energy_calibration_
     assert cal is not None and cal.quantity == "energy" and cal.source == "leave-one-out"
     assert cal.n == 6 and "energy std x" in cal.describe()
     pred = m.predict(frames[7], energy_std=True)
     assert pred.energy_std == pytest.approx(cal.scale * pred.energy_std_raw, rel=1e-10)
     m.save(tmp_path / "m.npz")
     back = gpmlip.load_model(tmp_path / "m.npz")
-    assert back.energy_calibration.to_dict() == json.loads(json.dumps(cal.to_dict()))
+    assert back.energy_calibration_.to_dict() == json.loads(json.dumps(cal.to_dict()))
     assert back.predict(frames[7], energy_std=True).energy_std == pytest.approx(pred.energy_std)
     # a file from before the energy calibration loads raw
     with np.load(tmp_path / "m.npz", allow_pickle=False) as data:
@@ -139,9 +139,9 @@ def test_energy_calibration_from_leave_one_out_and_files(model, frames, tmp_path
     arrays["metadata.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(tmp_path / "old.npz", **arrays)
     old = gpmlip.load_model(tmp_path / "old.npz")
-    assert old.energy_calibration is None and old.calibration is not None
+    assert old.energy_calibration_ is None and old.calibration_ is not None
     p = old.predict(frames[7], energy_std=True)
     assert p.energy_std == p.energy_std_raw
     # held-out energies calibrate it too
     m.calibrate(frames[6:])
-    assert m.energy_calibration.source == "held-out" and m.energy_calibration.n == 2
+    assert m.energy_calibration_.source == "held-out" and m.energy_calibration_.n == 2

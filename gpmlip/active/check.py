@@ -83,7 +83,7 @@ def fresh_frame_check(model, labeller, run_directory, n_frames: int = 3) -> dict
     report = {"frames": len(labelled), "failed": failed,
               "steps": [int(a.info.get("step", -1)) for a in labelled],
               "file": str(out_path) if labelled else None,
-              "calibrated": model.calibration is not None,
+              "calibrated": model.calibration_ is not None,
               "force_mae_meV_A": None, "force_rmse_meV_A": None, "energy_mae_meV_atom": None,
               "force_std_rms_meV_A": None, "force_zms": None}
     if not labelled:

@@ -102,7 +102,7 @@ class UncertaintyGate:
                                 "e.g. 0.05-0.3 for production MD")
         self.threshold = float(threshold)
         self.force_threshold = None if force_threshold is None else float(force_threshold)
-        if self.force_threshold is not None and model.is_fitted and model.calibration is None:
+        if self.force_threshold is not None and model.is_fitted and model.calibration_ is None:
             log.warning("the gate thresholds the force std at %g eV/Å, but the model is not "
                         "calibrated: its raw std is typically several times too small on new "
                         "data, so the gate may never fire; calibrate it first (`gpmlip "

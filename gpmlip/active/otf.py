@@ -264,8 +264,8 @@ class OnTheFlyLearner:
             "wall_seconds": round(wall, 3), "seconds": timers,
             "signal_std": {str(z): float(np.sqrt(v))
                            for z, v in self.model.signal_variances.items()},
-            "calibration": None if self.model.calibration is None else
-            self.model.calibration.to_dict(),
+            "calibration": None if self.model.calibration_ is None else
+            self.model.calibration_.to_dict(),
             "threshold_equivalents": self.trigger.equivalents(),
             "label_reasons": records.reason_counts(self.rundir),
             **records.label_statistics(self.rundir),

@@ -94,8 +94,8 @@ class Trigger:
             return
         err = np.concatenate([e for e, _ in self.history])
         parts = np.concatenate([p for _, p in self.history])
-        model.calibration = fit_calibration(err, parts, source="on-the-fly")
-        log.info("calibration: %s", model.calibration.describe())
+        model.calibration_ = fit_calibration(err, parts, source="on-the-fly")
+        log.info("calibration: %s", model.calibration_.describe())
 
     def equivalents(self) -> dict:
         """What each threshold meant in the other unit, from the frames checked so far."""

@@ -234,8 +234,9 @@ def noise_stage(model, data, chosen, symbols, report, start, budget, screen_spar
         report.stages["noise"] = f"starting levels kept: the search failed ({err})"
         log.warning("model builder: %s", report.stages["noise"])
         return {}
+    names = {t.key: t.name for t in model.state.terms}     # the GP's terms beyond SOAP
     report.noise = {"levels": {k: float(v) for k, v in choice.noise.items()},
-                    "signal_variance": {chemical_symbols[z] if z else "two-body": float(v)
+                    "signal_variance": {names.get(z) or chemical_symbols[z]: float(v)
                                         for z, v in choice.signal_variance.items()},
                     "criterion": choice.criterion, "loo_mae": choice.loo_mae,
                     "initial_loo_mae": choice.initial_loo_mae,

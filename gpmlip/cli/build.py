@@ -185,7 +185,7 @@ def optimise(model, how):
         from gpmlip.gp.validation import choose_noise
 
         choice = choose_noise(model)
-        if model.calibration is not None:     # fitted for the old levels: fit it again
+        if model.calibration_ is not None:     # fitted for the old levels: fit it again
             choice.model.calibrate()
         return choice.model, {**{f"noise {g}": v for g, v in choice.noise.items()},
                               "loo MAE energy (eV/atom)": choice.loo_mae["energy"],

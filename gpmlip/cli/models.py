@@ -95,7 +95,7 @@ def evaluate(args) -> int:
         print(json.dumps({**table, "force_calibration": calibration}, indent=1))
         return 0
     print(format_table(table))
-    state = (model.calibration.describe() if model.calibration is not None else
+    state = (model.calibration_.describe() if model.calibration_ is not None else
              "none: the raw std, typically several times too small on new data "
              "(calibrate it: gpmlip calibrate MODEL [held-out.xyz])")
     print(f"\nmodel calibration: {state}")

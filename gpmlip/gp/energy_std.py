@@ -102,7 +102,7 @@ def fit_energy_calibration(residuals, parts, noise_variance, *, source: str) -> 
 def calibrated(model, covariance: np.ndarray) -> np.ndarray:
     """The covariance scaled by the model's energy calibration (one factor squared); the raw
     covariance for a model without one."""
-    cal = getattr(model, "energy_calibration", None)
+    cal = model.energy_calibration_
     return covariance if cal is None else covariance * cal.weights["residual"]
 
 

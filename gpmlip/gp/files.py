@@ -1,7 +1,7 @@
 """Model files back into a model: :func:`load_model`, the reader of :meth:`SparseGP.save`.
 
-The file format itself (npz + JSON, versions, damage checks) is :mod:`gpmlip.gp.container`; this module
-rebuilds the :class:`~gpmlip.gp.model.SparseGP` around the stored state.
+The file format itself (npz + JSON, versions, damage checks) is :mod:`gpmlip.gp.container`; this
+module rebuilds the :class:`~gpmlip.gp.model.SparseGP` around the stored state.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> Spa
     if stored_beta is not None and (stored_beta.shape != beta.shape or not np.allclose(
             stored_beta, beta, rtol=1e-6, atol=1e-8 * max(1.0, float(np.abs(beta).max())))):
         raise ValueError("the stored weights differ from those its stored statistics give")
-    model.calibration = Calibration.from_dict(meta.get("calibration"))   # older files: raw
-    model.energy_calibration = Calibration.from_dict(meta.get("energy_calibration"))
+    model.calibration_ = Calibration.from_dict(meta.get("calibration"))   # older files: raw
+    model.energy_calibration_ = Calibration.from_dict(meta.get("energy_calibration"))
     build = meta.get("build")   # None: not built by gpmlip.build_model
     if build is not None and not isinstance(build, dict):
         raise ValueError(f"its build report is a {type(build).__name__}, not a table")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -125,8 +126,8 @@ class SparseGP:
         self.baseline: Baseline | None = make_baseline(baseline, descriptor.species)
         self.two_body = two_body
         self.state_: FittedState | None = None
-        self.calibration: Calibration | None = None   # of the force std; None: raw
-        self.energy_calibration: Calibration | None = None   # of the energy std; None: raw
+        self.calibration_: Calibration | None = None   # of the force std; None: raw
+        self.energy_calibration_: Calibration | None = None   # of the energy std; None: raw
         self.fit_report_ = None   # a gpmlip.gp.report.FitReport after fit
         self.build_report_: dict | None = None   # how gpmlip.build_model chose the settings
         self._version = 0   # of the last state, so that a refit keeps counting up
@@ -202,6 +203,22 @@ class SparseGP:
     signal_variance_ = property(lambda self: self._fitted("signal_variance"),
                                 doc="``state.signal_variance``.")
     noise_ = property(lambda self: self._fitted("noise"), doc="``state.noise``.")
+
+    def _deprecated_calibration(name: str):
+        def get(self):
+            warnings.warn(f"SparseGP.{name} is deprecated: use {name}_ (a fitted attribute, as "
+                          "state_ and fit_report_)", DeprecationWarning, stacklevel=2)
+            return getattr(self, name + "_")
+
+        def set_(self, value):
+            warnings.warn(f"SparseGP.{name} is deprecated: use {name}_", DeprecationWarning,
+                          stacklevel=2)
+            setattr(self, name + "_", value)
+        return property(get, set_, doc=f"Deprecated alias of ``{name}_``.")
+
+    calibration = _deprecated_calibration("calibration")
+    energy_calibration = _deprecated_calibration("energy_calibration")
+    del _deprecated_calibration
 
     def _fitted(self, name: str):
         if self.state_ is None:
@@ -289,8 +306,8 @@ class SparseGP:
         warn_missing_labels(frames)
         self._version = self.version
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
-        self.calibration = None   # fitted for other data: calibrate again
-        self.energy_calibration = None
+        self.calibration_ = None   # fitted for other data: calibrate again
+        self.energy_calibration_ = None
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(self.learnt_labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
@@ -306,7 +323,8 @@ class SparseGP:
         empty = empty.replace(signal_variance=signal, terms=terms)
         features = self._features(frames)
         if sparse_atoms is None:
-            origin = training.select_sparse(self, empty, frames, features, self.n_sparse, self.sparse_method)
+            origin = training.select_sparse(self, empty, frames, features, self.n_sparse,
+                                            self.sparse_method)
         else:
             origin = training.sparse_pairs(sparse_atoms, frames)
         self.state_, self.fit_report_ = training.grown(self, empty, frames, features, origin,
@@ -347,7 +365,7 @@ class SparseGP:
             raise SettingsError(f"drop={sorted(bad)}: groups are {sorted(state.stats)}")
         stats = {g: (st.empty(len(st.z)) if g in drop else st) for g, st in state.stats.items()}
         new = copy.copy(self)
-        new.calibration = new.energy_calibration = None
+        new.calibration_ = new.energy_calibration_ = None
         new.state_ = training.solved(self, state.replace(
             noise={**state.noise, **(noise or {})}, stats=stats,
             signal_variance={**state.signal_variance, **(signal_variance or {})}))
@@ -386,7 +404,8 @@ class SparseGP:
         frames = self._frames(frames)
         features = self._features(frames)
         if n_sparse is not None:
-            origin = training.select_sparse(self, state, frames, features, n_sparse, "variance", cap=True)
+            origin = training.select_sparse(self, state, frames, features, n_sparse, "variance",
+                                            cap=True)
         elif sparse_atoms is not None:
             origin = training.sparse_pairs(sparse_atoms, frames)
         else:
@@ -504,7 +523,7 @@ class SparseGP:
         The std of an energy difference ``E_a - E_b`` (a formation or surface energy, a barrier)
         is ``sqrt(C[a, a] + C[b, b] - 2 C[a, b])``: errors shared by similar environments cancel
         in it.  With ``calibrated`` (default) it is scaled by the model's energy calibration
-        when it has one (:attr:`energy_calibration`, fitted by :meth:`calibrate`; see
+        when it has one (:attr:`energy_calibration_`, fitted by :meth:`calibrate`; see
         :mod:`gpmlip.gp.energy_std`); else the raw DTC covariance.
         """
         cov = energy_std_module.energy_covariance(self, list(structures))
@@ -523,12 +542,12 @@ class SparseGP:
         force_std : bool
             Also the force uncertainty (needs the descriptor Jacobian and one kernel-row
             contraction per sparse point: for labelling decisions, not for every MD step):
-            ``force_std`` is calibrated when :attr:`calibration` is set (see :meth:`calibrate`),
+            ``force_std`` is calibrated when :attr:`calibration_` is set (see :meth:`calibrate`),
             ``force_std_raw`` is the raw DTC std.
         energy_std : bool
             Also the std of the total energy (:meth:`energy_covariance`, with the covariance
             between the atoms' local energies; costs a kernel between all pairs of atoms):
-            ``energy_std`` (calibrated when the model has an :attr:`energy_calibration`) and
+            ``energy_std`` (calibrated when the model has an :attr:`energy_calibration_`) and
             ``energy_std_raw``.
         variance : bool, default True
             Compute the local-energy variances (plain MD does not need them); without them the
@@ -566,7 +585,7 @@ class SparseGP:
         return result
 
     def force_uncertainty(self, atoms: Atoms) -> ForceUncertainty:
-        """The force std of every component (calibrated when :attr:`calibration` is set), the raw
+        """The force std of every component (calibrated when :attr:`calibration_` is set), the raw
         DTC std and the raw variance parts: what :meth:`predict` reports as ``force_std``, the
         on-the-fly trigger and the gate threshold and the run records keep.
 
@@ -575,9 +594,9 @@ class SparseGP:
         self.check_fitted()
         parts = force_variance_parts(self, atoms)
         raw = np.sqrt(parts[..., 0] + parts[..., 1])
-        if self.calibration is None:
+        if self.calibration_ is None:
             return ForceUncertainty(raw, raw, parts, False)
-        return ForceUncertainty(self.calibration.std(parts), raw, parts, True)
+        return ForceUncertainty(self.calibration_.std(parts), raw, parts, True)
 
     def calibrate(self, frames: TrainingData | None = None, *,
                   method: str = "auto", max_frames: int | None = 50) -> Calibration:
@@ -598,7 +617,7 @@ class SparseGP:
         Returns
         -------
         Calibration
-            Also stored as :attr:`calibration` (and in the model file on :meth:`save`).
+            Also stored as :attr:`calibration_` (and in the model file on :meth:`save`).
         """
         from gpmlip.gp.validation import leave_one_out
 
@@ -614,13 +633,13 @@ class SparseGP:
             residuals, parts = held_out_residuals(self, data)
             source = "held-out"
             energy = energy_std_module.held_out_energy_residuals(self, data)
-        self.calibration = fit_calibration(residuals, parts, method=method, source=source)
-        log.info("calibrated: %s", self.calibration.describe())
+        self.calibration_ = fit_calibration(residuals, parts, method=method, source=source)
+        log.info("calibrated: %s", self.calibration_.describe())
         if energy is not None and len(energy[0]) >= 2:
-            self.energy_calibration = energy_std_module.fit_energy_calibration(*energy,
+            self.energy_calibration_ = energy_std_module.fit_energy_calibration(*energy,
                                                                                source=source)
-            log.info("calibrated: %s", self.energy_calibration.describe())
-        return self.calibration
+            log.info("calibrated: %s", self.energy_calibration_.describe())
+        return self.calibration_
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -639,9 +658,9 @@ class SparseGP:
             "settings": {"n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
                          "jitter": self.jitter, "seed": self.seed,
                          "stress_noise": self.stress_noise},
-            "calibration": None if self.calibration is None else self.calibration.to_dict(),
-            "energy_calibration": None if self.energy_calibration is None else
-            self.energy_calibration.to_dict(),
+            "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
+            "energy_calibration": None if self.energy_calibration_ is None else
+            self.energy_calibration_.to_dict(),
             "build": self.build_report_,
         }
 

@@ -29,8 +29,8 @@ def _run(directory, delay, *baseline):
 ZBL = '{"name": "zbl", "inner": 1.6, "outer": 2.3}'
 
 
-@pytest.mark.parametrize("baseline", [(), pytest.param((ZBL,), marks=pytest.mark.slow)],
-                         ids=["plain", "zbl"])
+@pytest.mark.slow     # the default suite's kill/resume case is test_otf_resume's
+@pytest.mark.parametrize("baseline", [(), (ZBL,)], ids=["plain", "zbl"])
 def test_loop_resumes_after_sigkill_without_losing_or_repeating_labels(tmp_path, baseline):
     proc = _run(tmp_path, 0.3, *baseline)
     state = tmp_path / "loop" / "state.json"

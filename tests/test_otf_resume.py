@@ -96,6 +96,7 @@ def test_kill_then_resume(tmp_path, reference, kill_at):
     assert summary["sparse_points"] == reference["sparse_points"]
 
 
+@pytest.mark.slow
 def test_kill_at_a_random_moment(tmp_path, reference):
     """SIGKILL from outside, while the run is somewhere in MD, labelling or writing."""
     proc = subprocess.Popen([sys.executable, str(JOB), str(tmp_path / "run"), "--steps",

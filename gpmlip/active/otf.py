@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,9 +55,21 @@ class _LearnerCalculator(GPCalculator):
         self._learner = learner
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        with self._learner.timers.phase("predict"):
+            super().calculate(atoms, properties, system_changes)
+
+
+class PhaseTimers(dict):
+    """Seconds spent per phase of a run (a dict, as the checkpoint and the summary store it)."""
+
+    @contextmanager
+    def phase(self, name: str):
+        """Add the time spent in the ``with`` block to phase ``name``."""
         start = time.perf_counter()
-        super().calculate(atoms, properties, system_changes)
-        self._learner.timers["predict"] += time.perf_counter() - start
+        try:
+            yield
+        finally:
+            self[name] += time.perf_counter() - start
 
 
 class OnTheFlyLearner:
@@ -113,7 +126,7 @@ class OnTheFlyLearner:
         self.trigger = Trigger(self.settings)
         self.counters = {"steps": 0, "labels": 0, "failed": 0, "sparse_added": 0,
                          "optimisations": 0, "skipped_frames": 0}
-        self.timers = dict.fromkeys(PHASES, 0.0)
+        self.timers = PhaseTimers.fromkeys(PHASES, 0.0)
         self.n_applied = 0
         self._dyn = None
         self._calc: GPCalculator | None = None
@@ -181,9 +194,9 @@ class OnTheFlyLearner:
         std = calc.get_property("local_std_normalised", atoms)
         self.counters["steps"] = step
         labelled = False
-        t = time.perf_counter()
-        reason = self.trigger.check(self.model, atoms, std, step < self._cooldown_until, step)
-        self.timers["predict"] += time.perf_counter() - t     # the force std, when computed
+        with self.timers.phase("predict"):     # the force std, when computed
+            reason = self.trigger.check(self.model, atoms, std, step < self._cooldown_until,
+                                        step)
         if self.trigger.last is not None:
             calc.results["force_std"] = self.trigger.last["force_std"]
         if reason is not None and self.budget_left():
@@ -237,11 +250,10 @@ class OnTheFlyLearner:
 
     def finish(self) -> dict:
         """Checkpoint, write the final model, the labelled set and the summary; return it."""
-        t = time.perf_counter()
-        self._checkpoint(save_model=False)
-        self.model.save(self.rundir.path / "model.npz")
-        self.rundir.export_labelled()
-        self.timers["io"] += time.perf_counter() - t
+        with self.timers.phase("io"):
+            self._checkpoint(save_model=False)
+            self.model.save(self.rundir.path / "model.npz")
+            self.rundir.export_labelled()
         summary = self.summary()
         write_json(self.rundir.path / "summary.json", summary)
         log.info("on-the-fly run done: %d steps, %d labels (%d failed), %d sparse points, "
@@ -347,16 +359,14 @@ class OnTheFlyLearner:
         sparse = self._choose_sparse(atoms, std)
         md = mdstate.capture(self._dyn)
         started = records.now()
-        t = time.perf_counter()
-        result = run_labeller(self.labeller, atoms)
-        self.timers["label"] += time.perf_counter() - t
+        with self.timers.phase("label"):
+            result = run_labeller(self.labeller, atoms)
         record = records.label_record(
             index=index, step=step, attempt=attempt, config_type=self.config_type, atoms=atoms,
             result=result, labeller=self.labeller, started=started, std=std, sparse=sparse,
             md=md, before=before, reason=reason)
-        t = time.perf_counter()
-        self.rundir.write_label(record)
-        self.timers["io"] += time.perf_counter() - t
+        with self.timers.phase("io"):
+            self.rundir.write_label(record)
         return record
 
     def _apply(self, record: dict) -> None:
@@ -392,13 +402,11 @@ class OnTheFlyLearner:
 
     # -- files -----------------------------------------------------------------------------
     def _write_frame(self, atoms, step: int, labelled: bool) -> None:
-        t = time.perf_counter()
-        frame = records.trajectory_frame(atoms, step, labelled)
-        self.rundir.append_trajectory(frame)
-        self.timers["io"] += time.perf_counter() - t
+        with self.timers.phase("io"):
+            self.rundir.append_trajectory(records.trajectory_frame(atoms, step, labelled))
 
     def _checkpoint(self, *, save_model: bool, md: dict | None = None) -> None:
-        t = time.perf_counter()
+        t = time.perf_counter()     # timed by hand: the checkpoint holds the timers
         md = md or mdstate.capture(self._dyn)
         state = records.checkpoint_state(
             n_labels=self.n_applied, md=md, counters=self.counters, timers=self.timers,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from gpmlip.data import Dataset, load_frames
 from gpmlip.errors import DataError
 
@@ -48,6 +50,46 @@ def _capped_sparse(model, frames) -> dict[int, int]:
     return {z: min(int(wanted.get(z, 0)), counts[z]) for z in model.species}
 
 
+def error_bar_scores(model, frames) -> dict:
+    """How honest the total-energy and stress stds are on labelled structures.
+
+    Returns
+    -------
+    dict
+        ``energy`` and ``stress``: ``n`` (structures, or stress components), ``zms`` and
+        ``zms_raw`` (mean squared error over predicted std, calibrated and raw; 1 is honest),
+        ``coverage_2std`` (calibrated); empty for a quantity without labels.
+    """
+    from gpmlip.gp.covariance import voigt
+
+    found = {"energy": ([], [], []), "stress": ([], [], [])}
+    for frame in frames:
+        cell = frame.atoms.pbc.all() and abs(frame.atoms.cell.volume) > 1e-8
+        want_s = frame.stress is not None and cell
+        if frame.energy is None and not want_s:
+            continue
+        p = model.predict(frame.atoms, forces=False, stress=want_s, variance=False,
+                          energy_std=frame.energy is not None, stress_std=want_s)
+        if frame.energy is not None:
+            for out, x in zip(found["energy"], (p.energy - frame.energy, p.energy_std,
+                                                p.energy_std_raw)):
+                out.append(np.atleast_1d(x))
+        if want_s:
+            for out, x in zip(found["stress"], (voigt(p.stress) - voigt(frame.stress),
+                                                voigt(p.stress_std), voigt(p.stress_std_raw))):
+                out.append(x)
+    scores = {}
+    for name, (err, std, raw) in found.items():
+        if not err:
+            scores[name] = {}
+            continue
+        err, std, raw = (np.concatenate(x) for x in (err, std, raw))
+        scores[name] = {"n": int(len(err)), "zms": float(np.mean((err / std) ** 2)),
+                        "zms_raw": float(np.mean((err / raw) ** 2)),
+                        "coverage_2std": float(np.mean(np.abs(err) <= 2 * std))}
+    return scores
+
+
 def leave_config_types_out(model, frames, *, config_types=None, calibrate: bool = True,
                            max_frames: int | None = 50, progress: bool = False) -> list[dict]:
     """Hold out each config type in turn, refit on the rest, score the held-out type.
@@ -73,9 +115,10 @@ def leave_config_types_out(model, frames, *, config_types=None, calibrate: bool 
     -------
     list of dict
         Per held-out type: ``config_type``, ``frames``, ``train_frames``,
-        ``force_mae_meV_A``, ``force_rmse_meV_A``, ``energy_mae_meV_atom``, ``raw`` and ``calibrated``
-        (:func:`gpmlip.uncertainty.calibration_metrics` of the force std: ``zms``,
-        ``coverage_2std``, ...; ``calibrated`` is None without a calibration).
+        ``force_mae_meV_A``, ``force_rmse_meV_A``, ``energy_mae_meV_atom``, ``raw`` and
+        ``calibrated`` (:func:`gpmlip.uncertainty.calibration_metrics` of the force std:
+        ``zms``, ``coverage_2std``, ...; ``calibrated`` is None without a calibration), and
+        ``error_bars`` (:func:`error_bar_scores`: the total-energy and stress stds).
     """
     from gpmlip.evaluate import ALL, calibration_report, error_table, predictions
     from gpmlip.progress import progress_bar
@@ -111,7 +154,8 @@ def leave_config_types_out(model, frames, *, config_types=None, calibrate: bool 
                    "raw": report.get("raw"),
                    "calibrated": report.get("calibrated") if refit.calibration_ else None,
                    "calibration": None if refit.calibration_ is None else
-                   refit.calibration_.describe()}
+                   refit.calibration_.describe(),
+                   "error_bars": error_bar_scores(refit, held)}
             log.info("left out %s (%d frames): force MAE %s meV/Å, ZMS raw %s, calibrated %s",
                      name, len(held), row["force_mae_meV_A"],
                      None if row["raw"] is None else f"{row['raw']['zms']:.3g}",
@@ -124,7 +168,7 @@ def leave_config_types_out(model, frames, *, config_types=None, calibrate: bool 
 def format_rows(rows: list[dict]) -> str:
     """The result of :func:`leave_config_types_out` as a text table."""
     lines = ["held-out type            frames  F MAE meV/Å  ZMS raw  ZMS cal  cover2 raw  "
-             "cover2 cal"]
+             "cover2 cal  E ZMS raw  E ZMS cal  S ZMS raw  S ZMS cal"]
 
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
@@ -135,7 +179,11 @@ def format_rows(rows: list[dict]) -> str:
             f"{r['config_type'][:24]:24s} {r['frames']:6d}  "
             f"{num(r['force_mae_meV_A'], '11.1f')}  "
             f"{num(raw.get('zms'), '7.3g')}  {num(cal.get('zms'), '7.3g')}  "
-            f"{num(raw.get('coverage_2std'), '10.3f')}  {num(cal.get('coverage_2std'), '10.3f')}")
+            f"{num(raw.get('coverage_2std'), '10.3f')}  {num(cal.get('coverage_2std'), '10.3f')}"
+            + "".join(f"  {num(bars.get(k), '9.3g')}"
+                      for q in ("energy", "stress") for bars in [r.get("error_bars", {}).get(q, {})]
+                      for k in ("zms_raw", "zms")))
     lines.append("ZMS = mean (error / std)^2: 1 is honest, > 1 overconfident; cover2 = share of "
-                 "errors within 2 std (0.954 for a calibrated Gaussian)")
+                 "errors within 2 std (0.954 for a calibrated Gaussian); F: force components, "
+                 "E: total energies, S: stress components")
     return "\n".join(lines)

@@ -57,6 +57,13 @@ def test_each_type_is_scored_by_a_refit_that_never_saw_it(model, data):
     assert rows[1]["calibrated"]["zms"] == pytest.approx(report["calibrated"]["zms"], rel=1e-8)
     # the hot frames are new to a model fitted on cold ones: larger errors than in-sample
     assert rows[1]["force_mae_meV_A"] > 0
+    # the energy and stress error bars, by hand
+    bars = rows[1]["error_bars"]
+    assert bars["energy"]["n"] == 3 and bars["stress"]["n"] == 18
+    e = [(refit.predict(f.atoms, energy_std=True), f.energy) for f in hot]
+    zms = np.mean([(p.energy - ref) ** 2 / p.energy_std ** 2 for p, ref in e])
+    assert bars["energy"]["zms"] == pytest.approx(zms, rel=1e-8)
+    assert refit.stress_calibration_ is not None and bars["stress"]["zms_raw"] > 0
 
 
 def test_bad_requests_are_clear_errors(model, data):

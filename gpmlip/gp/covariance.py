@@ -194,3 +194,32 @@ def force_prior_variance(env: Environments, zeta: int,
                 total += zeta * (zeta - 1) * c ** (zeta - 2) * cross * cross.T
             out[a, alpha] += sig[centre[0]] * float(total.sum())
     return np.clip(out, 0.0, None)
+
+
+def strain_prior_variance(env: Environments, zeta: int,
+                          signal_variance: dict[int, float]) -> np.ndarray:
+    """Prior variance of ``dE/deps_v`` for the six Voigt strains, shape (6,), eV^2 (divide by
+    the squared volume for the stress).
+
+    ``dE/deps_v = sum_i dq_i/deps_v . grad eps_i`` couples every pair of atoms of a species, so
+    the variance is ``sum_ij sigma_z^2 delta(z_i, z_j) s_i' d2k(q_i, q_j)/dq dq' s_j`` with
+    ``s_i`` the symmetrised strain Jacobian of ``q_i``; with ``u_i = (I - q_hat_i q_hat_i') s_i /
+    |q_i|`` it is ``zeta (zeta - 1) c^(zeta-2) (u_i . q_hat_j)(u_j . q_hat_i) + zeta c^(zeta-1)
+    u_i . u_j`` summed (as :func:`force_prior_variance`, with every atom in every term).
+    """
+    qh, qn = normalise(env.features), np.linalg.norm(env.features, axis=1)
+    out = np.zeros(6)
+    for z in np.unique(env.species):
+        atoms = np.flatnonzero(env.species == z)
+        q = qh[atoms]
+        c = np.clip(q @ q.T, -1.0, 1.0)
+        for v, (a, b) in enumerate(VOIGT):
+            strain = 0.5 * (env.strain_jacobian[atoms, a, b] + env.strain_jacobian[atoms, b, a])
+            u = (strain - np.einsum("if,if->i", strain, q)[:, None] * q) / qn[atoms, None]
+            total = zeta * c ** (zeta - 1) * (u @ u.T)
+            if zeta > 1:
+                cross = u @ q.T                                       # A_ij = u_i . q_hat_j
+                total += zeta * (zeta - 1) * c ** (zeta - 2) * cross * cross.T
+            out[v] += signal_variance[int(z)] * float(total.sum())
+    return np.clip(out, 0.0, None)
+

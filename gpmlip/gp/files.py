@@ -139,6 +139,7 @@ def _rebuilt(meta: dict, state, stored_beta, path, n_jobs: int, baseline) -> Spa
         raise ValueError("the stored weights differ from those its stored statistics give")
     model.calibration_ = Calibration.from_dict(meta.get("calibration"))   # older files: raw
     model.energy_calibration_ = Calibration.from_dict(meta.get("energy_calibration"))
+    model.stress_calibration_ = Calibration.from_dict(meta.get("stress_calibration"))
     build = meta.get("build")   # None: not built by gpmlip.build_model
     if build is not None and not isinstance(build, dict):
         raise ValueError(f"its build report is a {type(build).__name__}, not a table")

@@ -22,6 +22,7 @@ from gpmlip.descriptors.neighbours import check_separation
 from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.errors import DataError, NotFittedError, NumericalError, SettingsError
 from gpmlip.gp import energy_std as energy_std_module
+from gpmlip.gp import stress_std as stress_std_module
 from gpmlip.gp import evaluation, hyper, training
 from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
                                     held_out_residuals, leave_one_out_residuals, loo_subset)
@@ -128,6 +129,7 @@ class SparseGP:
         self.state_: FittedState | None = None
         self.calibration_: Calibration | None = None   # of the force std; None: raw
         self.energy_calibration_: Calibration | None = None   # of the energy std; None: raw
+        self.stress_calibration_: Calibration | None = None   # of the stress std; None: raw
         self.fit_report_ = None   # a gpmlip.gp.report.FitReport after fit
         self.build_report_: dict | None = None   # how gpmlip.build_model chose the settings
         self._version = 0   # of the last state, so that a refit keeps counting up
@@ -307,7 +309,7 @@ class SparseGP:
         self._version = self.version
         self.state_ = None   # a fit that fails half-way leaves an unfitted model
         self.calibration_ = None   # fitted for other data: calibrate again
-        self.energy_calibration_ = None
+        self.energy_calibration_ = self.stress_calibration_ = None
         e0 = self.e0 if isinstance(self.e0, ReferenceEnergies) else \
             reference_energies(Dataset(self.learnt_labels(frames)), self.e0)
         signal = {z: float(s) ** 2 for z, s in
@@ -365,7 +367,7 @@ class SparseGP:
             raise SettingsError(f"drop={sorted(bad)}: groups are {sorted(state.stats)}")
         stats = {g: (st.empty(len(st.z)) if g in drop else st) for g, st in state.stats.items()}
         new = copy.copy(self)
-        new.calibration_ = new.energy_calibration_ = None
+        new.calibration_ = new.energy_calibration_ = new.stress_calibration_ = None
         new.state_ = training.solved(self, state.replace(
             noise={**state.noise, **(noise or {})}, stats=stats,
             signal_variance={**state.signal_variance, **(signal_variance or {})}))
@@ -531,7 +533,7 @@ class SparseGP:
 
     def predict(self, atoms: Atoms, *, forces: bool = True, stress: bool = True,
                 force_std: bool = False, variance: bool = True,
-                energy_std: bool = False) -> Prediction:
+                energy_std: bool = False, stress_std: bool = False) -> Prediction:
         """Energy, forces, stress, local energies and their uncertainties for one structure.
 
         Parameters
@@ -549,6 +551,10 @@ class SparseGP:
             between the atoms' local energies; costs a kernel between all pairs of atoms):
             ``energy_std`` (calibrated when the model has an :attr:`energy_calibration_`) and
             ``energy_std_raw``.
+        stress_std : bool
+            Also the std of every stress component, (3, 3) eV/Å³ (needs the descriptor Jacobian,
+            as the force std; a periodic cell): ``stress_std`` (calibrated when the model has a
+            :attr:`stress_calibration_`) and ``stress_std_raw``.
         variance : bool, default True
             Compute the local-energy variances (plain MD does not need them); without them the
             variance fields of the result are None.
@@ -575,6 +581,8 @@ class SparseGP:
         if force_std:
             fu = self.force_uncertainty(atoms)
             result.force_std, result.force_std_raw = fu.std, fu.raw
+        if stress_std:
+            result.stress_std, result.stress_std_raw = stress_std_module.stress_std(self, atoms)
         if energy_std:
             raw = energy_std_module.energy_covariance(self, [atoms])
             result.energy_std_raw = float(np.sqrt(max(raw[0, 0], 0.0)))
@@ -627,18 +635,24 @@ class SparseGP:
             residuals, parts = leave_one_out_residuals(self, loo=loo)
             source = "leave-one-out"
             energy = energy_std_module.loo_energy_residuals(self, loo)
+            stress = stress_std_module.loo_stress_residuals(self, loo)
         else:
             data = frames if isinstance(frames, Dataset) else \
                 load_frames(frames, species=self.species)
             residuals, parts = held_out_residuals(self, data)
             source = "held-out"
             energy = energy_std_module.held_out_energy_residuals(self, data)
+            stress = stress_std_module.held_out_stress_residuals(self, data)
         self.calibration_ = fit_calibration(residuals, parts, method=method, source=source)
         log.info("calibrated: %s", self.calibration_.describe())
         if energy is not None and len(energy[0]) >= 2:
             self.energy_calibration_ = energy_std_module.fit_energy_calibration(*energy,
                                                                                source=source)
             log.info("calibrated: %s", self.energy_calibration_.describe())
+        if stress is not None and len(stress[0]) >= 2:
+            self.stress_calibration_ = stress_std_module.fit_stress_calibration(*stress,
+                                                                               source=source)
+            log.info("calibrated: %s", self.stress_calibration_.describe())
         return self.calibration_
 
     # -- files -----------------------------------------------------------------------------
@@ -661,6 +675,8 @@ class SparseGP:
             "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
             "energy_calibration": None if self.energy_calibration_ is None else
             self.energy_calibration_.to_dict(),
+            "stress_calibration": None if self.stress_calibration_ is None else
+            self.stress_calibration_.to_dict(),
             "build": self.build_report_,
         }
 

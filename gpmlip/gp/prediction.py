@@ -41,6 +41,9 @@ class Prediction:
     energy_std, energy_std_raw : float or None
         Std of the total energy, eV (with the covariance between the atoms' local energies),
         calibrated like the force std when the model is, and raw; when asked for.
+    stress_std, stress_std_raw : ndarray, shape (3, 3) or None
+        Std of every stress component, eV/Å³, calibrated (when the model has a stress
+        calibration) and raw; when asked for.
     """
 
     energy: float
@@ -53,6 +56,8 @@ class Prediction:
     force_std_raw: np.ndarray | None = None
     energy_std: float | None = None
     energy_std_raw: float | None = None
+    stress_std: np.ndarray | None = None
+    stress_std_raw: np.ndarray | None = None
 
     @property
     def max_uncertainty(self) -> float:

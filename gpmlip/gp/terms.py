@@ -62,6 +62,8 @@ class Term(Protocol):
 
     def force_prior(self, pairs: PairList, n_atoms: int) -> np.ndarray: ...
 
+    def strain_prior(self, pairs: PairList) -> np.ndarray: ...
+
     def energy_geometry(self, pairs: PairList): ...
 
     def energy_prior(self, a, b) -> float: ...
@@ -129,6 +131,18 @@ def force_rows(terms: Sequence, signal_variance: dict, pairs: PairList, soap_row
     for t in terms:
         rows.append(t.frame_rows(pairs, forces=True, stress_volume=None)[1])
         prior = prior + signal_variance[t.key] * t.force_prior(pairs, n_atoms).ravel()
+    return (np.hstack(rows) if len(rows) > 1 else soap_rows), prior
+
+
+def stress_rows(terms: Sequence, signal_variance: dict, pairs: PairList, soap_rows: np.ndarray,
+                soap_prior: np.ndarray, volume: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stress rows (6, m_all) with every term's columns, and the stress prior variance (6,)
+    with every term's part (eV^2/Å^6): what the stress std of a structure needs (the SOAP
+    rows and prior already divided by the volume)."""
+    rows, prior = [soap_rows], soap_prior
+    for t in terms:
+        rows.append(t.frame_rows(pairs, forces=False, stress_volume=volume)[2])
+        prior = prior + signal_variance[t.key] * t.strain_prior(pairs) / volume ** 2
     return (np.hstack(rows) if len(rows) > 1 else soap_rows), prior
 
 

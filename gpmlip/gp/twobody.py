@@ -137,15 +137,19 @@ class TwoBody:
               - fc[:, None] * fs[None, :] * e * diff / self.length_scale ** 2)
         return k, dk
 
-    def second_derivative(self, r: np.ndarray, key: np.ndarray) -> np.ndarray:
-        """``d^2 k(r_p, r_q) / dr_p dr_q`` between all pairs given (P, P), unit variance."""
+    def second_derivative(self, r: np.ndarray, key: np.ndarray, r2: np.ndarray | None = None,
+                          key2: np.ndarray | None = None) -> np.ndarray:
+        """``d^2 k(r_p, r_q) / dr_p dr_q`` between the pairs given (P, P), or between them and
+        ``r2``/``key2`` (P, Q); unit variance."""
+        r2, key2 = (r, key) if r2 is None else (r2, key2)
         fc, dfc = self.cutoff(r)
+        fc2, dfc2 = self.cutoff(r2)
         t2 = self.length_scale ** 2
-        d = r[:, None] - r[None, :]
-        e = np.exp(-0.5 * d ** 2 / t2) * (key[:, None] == key[None, :])
-        return e * (dfc[:, None] * dfc[None, :] + (dfc[:, None] * fc[None, :]
-                                                   - fc[:, None] * dfc[None, :]) * d / t2
-                    + fc[:, None] * fc[None, :] * (1.0 / t2 - d ** 2 / t2 ** 2))
+        d = r[:, None] - r2[None, :]
+        e = np.exp(-0.5 * d ** 2 / t2) * (key[:, None] == key2[None, :])
+        return e * (dfc[:, None] * dfc2[None, :] + (dfc[:, None] * fc2[None, :]
+                                                    - fc[:, None] * dfc2[None, :]) * d / t2
+                    + fc[:, None] * fc2[None, :] * (1.0 / t2 - d ** 2 / t2 ** 2))
 
     def sparse_set(self, species) -> tuple[np.ndarray, np.ndarray]:
         """The uniform grid of sparse distances (m2,) and their pair keys (m2,)."""
@@ -291,6 +295,25 @@ def force_prior(term: TwoBody, pairs: PairList, n_atoms: int) -> np.ndarray:
     return np.clip(out, 0.0, None)
 
 
+def strain_prior(term: TwoBody, pairs: PairList) -> np.ndarray:
+    """Unit-variance prior variance of ``dE/deps_v`` from the term for the six Voigt strains (6,).
+
+    ``dE/deps_ab = 1/2 sum_p f'(r_p) g_p,ab`` with ``g_p,ab = r_pa r_pb / r_p``, so the variance is
+    ``1/4 sum_pq g_p g_q d2k(r_p, r_q)/dr_p dr_q``, in blocks of pairs.
+    """
+    idx, r, key = pair_geometry(term, pairs)
+    vec = pairs.vector[idx]
+    g = np.stack([vec[:, a] * vec[:, b] / r for a, b in VOIGT], axis=1)     # (P, 6)
+    out = np.zeros(6)
+    step = 2048
+    for a in range(0, len(idx), step):
+        for b in range(0, len(idx), step):
+            d2 = term.second_derivative(r[a:a + step], key[a:a + step], r[b:b + step],
+                                        key[b:b + step])
+            out += 0.25 * np.einsum("pv,pq,qv->v", g[a:a + step], d2, g[b:b + step])
+    return np.clip(out, 0.0, None)
+
+
 @dataclass
 class TwoBodySparse:
     """The two-body term of a fitted state: its settings, sparse distances and ``K_mm`` block.
@@ -350,6 +373,10 @@ class TwoBodySparse:
     def force_prior(self, pairs: PairList, n_atoms: int) -> np.ndarray:
         """Unit-variance prior variance of every force component, (n_atoms, 3)."""
         return force_prior(self.term, pairs, n_atoms)
+
+    def strain_prior(self, pairs: PairList) -> np.ndarray:
+        """Unit-variance prior variance of ``dE/deps_v`` for the six Voigt strains, (6,)."""
+        return strain_prior(self.term, pairs)
 
     def energy_geometry(self, pairs: PairList):
         """What :meth:`energy_prior` needs of a structure: its pair distances and keys."""

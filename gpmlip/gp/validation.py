@@ -77,6 +77,8 @@ class LeaveOneOut:
         Voigt order xx, yy, zz, yz, xz, xy; eV/Å³ and (eV/Å³)^2.
     noise : dict
         Noise levels the residuals were computed at.
+    stress_noise_variance : list of ndarray (6,) or None
+        The stress labels' noise variances, (eV/Å³)^2.
     """
 
     frames: np.ndarray
@@ -90,6 +92,7 @@ class LeaveOneOut:
     stress_residual: list
     stress_variance: list
     noise: dict
+    stress_noise_variance: list | None = None
 
     def forces(self, what: str = "residual") -> np.ndarray:
         """All force components concatenated: ``what`` in residual, variance, noise_variance."""
@@ -216,7 +219,7 @@ def leave_one_out(model, *, frames: Sequence[int] | None = None,
     """
     state = model.state
     noise = dict(state.noise)
-    out = {k: [] for k in ("frames", "n", "e", "ev", "en", "f", "fv", "fn", "s", "sv")}
+    out = {k: [] for k in ("frames", "n", "e", "ev", "en", "f", "fv", "fn", "s", "sv", "sn")}
     blocks = cache if cache is not None else structure_rows(model, frames)
     # cached rows: one triangular solve for all of them (a BLAS-3 call, no m x m inverse)
     whitened = _whitened(state.posterior, cache, noise) if cache is not None else None
@@ -243,9 +246,10 @@ def leave_one_out(model, *, frames: Sequence[int] | None = None,
             s = kinds == "stress"
             out["s"].append(resid[s] if s.any() else None)
             out["sv"].append(var[s] if s.any() else None)
+            out["sn"].append(lam[s] if s.any() else None)
     return LeaveOneOut(np.array(out["frames"], dtype=int), np.array(out["n"], dtype=int),
                        np.array(out["e"]), np.array(out["ev"]), np.array(out["en"]),
-                       out["f"], out["fv"], out["fn"], out["s"], out["sv"], noise)
+                       out["f"], out["fv"], out["fn"], out["s"], out["sv"], noise, out["sn"])
 
 
 @dataclass

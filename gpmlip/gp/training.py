@@ -39,6 +39,7 @@ def per_species(value, species: Sequence[int], name: str) -> dict[int, float]:
         return {z: out[z] for z in species}
     return {z: value for z in species}
 
+
 def sparse_pairs(sparse_atoms, frames: list[Frame]) -> np.ndarray:
     """``sparse_atoms`` as an (n, 2) array of (frame, atom) indices into ``frames``, checked."""
     advice = "sparse_atoms: give (frame index, atom index) pairs, e.g. [(0, 3), (0, 7), (1, 2)]"
@@ -55,6 +56,7 @@ def sparse_pairs(sparse_atoms, frames: list[Frame]) -> np.ndarray:
             raise DataError(f"sparse atom ({i}, {a}) does not exist in the frames given "
                             f"({len(frames)} frames; frame indices count from 0)")
     return origin
+
 
 def select_sparse(model, state: FittedState, frames, features, n_sparse, method,
                   cap: bool = False) -> np.ndarray:
@@ -77,6 +79,7 @@ def select_sparse(model, state: FittedState, frames, features, n_sparse, method,
                                label=chemical_symbols[z])
         picked.extend(where[k] for k in idx)
     return np.array(picked, dtype=np.int64).reshape(-1, 2)
+
 
 def grown(model, state: FittedState, new_frames, new_features, origin, executor,
           rebuild: bool = False, report: bool = False):
@@ -147,6 +150,7 @@ def streamed(model, todo, learnt, e0_totals, sparse, terms, noise, stats, bar):
                 log.info("kernel rows: %d/%d frames", k + 1, len(todo))
     return pressure
 
+
 def grown_kmm(kmm_old: np.ndarray, sparse: SparseSet, m_old: int, zeta: int,
               jitter: float) -> np.ndarray:
     """The unit-variance ``K_mm`` of ``sparse`` from that of its first ``m_old`` points."""
@@ -159,6 +163,7 @@ def grown_kmm(kmm_old: np.ndarray, sparse: SparseSet, m_old: int, zeta: int,
     kmm[np.arange(m_old, len(z)), np.arange(m_old, len(z))] += jitter
     return kmm
 
+
 def solved(model, state: FittedState) -> FittedState:
     """``state`` with its posterior solved and the model's next version number."""
     stats = {g: st for g, st in state.stats.items() if st.n}
@@ -168,6 +173,7 @@ def solved(model, state: FittedState) -> FittedState:
              len(state.sparse), sum(st.n for st in stats.values()),
              posterior.log_likelihood)
     return state.replace(posterior=posterior, version=model.version + 1)
+
 
 def grown_e0(model, state: FittedState, new_frames: list[Frame]) -> ReferenceEnergies | None:
     """e0 refitted on all frames if the new ones widen the composition space, else None.

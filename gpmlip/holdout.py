@@ -61,7 +61,9 @@ def error_bar_scores(model, frames) -> dict:
         ``zms_raw`` (mean squared error over predicted std, calibrated and raw; 1 is honest),
         ``coverage_2std`` (calibrated); empty for a quantity without labels.
     """
-    from gpmlip.gp.covariance import voigt
+    from ase.stress import full_3x3_to_voigt_6_stress as voigt
+
+    from gpmlip.gp.stress_std import not_fixed_by_symmetry
 
     found = {"energy": ([], [], []), "stress": ([], [], [])}
     for frame in frames:
@@ -85,8 +87,7 @@ def error_bar_scores(model, frames) -> dict:
             scores[name] = {}
             continue
         err, std, raw = (np.concatenate(x) for x in (err, std, raw))
-        # a component symmetry fixes (a cubic cell's shear) has no std beyond round-off
-        ok = raw > 1e-6 * np.median(raw)
+        ok = not_fixed_by_symmetry(raw)      # a cubic cell's shear has no std but round-off
         err, std, raw = err[ok], std[ok], raw[ok]
         scores[name] = {"n": int(len(err)), "zms": float(np.mean((err / std) ** 2)),
                         "zms_raw": float(np.mean((err / raw) ** 2)),

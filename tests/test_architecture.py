@@ -134,9 +134,10 @@ def test_no_package_imports_one_that_imports_it_back():
 
 
 GP_PUBLIC = {"gpmlip.gp", "gpmlip.gp.model", "gpmlip.gp.files", "gpmlip.gp.container",
-             "gpmlip.gp.validation", "gpmlip.gp.calibration", "gpmlip.gp.selection"}
+             "gpmlip.gp.validation", "gpmlip.gp.calibration", "gpmlip.gp.selection",
+             "gpmlip.gp.stress_std", "gpmlip.gp.energy_std"}
 """What other packages may import from ``gpmlip.gp``: the model, its files, leave-one-out and the
-noise search, calibration and sparse selection.  Kernels, kernel rows, the solver, the state and
+noise search, calibration, the energy and stress stds and sparse selection.  Kernels, kernel rows, the solver, the state and
 the terms are GP internals."""
 
 

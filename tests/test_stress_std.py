@@ -130,3 +130,25 @@ def test_error_bars_after_the_forces_are_known(model):
     assert "stress_std" not in atoms.calc.results      # plain MD pays nothing for them
     assert atoms.calc.get_property("stress_std", atoms).shape == (6,)
     assert atoms.calc.get_property("energy_std", atoms) > 0
+
+
+def test_components_fixed_by_symmetry_do_not_enter_the_calibration():
+    """A perfect cubic cell's shear has a std of round-off only; its label's tiny deviation
+    (noise) must not blow the stress calibration up (it gave a scale of 1e13 on Zuo Mo)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = emt_frames(5, seed=21)
+    perfect = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    perfect.calc = EMT()
+    stress = perfect.get_stress() + np.array([0, 0, 0, 2e-5, -1e-5, 3e-5])   # noisy shear
+    perfect.calc = SinglePointCalculator(perfect, energy=perfect.get_potential_energy(),
+                                         forces=perfect.get_forces(), stress=stress)
+    model = gpmlip.SparseGP(gpmlip.SOAP(species=["Cu"], r_cut=4.0, n_max=4, l_max=3),
+                            n_sparse=20, e0={"Cu": 0.0}).fit(frames + [perfect])
+    parts = stress_variance_parts(model, perfect)
+    shear = np.sqrt(parts[3:, 0] + parts[3:, 1])
+    assert shear.max() < 1e-8 * np.sqrt(parts[:3, 0] + parts[:3, 1]).min()
+    model.calibrate(max_frames=None)
+    assert 1e-3 < model.stress_calibration_.scale < 1e3

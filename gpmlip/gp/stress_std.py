@@ -107,8 +107,21 @@ def held_out_stress_residuals(model, data):
     return np.concatenate(res), np.concatenate(parts), np.concatenate(noise)
 
 
+def not_fixed_by_symmetry(raw_std: np.ndarray) -> np.ndarray:
+    """Which components have a std: a stress component that the cell's symmetry fixes (the
+    shear of a cubic cell) has a raw std of round-off only, and its label's deviation from the
+    symmetric value is noise no std describes.  True where the raw std exceeds 1e-6 of the
+    median."""
+    raw_std = np.asarray(raw_std, dtype=float)
+    return raw_std > 1e-6 * np.median(raw_std)
+
+
 def fit_stress_calibration(residuals, parts, noise_variance, *, source: str) -> Calibration:
-    """One scale on the raw stress std from honest stress residuals (as the energy std's)."""
-    cal = fit_energy_calibration(residuals, parts, noise_variance, source=source)
+    """One scale on the raw stress std from honest stress residuals (as the energy std's),
+    on the components not fixed by symmetry (:func:`not_fixed_by_symmetry`)."""
+    parts = np.asarray(parts, dtype=float)
+    ok = not_fixed_by_symmetry(np.sqrt(parts[:, 0] + parts[:, 1]))
+    cal = fit_energy_calibration(np.asarray(residuals)[ok], parts[ok],
+                                 np.asarray(noise_variance)[ok], source=source)
     cal.quantity = "stress"
     return cal

@@ -20,9 +20,8 @@ from ase import Atoms
 from gpmlip.data.frames import Frame
 from gpmlip.errors import StructureError
 from gpmlip.gp import terms as gp_terms
-from gpmlip.gp.calibration import Calibration
+from gpmlip.gp.calibration import Calibration, fit_calibration
 from gpmlip.gp.covariance import VOIGT, strain_prior_variance, strain_rows, voigt
-from gpmlip.gp.energy_std import fit_energy_calibration
 from gpmlip.gp.observations import NoiseModel
 
 
@@ -56,12 +55,13 @@ def stress_variance_parts(model, atoms: Atoms) -> np.ndarray:
 
 def stress_std(model, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
     """The stress std of every component, (3, 3) eV/Å³: calibrated (with the model's
-    ``stress_calibration_``, else raw) and raw."""
+    ``stress_calibration_``: the weighted parts, label noise included, as the force std's) and
+    raw (the DTC std of the model's stress)."""
     parts = stress_variance_parts(model, atoms)
     raw = parts[:, 0] + parts[:, 1]
     cal = model.stress_calibration_
-    calibrated = raw if cal is None else raw * cal.weights["residual"]
-    return _full(np.sqrt(calibrated)), _full(np.sqrt(raw))
+    calibrated = raw if cal is None else cal.variance(parts)
+    return _full(np.sqrt(np.clip(calibrated, 0.0, None))), _full(np.sqrt(raw))
 
 
 def _full(six: np.ndarray) -> np.ndarray:
@@ -117,11 +117,16 @@ def not_fixed_by_symmetry(raw_std: np.ndarray) -> np.ndarray:
 
 
 def fit_stress_calibration(residuals, parts, noise_variance, *, source: str) -> Calibration:
-    """One scale on the raw stress std from honest stress residuals (as the energy std's),
-    on the components not fixed by symmetry (:func:`not_fixed_by_symmetry`)."""
-    parts = np.asarray(parts, dtype=float)
+    """Weights of the stress variance parts from honest stress residuals, as the force
+    calibration's (:func:`~gpmlip.gp.calibration.fit_calibration`, ``method="auto"``: one scale,
+    or a weight per part when the likelihood pays for it), on the components not fixed by
+    symmetry (:func:`not_fixed_by_symmetry`).  The noise part matters here: a stress label's
+    noise is often as large as the model's std, and one scale on the model's std alone is
+    dominated by the components whose std is small."""
+    parts = np.column_stack([np.asarray(parts, dtype=float),
+                             np.asarray(noise_variance, dtype=float)])
     ok = not_fixed_by_symmetry(np.sqrt(parts[:, 0] + parts[:, 1]))
-    cal = fit_energy_calibration(np.asarray(residuals)[ok], parts[ok],
-                                 np.asarray(noise_variance)[ok], source=source)
+    cal = fit_calibration(np.asarray(residuals, dtype=float)[ok], parts[ok], method="auto",
+                          source=source)
     cal.quantity = "stress"
     return cal

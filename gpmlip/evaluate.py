@@ -98,16 +98,22 @@ def calibration_report(records: list[dict]) -> dict[str, dict]:
     """Calibration metrics (:mod:`gpmlip.uncertainty`) of the force std in ``records``.
 
     Returns ``{"calibrated": metrics, "raw": metrics}`` over every force component of the frames
-    with forces and a predicted std (``predictions(..., force_std=True)``); empty without any.
+    with forces and a predicted std (``predictions(..., force_std=True)``) that symmetry does
+    not fix (:func:`gpmlip.gp.calibration.free_components`: a force on an atom at an inversion
+    centre is zero for any model); empty without any.
     """
+    from gpmlip.gp.calibration import free_components
     from gpmlip.uncertainty import calibration_metrics
 
     rows = [r for r in records if r["forces"] is not None and r.get("force_std") is not None]
     if not rows:
         return {}
     err = np.concatenate([np.ravel(r["forces_pred"] - r["forces"]) for r in rows])
+    free = free_components(np.concatenate([np.ravel(r["force_std_raw"]) for r in rows]))
+    if not free.any():
+        return {}
     out = {}
     for name, key in (("calibrated", "force_std"), ("raw", "force_std_raw")):
         std = np.concatenate([np.ravel(r[key]) for r in rows])
-        out[name] = calibration_metrics(err, np.maximum(std, 1e-12))
+        out[name] = calibration_metrics(err[free], np.maximum(std[free], 1e-12))
     return out

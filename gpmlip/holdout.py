@@ -56,14 +56,14 @@ def error_bar_scores(model, frames) -> dict:
     Returns
     -------
     dict
-        ``energy`` and ``stress``: ``n`` (structures, or stress components that the cell's
-        symmetry does not fix: :func:`gpmlip.gp.stress_std.not_fixed_by_symmetry`), ``zms`` and
+        ``energy`` and ``stress``: ``n`` (structures, or stress components that symmetry does
+        not fix: :func:`gpmlip.gp.calibration.free_components`), ``zms`` and
         ``zms_raw`` (mean squared error over predicted std, calibrated and raw; 1 is honest),
         ``coverage_2std`` (calibrated); empty for a quantity without labels.
     """
     from ase.stress import full_3x3_to_voigt_6_stress as voigt
 
-    from gpmlip.gp.stress_std import not_fixed_by_symmetry
+    from gpmlip.gp.calibration import free_components
 
     found = {"energy": ([], [], []), "stress": ([], [], [])}
     for frame in frames:
@@ -78,16 +78,17 @@ def error_bar_scores(model, frames) -> dict:
                                                 p.energy_std_raw)):
                 out.append(np.atleast_1d(x))
         if want_s:
-            ok = not_fixed_by_symmetry(voigt(p.stress_std_raw))   # a cubic cell's shear
             for out, x in zip(found["stress"], (voigt(p.stress) - voigt(frame.stress),
                                                 voigt(p.stress_std), voigt(p.stress_std_raw))):
-                out.append(x[ok])
+                out.append(x)
     scores = {}
     for name, (err, std, raw) in found.items():
         if not err:
             scores[name] = {}
             continue
         err, std, raw = (np.concatenate(x) for x in (err, std, raw))
+        free = free_components(raw)          # a cubic cell's shear has no std but round-off
+        err, std, raw = err[free], std[free], raw[free]
         scores[name] = {"n": int(len(err)), "zms": float(np.mean((err / std) ** 2)),
                         "zms_raw": float(np.mean((err / raw) ** 2)),
                         "coverage_2std": float(np.mean(np.abs(err) <= 2 * std))}

@@ -200,3 +200,27 @@ def test_calibration_is_a_fitted_attribute_with_a_deprecated_alias():
         assert model.calibration is None
     with pytest.warns(DeprecationWarning, match="energy_calibration_"):
         model.energy_calibration = None
+
+
+def test_components_fixed_by_symmetry_are_left_out_of_fits_and_scores():
+    """A force on an atom at an inversion centre has a std of round-off and a label of noise:
+    such components neither scale a calibration nor enter its scores."""
+    from gpmlip.evaluate import calibration_report
+    from gpmlip.gp.calibration import fit_calibration, free_components
+
+    rng = np.random.default_rng(0)
+    std = np.full(300, 0.02)
+    err = rng.normal(0, 0.02, 300)
+    parts = np.column_stack([std ** 2 / 2, std ** 2 / 2, np.zeros(300)])
+    fixed = np.column_stack([np.full(30, 1e-34), np.full(30, 1e-34), np.zeros(30)])
+    noise = rng.normal(0, 0.01, 30)                        # the labels' deviation from zero
+    assert list(free_components([1.0, 2e-7, 0.5e-6, 0.0])) == [True, False, False, False]
+    alone = fit_calibration(err, parts, method="scale")
+    both = fit_calibration(np.r_[err, noise], np.r_[parts, fixed], method="scale")
+    assert both.weights == alone.weights and both.n == 300
+    records = [{"forces": np.zeros((100, 3)), "forces_pred": err.reshape(100, 3),
+                "force_std": std.reshape(100, 3), "force_std_raw": std.reshape(100, 3)},
+               {"forces": np.zeros((10, 3)), "forces_pred": noise.reshape(10, 3),
+                "force_std": np.full((10, 3), 1e-17), "force_std_raw": np.full((10, 3), 1e-17)}]
+    report = calibration_report(records)
+    assert report["raw"]["zms"] == pytest.approx(np.mean((err / std) ** 2))

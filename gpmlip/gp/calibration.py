@@ -110,6 +110,22 @@ def _mean_nll(r2: np.ndarray, var: np.ndarray) -> float:
     return float(np.mean(0.5 * np.log(2 * np.pi * var) + 0.5 * r2 / var))
 
 
+SYMMETRY_TOLERANCE = 1e-6
+"""A raw std below this fraction of the largest in a set is round-off: a component the
+structure's symmetry fixes (a force on an atom at an inversion centre, a cubic cell's shear)."""
+
+
+def free_components(raw_std) -> np.ndarray:
+    """Which components of a set have a std: one that symmetry fixes has a raw std of round-off
+    (any invariant energy gives it the symmetric value), and its label's deviation from that
+    value is noise no std describes; calibrations and scores leave such components out.  True
+    where the raw std exceeds :data:`SYMMETRY_TOLERANCE` of the set's largest."""
+    raw_std = np.ravel(np.asarray(raw_std, dtype=float))
+    if not raw_std.size:
+        return np.zeros(0, dtype=bool)
+    return raw_std > SYMMETRY_TOLERANCE * raw_std.max()
+
+
 def fit_calibration(residuals, parts, *, method: str = "auto",
                     source: str = "") -> Calibration:
     """Maximum-likelihood weights of the variance parts for these residuals.
@@ -131,6 +147,8 @@ def fit_calibration(residuals, parts, *, method: str = "auto",
     Returns
     -------
     Calibration
+
+    Components fixed by symmetry (:func:`free_components`) are left out.
     """
     if method not in ("auto", "scale", "parts"):
         raise DataError(f"method={method!r}: use 'auto', 'scale' or 'parts'")
@@ -142,6 +160,8 @@ def fit_calibration(residuals, parts, *, method: str = "auto",
                         "structure")
     if not (np.all(np.isfinite(r)) and np.all(np.isfinite(v))) or np.any(v < 0):
         raise DataError("residuals must be finite and variance parts finite and >= 0")
+    free = free_components(np.sqrt(v[:, 0] + v[:, 1]))
+    r, v = r[free], v[free]
     raw = v[:, 0] + v[:, 1]
     ok = raw > 0
     if not ok.any():

@@ -82,10 +82,9 @@ def loo_stress_residuals(model, loo):
         if r is None or n is None:
             continue
         nystroem = stress_variance_parts(model, frames[int(i)].atoms)[:, 0]
-        ok = not_fixed_by_symmetry(np.sqrt(nystroem + v))
-        res.append(r[ok])
-        parts.append(np.column_stack([nystroem, v])[ok])
-        noise.append(n[ok])
+        res.append(r)
+        parts.append(np.column_stack([nystroem, v]))
+        noise.append(n)
     if not res:
         return None
     return np.concatenate(res), np.concatenate(parts), np.concatenate(noise)
@@ -100,31 +99,21 @@ def held_out_stress_residuals(model, data):
             continue
         pred = model.predict(frame.atoms, forces=False, variance=False)
         p = stress_variance_parts(model, frame.atoms)
-        ok = not_fixed_by_symmetry(np.sqrt(p[:, 0] + p[:, 1]))
-        res.append((voigt(pred.stress) - voigt(frame.stress))[ok])
-        parts.append(p[ok, :2])
-        noise.append(p[ok, 2])
+        res.append(voigt(pred.stress) - voigt(frame.stress))
+        parts.append(p[:, :2])
+        noise.append(p[:, 2])
     if not res:
         return None
     return np.concatenate(res), np.concatenate(parts), np.concatenate(noise)
 
 
-def not_fixed_by_symmetry(raw_std: np.ndarray) -> np.ndarray:
-    """Which of a cell's six stress components have a std: one that the cell's symmetry fixes
-    (the shear of a cubic cell) has a raw std of round-off only, and its label's deviation from
-    the symmetric value is noise no std describes.  True where the raw std exceeds 1e-6 of the
-    cell's largest."""
-    raw_std = np.asarray(raw_std, dtype=float)
-    return raw_std > 1e-6 * raw_std.max()
-
-
 def fit_stress_calibration(residuals, parts, noise_variance, *, source: str) -> Calibration:
     """Weights of the stress variance parts from honest stress residuals, as the force
     calibration's (:func:`~gpmlip.gp.calibration.fit_calibration`, ``method="auto"``: one scale,
-    or a weight per part when the likelihood pays for it), on the components not fixed by
-    symmetry (:func:`not_fixed_by_symmetry`, applied when the residuals are collected).  The
-    noise part matters here: a stress label's noise is often as large as the model's std, and
-    one scale on the model's std alone is dominated by the components whose std is small."""
+    or a weight per part when the likelihood pays for it; components fixed by symmetry, such as
+    a cubic cell's shear, left out).  The noise part matters here: a stress label's noise is
+    often as large as the model's std, and one scale on the model's std alone is dominated by
+    the components whose std is small."""
     parts = np.column_stack([np.asarray(parts, dtype=float),
                              np.asarray(noise_variance, dtype=float)])
     cal = fit_calibration(np.asarray(residuals, dtype=float), parts, method="auto",

@@ -5,8 +5,9 @@ same parts (:data:`gpmlip.gp.calibration.PARTS`): the Nystroem residual (the pri
 what the sparse points explain) and the uncertainty of the weights, plus the label noise.  The
 prior variance couples every pair of atoms of a species (a strain moves every atom):
 :func:`gpmlip.gp.covariance.strain_prior_variance`, and each term's ``strain_prior``.  The
-calibration is one scale fitted, like the energy std's, on honest stress residuals (the
-closed-form leave-one-out of the training cells, or held-out cells).
+calibration weighs the parts as the force calibration does (one scale, or a weight per part
+when the likelihood pays for it), fitted on honest stress residuals (the closed-form
+leave-one-out of the training cells, or held-out cells).
 
 Cost: the descriptor Jacobian of the structure (as the force std) plus O(n_species N^2 F) for the
 prior.

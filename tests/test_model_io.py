@@ -113,7 +113,8 @@ def test_calculator_variance_on_demand(model):
         v = atoms.calc.get_property("local_std_normalised", atoms)
     finally:
         del model.predict
-    assert calls == [dict(forces=False, stress=False, variance=True, force_std=False)]
+    assert calls == [dict(forces=False, stress=False, variance=True, force_std=False,
+                          energy_std=False, stress_std=False)]
     np.testing.assert_allclose(v, model.predict(atoms).local_std_normalised)
     np.testing.assert_array_equal(atoms.calc.results["forces"], forces)
 

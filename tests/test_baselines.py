@@ -164,9 +164,12 @@ def test_save_and_load_predict_identically(fitted, tmp_path):
 
 def test_old_file_without_baseline_key_loads(fitted, tmp_path, monkeypatch):
     model = fitted[1]
-    settings = model._file_settings()
+    import gpmlip.gp.model as model_module
+    from gpmlip.gp.container import model_settings
+
+    settings = model_settings(model)
     del settings["baseline"]
-    monkeypatch.setattr(type(model), "_file_settings", lambda self: settings)
+    monkeypatch.setattr(model_module, "model_settings", lambda m: settings)
     model.save(tmp_path / "old.npz")
     monkeypatch.undo()
     loaded = gpmlip.load_model(tmp_path / "old.npz")
@@ -204,7 +207,9 @@ def test_user_callable_must_be_given_again_on_load(tmp_path):
     frames = squeezed(2, seed=3, a=3.4)
     model = gpmlip.SparseGP(gpmlip.SOAP(**SMALL_CU), n_sparse=8, baseline=_my_factory).fit(frames)
     model.save(tmp_path / "c.npz")
-    meta = json.dumps(model._file_settings()["baseline"])
+    from gpmlip.gp.container import model_settings
+
+    meta = json.dumps(model_settings(model)["baseline"])
     assert "callable" in meta and "_my_factory" in meta
     with pytest.raises(SettingsError, match="load_model\\(path, baseline=factory\\)"):
         gpmlip.load_model(tmp_path / "c.npz")

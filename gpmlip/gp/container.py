@@ -17,8 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ase.data import chemical_symbols
+
+from gpmlip.data.reference import ReferenceEnergies
 from gpmlip.errors import ModelFileError
+from gpmlip.gp.kernels import NormalizedDotProduct
 from gpmlip.gp.state import FittedState
+from gpmlip.species import atomic_number
 from gpmlip.version import __version__
 
 FORMAT = "gpmlip-sparse-gp"
@@ -234,3 +239,33 @@ def _open(path):
                              f"this gpmlip reads versions {READABLE_VERSIONS}: use the gpmlip "
                              f"version that wrote it ({meta.get('versions', {}).get('gpmlip')})")
     return meta, arrays
+
+
+def model_settings(model) -> dict:
+    """The settings a model file stores beside the state (what
+    :func:`gpmlip.gp.files.load_model` reads)."""
+    return {
+        "descriptor": model.descriptor.to_dict(),
+        "kernel": NormalizedDotProduct(model.zeta, model.signal_variances).to_dict(),
+        "config_sigmas": model.config_sigmas,
+        "baseline": None if model.baseline is None else model.baseline.to_dict(),
+        "e0_setting": _e0_setting(model.e0),
+        "settings": {"n_sparse": model.n_sparse, "sparse_method": model.sparse_method,
+                     "jitter": model.jitter, "seed": model.seed,
+                     "stress_noise": model.stress_noise},
+        "calibration": None if model.calibration_ is None else model.calibration_.to_dict(),
+        "energy_calibration": None if model.energy_calibration_ is None else
+        model.energy_calibration_.to_dict(),
+        "stress_calibration": None if model.stress_calibration_ is None else
+        model.stress_calibration_.to_dict(),
+        "build": model.build_report_,
+    }
+
+
+def _e0_setting(e0):
+    """The model's ``e0`` argument as JSON: a mode string, or symbol -> eV."""
+    if isinstance(e0, ReferenceEnergies):
+        return e0.to_dict()
+    if isinstance(e0, dict):
+        return {chemical_symbols[atomic_number(k, "e0")]: float(v) for k, v in e0.items()}
+    return e0

@@ -11,29 +11,24 @@ from concurrent.futures import Executor
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
 
 from gpmlip.baselines import Baseline, BaselineSpec, add_to_prediction, make_baseline
-from gpmlip.data import (Dataset, Frame, as_frames, load_frames, reference_energies,
-                         warn_missing_labels)
+from gpmlip.data import Dataset, Frame, as_frames, reference_energies, warn_missing_labels
 from gpmlip.data.reference import ReferenceEnergies
-from gpmlip.descriptors.neighbours import PairList
-from gpmlip.descriptors.neighbours import check_separation
+from gpmlip.descriptors.neighbours import PairList, check_separation
 from gpmlip.descriptors.protocol import Descriptor
 from gpmlip.errors import DataError, NotFittedError, NumericalError, SettingsError
+from gpmlip.gp import calibrate, evaluation, hyper, training
 from gpmlip.gp import energy_std as energy_std_module
 from gpmlip.gp import stress_std as stress_std_module
-from gpmlip.gp import evaluation, hyper, training
-from gpmlip.gp.calibration import (Calibration, fit_calibration, force_variance_parts,
-                                    held_out_residuals, leave_one_out_residuals, loo_subset)
-from gpmlip.gp.container import write_model_file
+from gpmlip.gp.calibration import Calibration, force_variance_parts
+from gpmlip.gp.container import model_settings, write_model_file
 from gpmlip.gp.covariance import SparseSet
-from gpmlip.gp.kernels import NormalizedDotProduct
 from gpmlip.gp.prediction import (ForceUncertainty, PairEnergies, Prediction, normalised_std,
                                   pair_forces)
 from gpmlip.gp.state import FittedState
 from gpmlip.gp.twobody import TwoBody
-from gpmlip.species import atomic_number, check_known
+from gpmlip.species import check_known
 
 log = logging.getLogger(__name__)
 
@@ -627,64 +622,11 @@ class SparseGP:
         Calibration
             Also stored as :attr:`calibration_` (and in the model file on :meth:`save`).
         """
-        from gpmlip.gp.validation import leave_one_out
-
-        self.check_fitted()
-        if frames is None:
-            loo = leave_one_out(self, frames=loo_subset(self, max_frames))
-            residuals, parts = leave_one_out_residuals(self, loo=loo)
-            source = "leave-one-out"
-            energy = energy_std_module.loo_energy_residuals(self, loo)
-            stress = stress_std_module.loo_stress_residuals(self, loo)
-        else:
-            data = frames if isinstance(frames, Dataset) else \
-                load_frames(frames, species=self.species)
-            residuals, parts = held_out_residuals(self, data)
-            source = "held-out"
-            energy = energy_std_module.held_out_energy_residuals(self, data)
-            stress = stress_std_module.held_out_stress_residuals(self, data)
-        self.calibration_ = fit_calibration(residuals, parts, method=method, source=source)
-        log.info("calibrated: %s", self.calibration_.describe())
-        if energy is not None and len(energy[0]) >= 2:
-            self.energy_calibration_ = energy_std_module.fit_energy_calibration(*energy,
-                                                                               source=source)
-            log.info("calibrated: %s", self.energy_calibration_.describe())
-        if stress is not None and len(stress[0]) >= 2:
-            self.stress_calibration_ = stress_std_module.fit_stress_calibration(*stress,
-                                                                               source=source)
-            log.info("calibrated: %s", self.stress_calibration_.describe())
+        self.calibration_, self.energy_calibration_, self.stress_calibration_ = \
+            calibrate.fit_calibrations(self, frames, method=method, max_frames=max_frames)
         return self.calibration_
 
     # -- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the model as npz + JSON metadata (see :mod:`gpmlip.gp.container`); never pickle."""
-        write_model_file(path, self.state, self._file_settings())
-
-    def _file_settings(self) -> dict:
-        """The settings a model file stores beside the state (what
-        :func:`gpmlip.gp.files.load_model` reads)."""
-        return {
-            "descriptor": self.descriptor.to_dict(),
-            "kernel": NormalizedDotProduct(self.zeta, self.signal_variances).to_dict(),
-            "config_sigmas": self.config_sigmas,
-            "baseline": None if self.baseline is None else self.baseline.to_dict(),
-            "e0_setting": _e0_setting(self.e0),
-            "settings": {"n_sparse": self.n_sparse, "sparse_method": self.sparse_method,
-                         "jitter": self.jitter, "seed": self.seed,
-                         "stress_noise": self.stress_noise},
-            "calibration": None if self.calibration_ is None else self.calibration_.to_dict(),
-            "energy_calibration": None if self.energy_calibration_ is None else
-            self.energy_calibration_.to_dict(),
-            "stress_calibration": None if self.stress_calibration_ is None else
-            self.stress_calibration_.to_dict(),
-            "build": self.build_report_,
-        }
-
-
-def _e0_setting(e0):
-    """The model's ``e0`` argument as JSON: a mode string, or symbol -> eV."""
-    if isinstance(e0, ReferenceEnergies):
-        return e0.to_dict()
-    if isinstance(e0, dict):
-        return {chemical_symbols[atomic_number(k, "e0")]: float(v) for k, v in e0.items()}
-    return e0
+        write_model_file(path, self.state, model_settings(self))

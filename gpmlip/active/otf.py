@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from ase.calculators.calculator import all_changes
 from ase.optimize.optimize import Dynamics
 
 from gpmlip.active import mdstate, records
@@ -35,6 +33,7 @@ from gpmlip.active.rundir import RunDirectory, label_frame, write_json
 from gpmlip.active.settings import OTFSettings, log_thresholds
 from gpmlip.active.sparse import choose_sparse_atoms
 from gpmlip.active.trigger import Trigger
+from gpmlip.active.timing import PhaseTimers, TimedCalculator
 from gpmlip.calculator import GPCalculator
 from gpmlip.errors import GpmlipError, LabellerError, RunDirectoryError, SettingsError
 from gpmlip.gp.files import load_model
@@ -43,34 +42,6 @@ from gpmlip.labelling.labellers import get_labeller, run_labeller
 from gpmlip.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-PHASES = ("predict", "label", "update", "io")
-
-
-class _LearnerCalculator(GPCalculator):
-    """GPCalculator that times itself into the learner's ``predict`` phase."""
-
-    def __init__(self, learner: OnTheFlyLearner) -> None:
-        super().__init__(learner.model, uncertainty=True)
-        self._learner = learner
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        with self._learner.timers.phase("predict"):
-            super().calculate(atoms, properties, system_changes)
-
-
-class PhaseTimers(dict):
-    """Seconds spent per phase of a run (a dict, as the checkpoint and the summary store it)."""
-
-    @contextmanager
-    def phase(self, name: str):
-        """Add the time spent in the ``with`` block to phase ``name``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self[name] += time.perf_counter() - start
-
 
 class OnTheFlyLearner:
     """Label uncertain frames of a running dynamics and learn from them.
@@ -126,7 +97,7 @@ class OnTheFlyLearner:
         self.trigger = Trigger(self.settings)
         self.counters = {"steps": 0, "labels": 0, "failed": 0, "sparse_added": 0,
                          "optimisations": 0, "skipped_frames": 0}
-        self.timers = PhaseTimers.fromkeys(PHASES, 0.0)
+        self.timers = PhaseTimers.new()
         self.n_applied = 0
         self._dyn = None
         self._calc: GPCalculator | None = None
@@ -142,7 +113,7 @@ class OnTheFlyLearner:
     def calculator(self) -> GPCalculator:
         """The ASE calculator to put on the atoms (it follows model updates)."""
         if self._calc is None or self._calc.model is not self.model:
-            self._calc = _LearnerCalculator(self)
+            self._calc = TimedCalculator(self.model, self.timers)
         return self._calc
 
     def start(self, dyn: Dynamics, *, resume: bool = False) -> None:

@@ -6,7 +6,7 @@ frames of the same excursion all look equally new.  :func:`select_batch` with
 are added to the kernel basis (as if they were sparse points pinned by data), the remaining
 candidates' uncertainties drop where they resemble the pick, and the next pick is the most
 uncertain structure that is left.  Uncertainty is the model's
-:attr:`~gpmlip.gp.model.Prediction.local_std_normalised` ``u_i``, the quantity the on-the-fly
+:attr:`~gpmlip.gp.prediction.Prediction.local_std_normalised` ``u_i``, the quantity the on-the-fly
 learner and the gate threshold: the projected-process residual ``1 - k_i K^-1 k_i'`` plus the
 uncertainty of the weights, over ``sigma_z^2``, square-rooted.  Conditioning on a pick shrinks
 each candidate's residual (``K`` the unit-variance kernel of the sparse points plus the picks so

@@ -239,6 +239,18 @@ def force_variance_parts(model, atoms) -> np.ndarray:
     return out.reshape(len(atoms), 3, len(PARTS))
 
 
+def fit_with_noise(residuals, parts, noise_variance, *, method: str, quantity: str,
+                   source: str) -> Calibration:
+    """:func:`fit_calibration` of a quantity whose raw parts (``(n, 2)``: Nystroem residual,
+    weights) and label-noise variances come apart (total energies, stresses)."""
+    parts = np.column_stack([np.asarray(parts, dtype=float),
+                             np.asarray(noise_variance, dtype=float)])
+    cal = fit_calibration(np.asarray(residuals, dtype=float), parts, method=method,
+                          source=source)
+    cal.quantity = quantity
+    return cal
+
+
 def held_out_residuals(model, frames) -> tuple[np.ndarray, np.ndarray]:
     """Force residuals (prediction - reference) and their raw variance parts on labelled frames.
 

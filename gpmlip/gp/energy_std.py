@@ -23,7 +23,7 @@ import numpy as np
 from ase import Atoms
 
 from gpmlip.gp.covariance import local_kernel
-from gpmlip.gp.calibration import Calibration, fit_calibration
+from gpmlip.gp.calibration import Calibration, fit_with_noise
 from gpmlip.gp.kernels import NormalizedDotProduct
 
 
@@ -91,12 +91,8 @@ def fit_energy_calibration(residuals, parts, noise_variance, *, source: str) -> 
     parts (``(n, 2)``, :func:`energy_variance_parts`, the weights part of the left-out
     prediction for leave-one-out) and label-noise variances (eV^2): the maximum-likelihood
     factor, as the force calibration's first stage (few residuals: one parameter)."""
-    parts = np.column_stack([np.asarray(parts, dtype=float),
-                             np.asarray(noise_variance, dtype=float)])
-    cal = fit_calibration(np.asarray(residuals, dtype=float), parts, method="scale",
+    return fit_with_noise(residuals, parts, noise_variance, method="scale", quantity="energy",
                           source=source)
-    cal.quantity = "energy"
-    return cal
 
 
 def calibrated(model, covariance: np.ndarray) -> np.ndarray:

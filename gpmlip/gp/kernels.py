@@ -46,10 +46,13 @@ class NormalizedDotProduct:
                 raise SettingsError(f"signal variance {v} for Z={z}: use a positive number")
 
     def _variance(self, species: np.ndarray) -> np.ndarray:
-        check_known(species, self.signal_variance, what="the atoms",
-                    owner="the kernel (no signal variance)",
-                    remedy="the model was not built for this species")
-        return np.array([self.signal_variance[int(z)] for z in species], dtype=float)
+        try:
+            return np.array([self.signal_variance[int(z)] for z in species], dtype=float)
+        except KeyError:   # the one check names the species (this is on the prediction path)
+            check_known(species, self.signal_variance, what="the atoms",
+                        owner="the kernel (no signal variance)",
+                        remedy="the model was not built for this species")
+            raise
 
     def __call__(self, q: np.ndarray, zq: np.ndarray, x: np.ndarray, zx: np.ndarray) -> np.ndarray:
         """Kernel matrix, shape (len(q), len(x)).

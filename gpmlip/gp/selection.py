@@ -150,21 +150,26 @@ class PivotedCholesky:
 
     def __init__(self, x: np.ndarray, zeta: int, *, existing: np.ndarray | None = None) -> None:
         self.x, self.zeta = x, zeta
-        self.columns: list[np.ndarray] = []
         self.residual = np.ones(len(x))
+        self._basis = np.zeros((16, len(x)))      # rows: basis columns, grown by doubling
+        self._k = 0
         if existing is not None and len(existing):
             e = normalise(existing)
             chol = np.linalg.cholesky((e @ e.T) ** zeta + JITTER * np.eye(len(e)))
             proj = solve_triangular(chol, (e @ x.T) ** zeta, lower=True)    # (k, n)
-            self.columns = list(proj)
+            self._basis = np.vstack([proj, np.zeros((16, len(x)))])
+            self._k = len(proj)
             self.residual -= (proj ** 2).sum(axis=0)
 
     def pivot(self, p: int) -> None:
         """Add candidate ``p`` to the basis (its residual must be positive)."""
-        basis = np.array(self.columns) if self.columns else np.zeros((0, len(self.x)))
+        basis = self._basis[:self._k]
         column = ((self.x @ self.x[p]) ** self.zeta - basis.T @ basis[:, p])
         column /= np.sqrt(self.residual[p])
-        self.columns.append(column)
+        if self._k == len(self._basis):
+            self._basis = np.vstack([self._basis, np.zeros_like(self._basis)])
+        self._basis[self._k] = column
+        self._k += 1
         self.residual = self.residual - column ** 2
 
 

@@ -21,7 +21,7 @@ from ase import Atoms
 from gpmlip.data.frames import Frame
 from gpmlip.errors import StructureError
 from gpmlip.gp import terms as gp_terms
-from gpmlip.gp.calibration import Calibration, fit_calibration
+from gpmlip.gp.calibration import Calibration, fit_with_noise
 from gpmlip.gp.covariance import VOIGT, strain_prior_variance, strain_rows, voigt
 from gpmlip.gp.observations import NoiseModel
 
@@ -115,9 +115,5 @@ def fit_stress_calibration(residuals, parts, noise_variance, *, source: str) -> 
     a cubic cell's shear, left out).  The noise part matters here: a stress label's noise is
     often as large as the model's std, and one scale on the model's std alone is dominated by
     the components whose std is small."""
-    parts = np.column_stack([np.asarray(parts, dtype=float),
-                             np.asarray(noise_variance, dtype=float)])
-    cal = fit_calibration(np.asarray(residuals, dtype=float), parts, method="auto",
+    return fit_with_noise(residuals, parts, noise_variance, method="auto", quantity="stress",
                           source=source)
-    cal.quantity = "stress"
-    return cal
